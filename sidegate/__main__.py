@@ -1,0 +1,5 @@
+import sys
+
+from sidegate.cli import main
+
+sys.exit(main())

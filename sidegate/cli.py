@@ -1,0 +1,154 @@
+"""``sidegate``: the command line of both programs.
+
+sidegate sidecar --config FILE   run the proxy (standalone: a YAML file is all it needs)
+sidegate demo                    run the proxy in front of a local stand-in provider
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sidegate import __version__, errors, logs, redact
+
+logger = logging.getLogger("sidegate")
+
+
+def _run(coroutine: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # not on Linux: the standard loop works, just slower
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    from sidegate.sidecar import app, serving, settings
+
+    try:
+        config = settings.load(Path(args.config))
+        overrides = {
+            key: value
+            for key, value in (
+                ("host", args.host),
+                ("port", args.port),
+                ("allow_non_loopback", args.allow_non_loopback or None),
+            )
+            if value is not None
+        }
+        if overrides:
+            try:
+                listen = settings.ListenSettings.model_validate(
+                    {**config.listen.model_dump(), **overrides}
+                )
+            except ValidationError as exc:
+                raise errors.ConfigError(
+                    settings.format_validation_error(exc, "command line")
+                ) from None
+            config = config.model_copy(update={"listen": listen})
+        if not config.credentials.directory.is_dir():
+            raise errors.ConfigError(
+                f"credentials.directory {config.credentials.directory} is not a directory"
+            )
+    except errors.ConfigError as exc:
+        print(f"sidegate: {exc}", file=sys.stderr)
+        return 2
+
+    redactor = redact.Redactor()
+    logs.configure(redactor, config.logging.level, config.logging.format)
+    if not settings.is_loopback(config.listen.host):
+        logger.warning(
+            "listening on a non-loopback address: anything that reaches it can use the "
+            "provider keys",
+            extra={"host": config.listen.host},
+        )
+
+    async def main() -> int:
+        application = app.create_app(config, redactor=redactor)
+        runner = await serving.start(
+            application,
+            config.listen.host,
+            config.listen.port,
+            max_header_bytes=config.limits.max_header_bytes,
+            access_log=config.logging.access_log,
+        )
+        logger.info(
+            "sidecar listening",
+            extra={"host": config.listen.host, "port": serving.bound_port(runner)},
+        )
+        try:
+            await serving.wait_for_signal()
+        finally:
+            logger.info("shutting down")
+            await runner.cleanup()
+        return 0
+
+    try:
+        return _run(main())
+    except OSError as exc:
+        logger.error("cannot listen: %s", exc.strerror)
+        return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sidegate import demo
+
+    redactor = redact.Redactor()
+    logs.configure(redactor, "WARNING", "text")
+    return _run(demo.run(port=args.port, serve=args.serve, redactor=redactor))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidegate",
+        description="Sidegate: a security gateway for LLM traffic. The sidecar proxies "
+        "OpenAI/Anthropic API calls from 127.0.0.1, adding provider keys the app never sees.",
+    )
+    parser.add_argument("--version", action="version", version=f"sidegate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sidecar = commands.add_parser(
+        "sidecar",
+        help="run the proxy",
+        description="Run the sidecar proxy. Apps point their OpenAI/Anthropic base URL at it "
+        "(http://127.0.0.1:4000/v1). See docs/configuration.md for the config file.",
+    )
+    sidecar.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
+    sidecar.add_argument("--host", help="listen address (overrides listen.host)")
+    sidecar.add_argument("--port", type=int, help="listen port (overrides listen.port)")
+    sidecar.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        help="permit a non-loopback --host (the proxy has no client auth of its own)",
+    )
+    sidecar.set_defaults(func=cmd_sidecar)
+
+    demo = commands.add_parser(
+        "demo",
+        help="see Sidegate work, no provider account needed",
+        description="Start a local stand-in provider and the sidecar in front of it, send "
+        "requests through it with the official openai SDK, rotate the key, and print what "
+        "happened.",
+    )
+    demo.add_argument("--port", type=int, default=4000, help="sidecar port (default 4000, 0 = any)")
+    demo.add_argument(
+        "--serve", action="store_true", help="keep running afterwards, for your own requests"
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

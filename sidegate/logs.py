@@ -1,0 +1,75 @@
+"""Log set-up for both programs: one stderr handler, JSON lines, secrets scrubbed.
+
+Called once from ``cli.main()``; importing this module configures nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Literal
+
+from sidegate import redact
+
+LogFormat = Literal["json", "text"]
+_STANDARD = redact.STANDARD_RECORD_ATTRIBUTES
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, extras, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """For people at a terminal: the message, then extras as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [
+            f"{key}={value}"
+            for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_")
+        ]
+        return f"{line} {' '.join(extras)}" if extras else line
+
+
+def make_handler(
+    redactor: redact.Redactor, fmt: LogFormat = "json", stream: object = None
+) -> logging.Handler:
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.addFilter(redact.RedactingFilter(redactor))
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter())
+    return handler
+
+
+def configure(redactor: redact.Redactor, level: str = "INFO", fmt: LogFormat = "json") -> None:
+    """Route every logger through one redacting handler on stderr."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(make_handler(redactor, fmt))
+    root.setLevel(level)

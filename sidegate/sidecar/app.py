@@ -1,0 +1,339 @@
+"""The sidecar's aiohttp application: routes, middlewares and background tasks.
+
+``create_app`` composes the pieces; ``Pipeline.handle`` is the request path, one stage per
+line: read → validate → route → credential → forward. Everything a stage needs is built once
+here and passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidegate import errors
+from sidegate.redact import Redactor
+from sidegate.sidecar import (
+    credentials,
+    endpoints,
+    payloads,
+    providers,
+    proxying,
+    routing,
+    settings,
+    watching,
+)
+from sidegate.sidecar.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclasses.dataclass(slots=True)
+class RequestRecord:
+    """What the middleware reports once the request is answered; stages fill it in."""
+
+    request_id: str
+    route: str
+    provider: str = "-"
+    model: str = "-"  # the route's configured pattern, never the raw client string
+    outcome: proxying.Outcome = dataclasses.field(default_factory=proxying.Outcome)
+
+
+RECORD = web.RequestKey("sidegate.record", RequestRecord)
+
+
+class Pipeline:
+    """The proxy path. One instance per app; holds what every request needs."""
+
+    def __init__(
+        self,
+        config: settings.SidecarSettings,
+        metrics: Metrics,
+        redactor: Redactor,
+        store: credentials.CredentialStore,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.redactor = redactor
+        self.credentials = store
+        self.routes = routing.RouteTable(config.routes)
+        self.upstreams = providers.build_all(config.providers)
+        self._allowed_extra = frozenset(config.limits.allowed_extra_fields)
+        self.proxy: proxying.Proxy | None = None  # set when the client session opens
+
+    async def handle(
+        self, endpoint: endpoints.Endpoint, request: web.Request
+    ) -> web.StreamResponse:
+        record = request[RECORD]
+        data = await read_body(request)
+        payload = payloads.parse(
+            endpoint,
+            data,
+            max_depth=self.config.limits.max_json_depth,
+            allowed_extra=self._allowed_extra,
+        )
+        target = self.routes.resolve(payload.model)
+        if target is None:
+            raise errors.NotFound(
+                f"model {payload.model!r} is not served by this gateway",
+                param="model",
+                code="model_not_found",
+            )
+        record.provider, record.model = target.provider, target.pattern
+        upstream = self.upstreams[target.provider]
+        if not upstream.serves(endpoint):
+            raise errors.InvalidRequest(
+                f"model {payload.model!r} is served by a provider that does not speak "
+                f"/v1{endpoint.path}",
+                param="model",
+                code="wrong_api_for_model",
+            )
+        credential = self.credentials.get(target.provider)
+        if credential is None:
+            raise errors.NotReady(f"no credential loaded for provider {target.provider}")
+        assert self.proxy is not None
+        return await self.proxy.forward(
+            request, upstream, endpoint, data, payload, target, credential, record.outcome
+        )
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        listed = self.routes.listed_models()
+        if "anthropic-version" in request.headers:
+            data = [
+                {
+                    "type": "model",
+                    "id": t.pattern,
+                    "display_name": t.pattern,
+                    "created_at": "1970-01-01T00:00:00Z",
+                }
+                for t in listed
+            ]
+            first = data[0]["id"] if data else None
+            last = data[-1]["id"] if data else None
+            return web.json_response(
+                {"data": data, "has_more": False, "first_id": first, "last_id": last}
+            )
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": t.pattern, "object": "model", "created": 0, "owned_by": t.provider}
+                    for t in listed
+                ],
+            }
+        )
+
+
+async def read_body(request: web.Request) -> bytes:
+    if request.content_type != "application/json":
+        raise errors.UnsupportedMediaType(
+            f"Content-Type must be application/json, not {request.content_type or 'empty'!r}"
+        )
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise errors.PayloadTooLarge(
+            f"request body is larger than {request.client_max_size} bytes"
+        ) from None
+    if not data:
+        raise errors.InvalidRequest("request body is empty")
+    return data
+
+
+PIPELINE = web.AppKey("sidegate.pipeline", Pipeline)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def dialect_of(path: str) -> endpoints.Dialect:
+    return "anthropic" if path.startswith("/v1/messages") else "openai"
+
+
+def error_response(
+    error: errors.RequestError, dialect: endpoints.Dialect, request_id: str
+) -> web.Response:
+    message = error.message
+    if error.status >= 500:
+        message = f"{message} (request id {request_id})"
+    if dialect == "anthropic":
+        body: dict[str, object] = {
+            "type": "error",
+            "error": {"type": error.error_type, "message": message},
+            "request_id": request_id,
+        }
+    else:
+        body = {
+            "error": {
+                "message": message,
+                "type": error.error_type,
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    return web.json_response(body, status=error.status, headers=error.headers)
+
+
+# aiohttp's own HTTP errors (unknown path, wrong method, body too big) in our shape.
+_HTTP_ERRORS: dict[int, type[errors.RequestError]] = {
+    404: errors.NotFound,
+    413: errors.PayloadTooLarge,
+}
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, error mapping and metrics: the only cross-cutting concerns."""
+    incoming = request.headers.get("x-request-id", "")
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    route = request.match_info.route.name or "other"
+    record = RequestRecord(request_id, route)
+    request[RECORD] = record
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except errors.RequestError as exc:
+        response = error_response(exc, dialect_of(request.path), request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind = _HTTP_ERRORS.get(exc.status, errors.InvalidRequest)
+        error = kind(exc.reason)
+        error.status = exc.status
+        response = error_response(error, dialect_of(request.path), request_id)
+    except Exception:
+        logger.exception("unexpected error", extra={"request_id": request_id})
+        error = errors.RequestError("internal error", code="internal_error")
+        error.status, error.error_type = 500, "api_error"
+        response = error_response(error, dialect_of(request.path), request_id)
+    pipeline = request.app[PIPELINE]
+    status = (
+        record.outcome.status if response.prepared and record.outcome.status else response.status
+    )
+    _observe(pipeline.metrics, record, status, time.perf_counter() - started)
+    return response
+
+
+def _observe(metrics: Metrics, record: RequestRecord, status: int, seconds: float) -> None:
+    metrics.requests.labels(record.route, record.provider, record.model, str(status)).inc()
+    metrics.request_seconds.labels(record.route).observe(seconds)
+    outcome = record.outcome
+    if outcome.upstream_seconds:
+        metrics.upstream_seconds.labels(record.provider).observe(outcome.upstream_seconds)
+    if outcome.usage.reported:
+        metrics.tokens.labels(record.provider, record.model, "input").inc(
+            outcome.usage.input_tokens
+        )
+        metrics.tokens.labels(record.provider, record.model, "output").inc(
+            outcome.usage.output_tokens
+        )
+
+
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    # A signal, not the middleware: streamed responses are prepared inside the handler.
+    record = request.get(RECORD)
+    if record is not None:
+        response.headers["x-request-id"] = record.request_id
+
+
+def _endpoint_handler(endpoint: endpoints.Endpoint) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await request.app[PIPELINE].handle(endpoint, request)
+
+    return handler
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    store = request.app[PIPELINE].credentials
+    if store.ready:
+        return web.json_response({"ready": True})
+    return web.json_response({"ready": False, "missing_credentials": store.missing()}, status=503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    registry = request.app[PIPELINE].metrics.registry
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _models(request: web.Request) -> web.Response:
+    return await request.app[PIPELINE].list_models(request)
+
+
+async def client_session(app: web.Application) -> AsyncIterator[None]:
+    pipeline = app[PIPELINE]
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=60)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        # The sidecar sets every upstream header itself; nothing implicit (cookies, default
+        # User-Agent) rides along.
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent",),
+        auto_decompress=True,
+    )
+    pipeline.proxy = proxying.Proxy(
+        session,
+        pipeline.redactor,
+        pipeline.metrics,
+        max_response_bytes=pipeline.config.limits.max_response_bytes,
+        forward_headers=pipeline.config.limits.forward_headers,
+    )
+    yield
+    await session.close()
+
+
+async def credential_reloader(app: web.Application) -> AsyncIterator[None]:
+    store = app[PIPELINE].credentials
+    store.reload()
+    task = asyncio.create_task(watching.watch(store.directory, store.reload))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def create_app(
+    config: settings.SidecarSettings,
+    *,
+    redactor: Redactor | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    redactor = redactor or Redactor()
+    metrics = metrics or Metrics()
+    store = credentials.CredentialStore(
+        config.credentials.directory,
+        {name: p.key_file or name for name, p in config.providers.items()},
+        metrics,
+        redactor,
+    )
+    app = web.Application(
+        middlewares=[request_context], client_max_size=config.limits.max_body_bytes
+    )
+    app[PIPELINE] = Pipeline(config, metrics, redactor, store)
+    for endpoint in endpoints.ALL:
+        app.router.add_post(
+            "/v1" + endpoint.path, _endpoint_handler(endpoint), name=endpoint.action
+        )
+    app.router.add_get("/v1/models", _models, name="models")
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
+    app.router.add_get("/metrics", metrics_endpoint, name="metrics")
+    app.on_response_prepare.append(_stamp_request_id)
+    app.cleanup_ctx.append(client_session)
+    app.cleanup_ctx.append(credential_reloader)
+    return app

@@ -1,0 +1,125 @@
+"""Provider keys read from files, swapped atomically when the files change.
+
+A request takes its ``Credential`` once, at the start, and keeps it to the end: a rotation
+in the middle of a stream does not change the key that stream uses. A new file that is
+empty, unreadable or malformed leaves the key in force untouched (last good wins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from sidegate import errors
+from sidegate.redact import Redactor, Secret
+from sidegate.sidecar.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+PREVIOUS_SUFFIX = ".previous"
+_MAX_KEY_BYTES = 8192
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Credential:
+    current: Secret
+    previous: Secret | None = None  # the key being rotated out, tried once on a 401
+
+
+def read_key(path: Path) -> Secret:
+    """Read one key file; raise CredentialRejected naming the file (never the content)."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(_MAX_KEY_BYTES + 1)
+    except FileNotFoundError:
+        raise errors.CredentialRejected(f"{path}: missing") from None
+    except OSError as exc:
+        raise errors.CredentialRejected(f"{path}: unreadable ({exc.strerror})") from None
+    if len(raw) > _MAX_KEY_BYTES:
+        raise errors.CredentialRejected(f"{path}: larger than {_MAX_KEY_BYTES} bytes")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise errors.CredentialRejected(f"{path}: not ASCII text") from None
+    value = text.strip()
+    if not value:
+        raise errors.CredentialRejected(f"{path}: empty")
+    # A key is one printable token; anything else (two lines, spaces, control characters)
+    # is a half-written or wrong file, and sending it would put garbage in a header.
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise errors.CredentialRejected(f"{path}: not a single printable token")
+    return Secret(value)
+
+
+class CredentialStore:
+    """The keys in force, one ``Credential`` per provider, replaced as a whole on reload."""
+
+    def __init__(
+        self,
+        directory: Path,
+        key_files: Mapping[str, str],
+        metrics: Metrics,
+        redactor: Redactor,
+    ) -> None:
+        self.directory = directory
+        self._key_files = dict(key_files)  # provider → file name
+        self._metrics = metrics
+        self._redactor = redactor
+        self._current: Mapping[str, Credential] = {}
+
+    def get(self, provider: str) -> Credential | None:
+        return self._current.get(provider)
+
+    @property
+    def ready(self) -> bool:
+        return all(name in self._current for name in self._key_files)
+
+    def missing(self) -> list[str]:
+        return sorted(name for name in self._key_files if name not in self._current)
+
+    def reload(self) -> None:
+        """Re-read every key file; install what is good, keep the old value for what is not."""
+        updated = dict(self._current)
+        for provider, file_name in self._key_files.items():
+            old = self._current.get(provider)
+            try:
+                current = read_key(self.directory / file_name)
+            except errors.CredentialRejected as exc:
+                self._metrics.credential_reloads.labels(provider, "failed").inc()
+                logger.error(
+                    "credential rejected, %s",
+                    "keeping the key in force" if old else "provider has no key",
+                    extra={"provider": provider, "reason": str(exc)},
+                )
+                continue
+            previous = self._read_previous(provider, file_name, old)
+            new = Credential(current, previous)
+            if new != old:
+                self._redactor.remember([s for s in (current, previous) if s])
+                updated[provider] = new
+                self._metrics.credential_reloads.labels(provider, "ok").inc()
+                logger.info(
+                    "credential loaded",
+                    extra={"provider": provider, "overlap_key": previous is not None},
+                )
+        self._current = updated  # one atomic swap of the whole mapping
+        for provider in self._key_files:
+            self._metrics.credential_loaded.labels(provider).set(1 if provider in updated else 0)
+
+    def _read_previous(
+        self, provider: str, file_name: str, old: Credential | None
+    ) -> Secret | None:
+        path = self.directory / (file_name + PREVIOUS_SUFFIX)
+        if not os.path.lexists(path):
+            return None  # no overlap key: the rotation window is over
+        try:
+            return read_key(path)
+        except errors.CredentialRejected as exc:
+            logger.error(
+                "previous credential rejected, keeping the one in force",
+                extra={"provider": provider, "reason": str(exc)},
+            )
+            return old.previous if old else None

@@ -1,0 +1,286 @@
+"""One call to a provider: build the upstream request, send it, relay the answer.
+
+The request body goes upstream as the bytes the client sent unless something must change
+(a renamed model, or the sidecar asking OpenAI for usage in a stream); only then is it
+re-encoded. Streams are relayed event by event as they arrive, never buffered whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from sidegate import errors
+from sidegate.redact import Redactor, Secret
+from sidegate.sidecar import endpoints, payloads, providers, routing, usage
+from sidegate.sidecar.credentials import Credential
+from sidegate.sidecar.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+# Never copied from a provider's answer: hop-by-hop headers (RFC 9110 §7.6.1), headers the
+# sidecar sets itself, and cookies (the provider's CDN cookies are not the app's business).
+_DROP_FROM_RESPONSE = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "set-cookie",
+        "date",
+        "server",
+        "x-request-id",
+        "alt-svc",
+    }
+)
+# Client headers that reach a provider. An allow-list: auth headers, cookies, hop-by-hop and
+# anything unknown stay behind.
+_FORWARD_FROM_CLIENT: dict[endpoints.Dialect, tuple[str, ...]] = {
+    "openai": ("accept", "user-agent", "openai-beta"),
+    "anthropic": ("accept", "user-agent", "anthropic-version", "anthropic-beta"),
+}
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """What a forwarded call produced, for metrics now and audit later."""
+
+    status: int = 0
+    usage: usage.Usage = dataclasses.field(default_factory=usage.Usage)
+    upstream_seconds: float = 0.0
+
+
+def upstream_body(
+    endpoint: endpoints.Endpoint, data: bytes, payload: payloads.Body, target: routing.Target
+) -> tuple[bytes, bool]:
+    """The body to send, and whether the sidecar added ``include_usage`` (to hide its chunk)."""
+    rename = target.upstream_model is not None and target.upstream_model != payload.model
+    ask_usage = (
+        endpoint.dialect == "openai"
+        and payload.streaming
+        and isinstance(payload, (payloads.ChatCompletionBody, payloads.CompletionBody))
+        and not (payload.stream_options and payload.stream_options.include_usage)
+    )
+    if not rename and not ask_usage:
+        return data, False
+    document: dict[str, Any] = json.loads(data)
+    if rename:
+        document["model"] = target.upstream_model
+    if ask_usage:
+        options = document.get("stream_options") or {}
+        document["stream_options"] = {**options, "include_usage": True}
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode(), ask_usage
+
+
+def request_headers(
+    client: Mapping[str, str],
+    upstream: providers.Upstream,
+    key: Secret,
+    extra_forward: Iterable[str],
+) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    for name in (*_FORWARD_FROM_CLIENT[upstream.dialect], *extra_forward):
+        value = client.get(name)
+        if value is not None:
+            headers[name] = value
+    if upstream.anthropic_version and "anthropic-version" not in headers:
+        headers["anthropic-version"] = upstream.anthropic_version
+    headers.update(upstream.static_headers)
+    headers.update(upstream.auth_headers(key))
+    return headers
+
+
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    # Headers the provider names in its own Connection header are hop-by-hop too.
+    dropped = set(_DROP_FROM_RESPONSE)
+    for token in upstream.get("connection", "").split(","):
+        dropped.add(token.strip().lower())
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in dropped:
+            headers.add(name, value)
+    upstream_id = upstream.get("x-request-id")
+    if upstream_id:
+        headers["x-upstream-request-id"] = upstream_id
+    return headers
+
+
+class Proxy:
+    """Sends requests to providers over one pooled client session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        redactor: Redactor,
+        metrics: Metrics,
+        *,
+        max_response_bytes: int,
+        forward_headers: Collection[str] = (),
+    ) -> None:
+        self._session = session
+        self._redactor = redactor
+        self._metrics = metrics
+        self._max_response_bytes = max_response_bytes
+        self._forward_headers = tuple(forward_headers)
+
+    async def forward(
+        self,
+        request: web.Request,
+        upstream: providers.Upstream,
+        endpoint: endpoints.Endpoint,
+        data: bytes,
+        payload: payloads.Body,
+        target: routing.Target,
+        credential: Credential,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        body, hide_usage_chunk = upstream_body(endpoint, data, payload, target)
+        url = upstream.url(endpoint, target.upstream_model or payload.model)
+        started = time.perf_counter()
+        answer = await self._send(request, upstream, url, body, credential.current)
+        if answer.status == 401 and credential.previous is not None:
+            # Rotation overlap: the kubelet may not have brought us the new key yet, or the
+            # provider may not have activated it. One retry with the previous key.
+            answer.release()
+            self._metrics.auth_retries.labels(upstream.name).inc()
+            answer = await self._send(request, upstream, url, body, credential.previous)
+        outcome.upstream_seconds = time.perf_counter() - started
+        outcome.status = answer.status
+        try:
+            if answer.status < 400 and answer.content_type == "text/event-stream":
+                return await self._relay_stream(
+                    request, upstream, answer, outcome, hide_usage_chunk
+                )
+            return await self._relay_whole(upstream, endpoint, answer, outcome)
+        finally:
+            answer.release()
+
+    async def _send(
+        self,
+        request: web.Request,
+        upstream: providers.Upstream,
+        url: str,
+        body: bytes,
+        key: Secret,
+    ) -> aiohttp.ClientResponse:
+        headers = request_headers(request.headers, upstream, key, self._forward_headers)
+        try:
+            return await self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                ssl=upstream.ssl_context if upstream.ssl_context is not None else False,
+                timeout=upstream.timeout,
+                allow_redirects=False,
+            )
+        except Exception as exc:
+            raise translate(exc, upstream.name) from None
+
+    async def _relay_whole(
+        self,
+        upstream: providers.Upstream,
+        endpoint: endpoints.Endpoint,
+        answer: aiohttp.ClientResponse,
+        outcome: Outcome,
+    ) -> web.Response:
+        limit = self._max_response_bytes if answer.status < 400 else _ERROR_BODY_LIMIT
+        try:
+            data = await answer.content.read(limit + 1)
+            while len(data) <= limit and not answer.content.at_eof():
+                more = await answer.content.read(limit + 1 - len(data))
+                if not more:
+                    break
+                data += more
+        except Exception as exc:
+            raise translate(exc, upstream.name) from None
+        if len(data) > limit:
+            if answer.status >= 400:
+                data = data[:limit]
+            else:
+                raise errors.UpstreamError(
+                    f"provider {upstream.name} answered more than {limit} bytes"
+                )
+        headers = response_headers(answer.headers)
+        if answer.status >= 400:
+            # Providers echo parts of a rejected key in 401 bodies; nothing key-shaped or
+            # known to us leaves in an error body.
+            data = self._redactor.scrub_bytes(data)
+            logger.warning(
+                "provider answered an error",
+                extra={"provider": upstream.name, "status": answer.status},
+            )
+        else:
+            outcome.usage = usage.from_body(endpoint.dialect, data)
+        return web.Response(status=answer.status, body=data, headers=headers)
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        upstream: providers.Upstream,
+        answer: aiohttp.ClientResponse,
+        outcome: Outcome,
+        hide_usage_chunk: bool,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=answer.status, headers=response_headers(answer.headers)
+        )
+        await response.prepare(request)
+        splitter = usage.EventSplitter()
+        meter = usage.StreamMeter(upstream.dialect, hide_usage_chunk=hide_usage_chunk)
+        try:
+            async for chunk in answer.content.iter_any():
+                kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
+                if kept:
+                    await response.write(kept[0] if len(kept) == 1 else b"".join(kept))
+            rest = splitter.rest()
+            if rest:
+                await response.write(rest)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The status line is gone already; all that is left is to end the stream early.
+            logger.warning(
+                "provider stream broke off",
+                extra={"provider": upstream.name, "error": type(exc).__name__},
+            )
+            outcome.status = 502
+        except ConnectionResetError:
+            logger.info("client went away mid-stream", extra={"provider": upstream.name})
+            outcome.status = 499
+        outcome.usage = meter.usage
+        await response.write_eof()
+        return response
+
+
+def translate(exc: BaseException, provider: str) -> errors.UpstreamError:
+    """Map client-side failures to our errors, with messages safe to show."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return errors.UpstreamTimeout(f"provider {provider} did not answer in time")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return errors.UpstreamError(
+            f"provider {provider}: TLS certificate verification failed", code="upstream_tls"
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return errors.UpstreamError(
+            f"provider {provider}: TLS handshake failed (version or cipher refused)",
+            code="upstream_tls",
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return errors.UpstreamError(f"provider {provider} could not be reached")
+    if isinstance(exc, aiohttp.ClientError):
+        return errors.UpstreamError(f"provider {provider} connection failed")
+    raise exc

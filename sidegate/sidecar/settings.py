@@ -1,0 +1,304 @@
+"""The sidecar's configuration file: one YAML document validated by these models.
+
+Every model forbids unknown keys, so a typo is an error that names the key rather than a
+setting silently ignored. ``docs/configuration.md`` documents each field; keep them equal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sidegate import errors
+from sidegate.tls import TLSVersionName
+
+_PROVIDER_NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenSettings(_Strict):
+    host: str = Field("127.0.0.1", description="Address the proxy listens on.")
+    port: int = Field(
+        4000, ge=0, le=65535, description="Port of the OpenAI/Anthropic API; 0 picks a free one."
+    )
+    allow_non_loopback: bool = Field(
+        False,
+        description="Permit a non-loopback `host`. The sidecar has no client authentication: "
+        "anything that reaches the port can spend the provider keys.",
+    )
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> ListenSettings:
+        if not is_loopback(self.host) and not self.allow_non_loopback:
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address; set "
+                "listen.allow_non_loopback: true (or --allow-non-loopback) if you mean it"
+            )
+        return self
+
+
+class TLSSettings(_Strict):
+    min_version: TLSVersionName = Field("1.2", description="Lowest TLS version accepted.")
+    ca_file: Path | None = Field(
+        None, description="PEM bundle that replaces the system trust store for this provider."
+    )
+
+
+class Timeouts(_Strict):
+    connect: float = Field(10.0, gt=0, le=300, description="Seconds to open a connection.")
+    read: float = Field(
+        300.0, gt=0, le=3600, description="Seconds to wait for the next bytes of an answer."
+    )
+
+
+class _ProviderBase(_Strict):
+    base_url: str = Field(description="Provider API root, e.g. https://api.openai.com/v1.")
+    key_file: str | None = Field(
+        None,
+        description="File name of the key inside credentials.directory; defaults to the "
+        "provider's name. `<key_file>.previous`, if present, is the rotation overlap key.",
+        pattern=r"^[A-Za-z0-9._-]{1,253}$",
+    )
+    allow_insecure_http: bool = Field(
+        False, description="Permit an http:// base_url; only honoured for a loopback host."
+    )
+    tls: TLSSettings = Field(default_factory=TLSSettings)  # type: ignore[arg-type]
+    timeouts: Timeouts = Field(default_factory=Timeouts)  # type: ignore[arg-type]
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Static headers added to every upstream request (e.g. OpenAI-Project). "
+        "Not for secrets: keys come from key files only.",
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _scheme(cls, value: str, info: Any) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use key_file")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in ("authorization", "x-api-key", "api-key"):
+                raise ValueError(f"{name} is set from the key file, not from config")
+            if "\r" in header_value or "\n" in header_value:
+                raise ValueError(f"header {name} contains a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _plain_http(self) -> _ProviderBase:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.base_url)
+        if parts.scheme == "http":
+            if not is_loopback(parts.hostname or ""):
+                raise ValueError("http:// is refused for a non-loopback host; use https://")
+            if not self.allow_insecure_http:
+                raise ValueError(
+                    "http:// upstream refused; set allow_insecure_http: true for a loopback "
+                    "test server"
+                )
+        return self
+
+
+class OpenAIProvider(_ProviderBase):
+    kind: Literal["openai"]
+    base_url: str = "https://api.openai.com/v1"
+
+
+class OpenAICompatibleProvider(_ProviderBase):
+    """Any server that speaks OpenAI's API under its own base URL (vLLM, Together, ...)."""
+
+    kind: Literal["openai_compatible"]
+
+
+class AnthropicProvider(_ProviderBase):
+    kind: Literal["anthropic"]
+    base_url: str = "https://api.anthropic.com"
+    anthropic_version: str = Field(
+        "2023-06-01", description="Sent as anthropic-version when the client sends none."
+    )
+
+
+class AzureOpenAIProvider(_ProviderBase):
+    """Azure OpenAI: the model name picks a deployment; the key goes in `api-key`."""
+
+    kind: Literal["azure"]
+    api_version: str = Field(
+        description="The `api-version` query parameter, e.g. 2024-10-21.",
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",
+    )
+
+
+ProviderSettings = Annotated[
+    OpenAIProvider | OpenAICompatibleProvider | AnthropicProvider | AzureOpenAIProvider,
+    Field(discriminator="kind"),
+]
+
+
+class Route(_Strict):
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        description="Model name or glob (`*`, `?`, `[...]`) the client asks for.",
+    )
+    provider: str = Field(description="Name of a provider in `providers`.")
+    upstream_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Name sent upstream instead (for Azure: the deployment). Exact routes only.",
+    )
+
+
+class CredentialSettings(_Strict):
+    directory: Path = Field(
+        description="Directory holding one key file per provider (a projected Secret in "
+        "Kubernetes). Watched with inotify; changes apply without a restart."
+    )
+
+
+class RequestLimits(_Strict):
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="Largest request body."
+    )
+    max_json_depth: int = Field(64, ge=4, le=512, description="Deepest JSON nesting accepted.")
+    max_header_bytes: int = Field(
+        8190, ge=1024, le=65536, description="Longest request line or header field."
+    )
+    max_response_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest non-streamed upstream answer the sidecar will hold.",
+    )
+    allowed_extra_fields: list[str] = Field(
+        default_factory=list,
+        description="Top-level body fields accepted besides the provider's known parameters.",
+    )
+    forward_headers: list[str] = Field(
+        default_factory=list,
+        description="Extra client headers passed upstream (auth headers can never be).",
+    )
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _no_auth_headers(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower() in ("authorization", "x-api-key", "api-key", "cookie", "host"):
+                raise ValueError(f"{name} can never be forwarded")
+        return [name.lower() for name in value]
+
+
+class LogSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+    access_log: bool = Field(False, description="One log line per request (no bodies).")
+
+
+class SidecarSettings(_Strict):
+    listen: ListenSettings = Field(default_factory=ListenSettings)  # type: ignore[arg-type]
+    credentials: CredentialSettings
+    providers: dict[Annotated[str, Field(pattern=_PROVIDER_NAME)], ProviderSettings] = Field(
+        min_length=1
+    )
+    routes: list[Route] = Field(min_length=1)
+    limits: RequestLimits = Field(default_factory=RequestLimits)  # type: ignore[arg-type]
+    logging: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _routes_name_providers(self) -> SidecarSettings:
+        for index, route in enumerate(self.routes):
+            if route.provider not in self.providers:
+                raise ValueError(
+                    f"routes[{index}].provider: {route.provider!r} is not in providers "
+                    f"({', '.join(sorted(self.providers))})"
+                )
+            if route.upstream_model and any(c in route.model for c in "*?["):
+                raise ValueError(
+                    f"routes[{index}].upstream_model: only an exact model name can be renamed"
+                )
+        return self
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def load(path: Path) -> SidecarSettings:
+    """Read and validate a config file; relative paths in it are relative to the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise errors.ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise errors.ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise errors.ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        settings = SidecarSettings.model_validate(data)
+    except ValidationError as exc:
+        raise errors.ConfigError(format_validation_error(exc, str(path))) from None
+    return _resolve_paths(settings, path.parent)
+
+
+def _resolve_paths(settings: SidecarSettings, base: Path) -> SidecarSettings:
+    def absolute(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p)
+
+    providers = {
+        name: provider.model_copy(
+            update={
+                "tls": provider.tls.model_copy(
+                    update={
+                        "ca_file": absolute(provider.tls.ca_file) if provider.tls.ca_file else None
+                    }
+                )
+            }
+        )
+        for name, provider in settings.providers.items()
+    }
+    credentials = settings.credentials.model_copy(
+        update={"directory": absolute(settings.credentials.directory)}
+    )
+    return settings.model_copy(update={"providers": providers, "credentials": credentials})

@@ -1,0 +1,180 @@
+"""Fixtures shared by every tier: a throwaway CA, fake keys made at run time, and the
+full stack (stand-in provider over TLS + sidecar) running on real sockets."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import re
+import secrets
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from sidegate import logs, redact, standin
+from sidegate.sidecar import app, settings
+from sidegate.sidecar.metrics import Metrics
+from tests.helpers.kubelet import ProjectedVolume
+from tests.helpers.servers import LoopThread
+
+# Key shapes that must never appear in what the sidecar emits (DESIGN.md invariant 1).
+KEY_SHAPES = re.compile(
+    r"sk-[A-Za-z0-9_-]{6,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{20,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{6,}"
+)
+
+
+def fake_key(prefix: str = "sk-test-") -> str:
+    """A key-shaped random value, made at run time so no key-like text is committed."""
+    return prefix + secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def server_cert(ca: trustme.CA) -> trustme.LeafCert:
+    return ca.issue_cert("127.0.0.1", "localhost")
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+def server_context(cert: trustme.LeafCert) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context
+
+
+@dataclasses.dataclass
+class Stack:
+    """A running sidecar in front of a running TLS stand-in provider."""
+
+    loop: LoopThread
+    base_url: str  # the sidecar's /v1 URL, as an app would configure it
+    provider_port: int
+    state: standin.StandInState
+    volume: ProjectedVolume
+    keys: dict[str, str]  # provider → current key
+    all_keys: set[str]  # every key this stack ever used, for leak checks
+    log: io.StringIO
+    metrics: Metrics
+    config: settings.SidecarSettings
+
+    @property
+    def origin(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+    def publish_keys(self, keys: dict[str, str], extra: dict[str, str] | None = None) -> None:
+        """Swap the credential volume the way the kubelet does."""
+        self.keys = dict(keys)
+        self.all_keys.update(keys.values())
+        self.all_keys.update((extra or {}).values())
+        self.state.accepted_keys.update(keys.values())
+        self.volume.publish({**keys, **(extra or {})})
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def base_config(provider_port: int, ca_file: Path, credentials: Path) -> dict[str, Any]:
+    tls = {"ca_file": str(ca_file)}
+    origin = f"https://127.0.0.1:{provider_port}"
+    return {
+        "credentials": {"directory": str(credentials)},
+        "providers": {
+            "openai": {"kind": "openai", "base_url": origin + "/v1", "tls": tls},
+            "anthropic": {"kind": "anthropic", "base_url": origin, "tls": tls},
+            "azure": {
+                "kind": "azure",
+                "base_url": f"https://localhost:{provider_port}",
+                "api_version": "2024-10-21",
+                "tls": tls,
+            },
+            "compat": {"kind": "openai_compatible", "base_url": origin + "/v1", "tls": tls},
+        },
+        "routes": [
+            {"model": "gpt-4o-mini", "provider": "openai"},
+            {"model": "text-embedding-3-small", "provider": "openai"},
+            {"model": "gpt-renamed", "provider": "openai", "upstream_model": "gpt-4o-2024-08-06"},
+            {"model": "gpt-*", "provider": "openai"},
+            {"model": "claude-*", "provider": "anthropic"},
+            {"model": "azure-chat", "provider": "azure", "upstream_model": "prod-gpt4o"},
+            {"model": "local-*", "provider": "compat"},
+        ],
+    }
+
+
+def assert_no_secrets(text: str, keys: set[str]) -> None:
+    for key in keys:
+        assert key not in text, "a loaded key appears verbatim"
+        assert key[-8:] not in text and key[:12] not in text, "a key fragment appears"
+    match = KEY_SHAPES.search(text)
+    assert match is None, f"key-shaped text appears: {match.group(0)[:6]}..."
+
+
+@pytest.fixture
+def make_stack(
+    tmp_path: Path, ca_file: Path, server_cert: trustme.LeafCert
+) -> Iterator[Callable[..., Stack]]:
+    stacks: list[Stack] = []
+    handlers: list[logging.Handler] = []
+
+    def make(configure: Callable[[dict[str, Any]], None] | None = None) -> Stack:
+        loop = LoopThread()
+        state = standin.StandInState()
+        provider_port = loop.serve(
+            standin.create_app(state), ssl_context=server_context(server_cert)
+        )
+        volume = ProjectedVolume(tmp_path / f"credentials-{len(stacks)}")
+        keys = {
+            "openai": fake_key(),
+            "anthropic": fake_key("sk-ant-test-"),
+            "azure": secrets.token_hex(16),
+            "compat": fake_key(),
+        }
+        raw = base_config(provider_port, ca_file, volume.root)
+        if configure:
+            configure(raw)
+        config = settings.SidecarSettings.model_validate(raw)
+        redactor = redact.Redactor()
+        metrics = Metrics()
+        log = io.StringIO()
+        handler = logs.make_handler(redactor, "json", stream=log)
+        logging.getLogger().addHandler(handler)
+        logging.getLogger().setLevel(logging.INFO)
+        handlers.append(handler)
+        stack = Stack(loop, "", provider_port, state, volume, {}, set(), log, metrics, config)
+        stack.publish_keys(keys)
+        application = app.create_app(config, redactor=redactor, metrics=metrics)
+        port = loop.serve(
+            application,
+            max_line_size=config.limits.max_header_bytes,
+            max_field_size=config.limits.max_header_bytes,
+        )
+        stack.base_url = f"http://127.0.0.1:{port}/v1"
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for handler in handlers:
+        logging.getLogger().removeHandler(handler)
+    for stack in stacks:
+        stack.loop.close()
+        # Every scenario doubles as a leak test: nothing the sidecar logged may hold a key.
+        assert_no_secrets(stack.log.getvalue(), stack.all_keys)
+
+
+@pytest.fixture
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    return make_stack()

@@ -1,0 +1,47 @@
+"""Real servers for tests: aiohttp apps on 127.0.0.1 in a background event loop thread,
+so the official SDKs' blocking clients can call them from the test thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from sidegate.sidecar import serving
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._runners: list[web.AppRunner] = []
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def serve(self, app: web.Application, ssl_context: Any = None, **runner_kwargs: Any) -> int:
+        async def start() -> int:
+            runner = web.AppRunner(app, access_log=None, **runner_kwargs)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
+            await site.start()
+            self._runners.append(runner)
+            return serving.bound_port(runner)
+
+        return self.run(start())
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for runner in reversed(self._runners):
+                await runner.cleanup()
+
+        self.run(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
