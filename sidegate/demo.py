@@ -18,7 +18,6 @@ from typing import Any
 from sidegate import redact, standin
 from sidegate.sidecar import app, serving, settings
 
-
 # What the app passes as api_key: the SDK insists on one, the sidecar ignores it.
 APP_PLACEHOLDER = "unused"
 

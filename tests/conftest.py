@@ -9,6 +9,7 @@ import logging
 import re
 import secrets
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,16 @@ KEY_SHAPES = re.compile(
 def fake_key(prefix: str = "sk-test-") -> str:
     """A key-shaped random value, made at run time so no key-like text is committed."""
     return prefix + secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Poll until ``condition()``; return the seconds it took. Fails the test on timeout."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(0.005)
+    return time.monotonic() - started
 
 
 @pytest.fixture(scope="session")

@@ -161,9 +161,12 @@ def dialect_of(path: str) -> endpoints.Dialect:
 
 
 def error_response(
-    error: errors.RequestError, dialect: endpoints.Dialect, request_id: str
+    error: errors.RequestError, dialect: endpoints.Dialect, request_id: str, redactor: Redactor
 ) -> web.Response:
-    message = error.message
+    # Messages quote client input (a model name, a field name): a client that pastes a key
+    # there must not get it back, nor have it reach a log that copies the message.
+    message = redactor.scrub(error.message)
+    param = redactor.scrub(error.param) if error.param else None
     if error.status >= 500:
         message = f"{message} (request id {request_id})"
     if dialect == "anthropic":
@@ -177,7 +180,7 @@ def error_response(
             "error": {
                 "message": message,
                 "type": error.error_type,
-                "param": error.param,
+                "param": param,
                 "code": error.code,
             }
         }
@@ -200,23 +203,23 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     record = RequestRecord(request_id, route)
     request[RECORD] = record
     started = time.perf_counter()
+    pipeline = request.app[PIPELINE]
     try:
         response = await handler(request)
     except errors.RequestError as exc:
-        response = error_response(exc, dialect_of(request.path), request_id)
+        response = error_response(exc, dialect_of(request.path), request_id, pipeline.redactor)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         kind = _HTTP_ERRORS.get(exc.status, errors.InvalidRequest)
         error = kind(exc.reason)
         error.status = exc.status
-        response = error_response(error, dialect_of(request.path), request_id)
+        response = error_response(error, dialect_of(request.path), request_id, pipeline.redactor)
     except Exception:
         logger.exception("unexpected error", extra={"request_id": request_id})
         error = errors.RequestError("internal error", code="internal_error")
         error.status, error.error_type = 500, "api_error"
-        response = error_response(error, dialect_of(request.path), request_id)
-    pipeline = request.app[PIPELINE]
+        response = error_response(error, dialect_of(request.path), request_id, pipeline.redactor)
     status = (
         record.outcome.status if response.prepared and record.outcome.status else response.status
     )

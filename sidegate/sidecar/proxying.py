@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import ssl
 import time
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
@@ -274,7 +275,9 @@ def translate(exc: BaseException, provider: str) -> errors.UpstreamError:
         return errors.UpstreamError(
             f"provider {provider}: TLS certificate verification failed", code="upstream_tls"
         )
-    if isinstance(exc, aiohttp.ClientSSLError):
+    if isinstance(exc, aiohttp.ClientSSLError) or (
+        isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ssl.SSLError)
+    ):
         return errors.UpstreamError(
             f"provider {provider}: TLS handshake failed (version or cipher refused)",
             code="upstream_tls",

@@ -122,11 +122,13 @@ class _ProviderBase(_Strict):
         parts = urlsplit(self.base_url)
         if parts.scheme == "http":
             if not is_loopback(parts.hostname or ""):
-                raise ValueError("http:// is refused for a non-loopback host; use https://")
+                raise ValueError(
+                    "base_url: http:// is refused for a non-loopback host; use https://"
+                )
             if not self.allow_insecure_http:
                 raise ValueError(
-                    "http:// upstream refused; set allow_insecure_http: true for a loopback "
-                    "test server"
+                    "base_url: http:// upstream refused; set allow_insecure_http: true for a "
+                    "loopback test server"
                 )
         return self
 
@@ -159,6 +161,8 @@ class AzureOpenAIProvider(_ProviderBase):
         pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$",
     )
 
+
+_PROVIDER_KINDS = frozenset({"openai", "openai_compatible", "anthropic", "azure"})
 
 ProviderSettings = Annotated[
     OpenAIProvider | OpenAICompatibleProvider | AnthropicProvider | AzureOpenAIProvider,
@@ -255,8 +259,13 @@ class SidecarSettings(_Strict):
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration"]
     for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = error["msg"]
+        location = list(error["loc"])
+        # A tagged union puts the tag in the path (providers.openai.openai.base_url); the
+        # user wrote no such key, so drop it.
+        if len(location) >= 3 and location[0] == "providers" and location[2] in _PROVIDER_KINDS:
+            del location[2]
+        where = ".".join(str(part) for part in location) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
         lines.append(f"  {where}: {message}")

@@ -1,0 +1,139 @@
+"""The `sidegate` command as a user runs it: real processes, real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+import yaml
+
+from sidegate import standin
+from tests.conftest import base_config, fake_key, server_context
+from tests.helpers.http import call, chat_body
+from tests.helpers.servers import LoopThread
+
+SIDEGATE = [sys.executable, "-m", "sidegate"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def provider(server_cert: trustme.LeafCert) -> Iterator[tuple[int, standin.StandInState]]:
+    loop = LoopThread()
+    state = standin.StandInState()
+    port = loop.serve(standin.create_app(state), ssl_context=server_context(server_cert))
+    yield port, state
+    loop.close()
+
+
+def test_help_explains_the_commands() -> None:
+    out = subprocess.run([*SIDEGATE, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "sidecar" in out and "demo" in out
+    out = subprocess.run(
+        [*SIDEGATE, "sidecar", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--config" in out and "--allow-non-loopback" in out
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        "credentials: {directory: .}\n"
+        "providers: {openai: {kind: openai, base_url: 'http://example.com'}}\n"
+        "routes: []\n"
+        "listen: {prot: 1}\n"
+    )
+    result = subprocess.run(
+        [*SIDEGATE, "sidecar", "--config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "listen.prot: unknown key" in result.stderr
+    assert "providers.openai: base_url: http:// is refused" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_non_loopback_needs_the_flag(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "credentials": {"directory": "."},
+                "providers": {"o": {"kind": "openai"}},
+                "routes": [{"model": "m", "provider": "o"}],
+            }
+        )
+    )
+    result = subprocess.run(
+        [*SIDEGATE, "sidecar", "-c", str(config), "--host", "0.0.0.0"],  # noqa: S104
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "allow_non_loopback" in result.stderr
+
+
+def test_sidecar_serves_reloads_and_stops_on_sigterm(
+    tmp_path: Path, provider: tuple[int, standin.StandInState], ca_file: Path
+) -> None:
+    port, state = provider
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    keys = {name: fake_key() for name in ("openai", "anthropic", "azure", "compat")}
+    for name, key in keys.items():
+        (credentials / name).write_text(key)
+    state.accepted_keys.update(keys.values())
+    raw = base_config(port, ca_file, credentials)
+    sidecar_port = free_port()
+    raw["listen"] = {"port": sidecar_port}
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    process = subprocess.Popen(
+        [*SIDEGATE, "sidecar", "--config", str(config)], stderr=subprocess.PIPE, text=True
+    )
+    origin = f"http://127.0.0.1:{sidecar_port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if call(origin, "/readyz", method="GET")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, "sidecar exited early"
+            assert time.monotonic() < deadline, "sidecar never became ready"
+            time.sleep(0.05)
+        status, _, answer = call(origin, "/v1/chat/completions", chat_body())
+        assert status == 200 and answer["choices"][0]["message"]["content"] == "echo: hi"
+        assert state.received[-1].key == keys["openai"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    assert any(line["msg"] == "sidecar listening" for line in lines)
+    assert any(line["msg"] == "shutting down" for line in lines)
+    for key in keys.values():
+        assert key not in stderr
+
+
+def test_demo_runs_on_a_fresh_port() -> None:
+    result = subprocess.run(
+        [*SIDEGATE, "demo", "--port", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "chat completion -> 'echo: hello from the app'" in out
+    assert "the app's placeholder reached it: False" in out
+    assert "rotated the key file" in out and "no restart" in out
+    assert "unknown field 'temprature'" in out

@@ -1,0 +1,56 @@
+"""Token usage from whole and streamed answers."""
+
+from __future__ import annotations
+
+import json
+
+from sidegate.sidecar import usage
+
+
+def sse(document: object) -> bytes:
+    return b"data: " + json.dumps(document).encode() + b"\n\n"
+
+
+def test_openai_stream_usage_chunk_is_read_and_hidden_when_asked() -> None:
+    meter = usage.StreamMeter("openai", hide_usage_chunk=True)
+    content = sse({"choices": [{"delta": {"content": "x"}}], "usage": None})
+    final = sse({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 5}})
+    assert meter.keep(content)
+    assert not meter.keep(final)
+    assert meter.keep(b"data: [DONE]\n\n")
+    assert (meter.usage.input_tokens, meter.usage.output_tokens) == (3, 5)
+
+
+def test_openai_usage_chunk_kept_when_client_asked() -> None:
+    meter = usage.StreamMeter("openai", hide_usage_chunk=False)
+    assert meter.keep(sse({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2}}))
+    assert meter.usage.total == 3
+
+
+def test_anthropic_stream_counts_cache_tokens_as_input() -> None:
+    meter = usage.StreamMeter("anthropic", hide_usage_chunk=False)
+    start = {
+        "type": "message_start",
+        "message": {
+            "usage": {"input_tokens": 10, "cache_read_input_tokens": 5, "output_tokens": 1}
+        },
+    }
+    meter.keep(b"event: message_start\n" + sse(start))
+    meter.keep(
+        b"event: message_delta\n" + sse({"type": "message_delta", "usage": {"output_tokens": 42}})
+    )
+    assert (meter.usage.input_tokens, meter.usage.output_tokens) == (15, 42)
+
+
+def test_whole_bodies() -> None:
+    body = json.dumps({"usage": {"prompt_tokens": 2, "completion_tokens": 4}}).encode()
+    assert usage.from_body("openai", body).total == 6
+    assert not usage.from_body("openai", b'{"data": []}').reported
+    assert not usage.from_body("openai", b'{"usage": {broken').reported
+
+
+def test_splitter_handles_crlf_and_partial_events() -> None:
+    splitter = usage.EventSplitter()
+    assert splitter.feed(b"data: 1\r\n\r\ndata: 2\n") == [b"data: 1\r\n\r\n"]
+    assert splitter.feed(b"\ndata: 3") == [b"data: 2\n\n"]
+    assert splitter.rest() == b"data: 3"
