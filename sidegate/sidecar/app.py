@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -37,6 +38,13 @@ from sidegate.sidecar.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_ids() -> Callable[[], str]:
+    """Unique ids without a syscall per request: a random per-process prefix and a counter."""
+    prefix = secrets.token_hex(8)
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):016x}"
 
 
 @dataclasses.dataclass(slots=True)
@@ -71,6 +79,7 @@ class Pipeline:
         self.upstreams = providers.build_all(config.providers)
         self._allowed_extra = frozenset(config.limits.allowed_extra_fields)
         self.proxy: proxying.Proxy | None = None  # set when the client session opens
+        self.new_request_id = request_ids()
 
     async def handle(
         self, endpoint: endpoints.Endpoint, request: web.Request
@@ -198,12 +207,12 @@ _HTTP_ERRORS: dict[int, type[errors.RequestError]] = {
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, error mapping and metrics: the only cross-cutting concerns."""
     incoming = request.headers.get("x-request-id", "")
-    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    pipeline = request.app[PIPELINE]
+    request_id = incoming if _REQUEST_ID.match(incoming) else pipeline.new_request_id()
     route = request.match_info.route.name or "other"
     record = RequestRecord(request_id, route)
     request[RECORD] = record
     started = time.perf_counter()
-    pipeline = request.app[PIPELINE]
     try:
         response = await handler(request)
     except errors.RequestError as exc:

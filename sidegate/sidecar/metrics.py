@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # Proxied LLM calls take from milliseconds (embeddings) to minutes (long streams).
 _REQUEST_BUCKETS = (
@@ -28,6 +33,10 @@ _REQUEST_BUCKETS = (
 
 class Metrics:
     def __init__(self) -> None:
+        # `labels()` takes a lock and validates on every call; the hot path asks for the same
+        # few children again and again. Label values are bounded (routes, providers, route
+        # patterns, HTTP statuses), so is this cache.
+        self._children: dict[tuple[Any, ...], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -74,3 +83,10 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+
+    def child(self, metric: M, *labels: str) -> M:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found

@@ -53,17 +53,27 @@ def _apply(usage: Usage, dialect: endpoints.Dialect, reported: Any, *, delta: bo
         usage.output_tokens = _int(reported.get("output_tokens"))
 
 
+_DECODER = json.JSONDecoder()
+
+
 def from_body(dialect: endpoints.Dialect, data: bytes) -> Usage:
-    """Usage from a whole JSON answer; zeros (reported=False) if it says none."""
+    """Usage from a whole JSON answer; zeros (reported=False) if it says none.
+
+    Only the usage object is decoded, not the whole answer. Inside a JSON string a quote is
+    always escaped, so an unescaped ``"usage": {`` can only be a key: model output cannot
+    forge one.
+    """
     usage = Usage()
-    if _USAGE_OBJECT.search(data) is None:
+    match = None
+    for match in _USAGE_OBJECT.finditer(data):  # noqa: B007 - the last one is the top-level key
+        pass
+    if match is None:
         return usage
     try:
-        document = json.loads(data)
+        reported, _ = _DECODER.raw_decode(data[match.end() - 1 :].decode("utf-8", "replace"))
     except ValueError:
         return usage
-    if isinstance(document, dict):
-        _apply(usage, dialect, document.get("usage"))
+    _apply(usage, dialect, reported)
     return usage
 
 
