@@ -105,6 +105,10 @@ def test_readyz_names_providers_without_a_key(
     wait_for(lambda: call(stack.origin, CHAT, chat_body())[0] == 200)
 
 
+def test_healthz_answers_while_serving(stack: Stack) -> None:
+    assert call(stack.origin, "/healthz", method="GET")[:3:2] == (200, {"status": "ok"})
+
+
 def test_metrics_endpoint_counts_requests(stack: Stack) -> None:
     call(stack.origin, CHAT, chat_body())
     status, headers, text = call(stack.origin, "/metrics", method="GET")

@@ -91,3 +91,28 @@ def test_streams_ask_for_usage_and_remember_to_hide_it() -> None:
         endpoints.CHAT, data, body, routing.Target("openai", "m", None)
     )
     assert hide and json.loads(sent)["stream_options"] == {"x": 1, "include_usage": True}
+
+
+def test_hop_by_hop_and_sidecar_owned_headers_are_dropped_from_answers() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    upstream = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                ("Content-Type", "application/json"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Transfer-Encoding", "chunked"),
+                ("Set-Cookie", "__cf_bm=abc"),
+                ("x-request-id", "req_1"),
+                ("openai-processing-ms", "12"),
+            ]
+        )
+    )
+    kept = proxying.response_headers(upstream)
+    assert dict(kept) == {
+        "Content-Type": "application/json",
+        "openai-processing-ms": "12",
+        "x-upstream-request-id": "req_1",
+    }
