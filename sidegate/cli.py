@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     from sidegate.sidecar import app, serving, settings
 
     try:
-        config = settings.load(Path(args.config))
+        config = settings.load(Path(args.config), os.environ)
         overrides = {
             key: value
             for key, value in (

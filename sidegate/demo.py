@@ -32,18 +32,34 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def demo_config(provider_url: str, credentials: Path, port: int) -> settings.SidecarSettings:
+DEMO_POLICY = """\
+apiVersion: sidegate.io/v1alpha1
+kind: RBACPolicy
+metadata: {name: demo, namespace: default}
+spec:
+  subjects: [{kind: ServiceAccount, name: default}]
+  rules:
+    - {effect: Allow, models: ["gpt-4o-mini", "text-embedding-*", "claude-*"]}
+  rateLimits: {requestsPerMinute: 600, tokensPerMinute: 100000}
+"""
+
+
+def demo_config(
+    provider_url: str, credentials: Path, policies: Path, port: int
+) -> settings.SidecarSettings:
     local = {"base_url": provider_url, "allow_insecure_http": True}
     return settings.SidecarSettings.model_validate(
         {
             "listen": {"host": "127.0.0.1", "port": port},
             "credentials": {"directory": str(credentials)},
+            "policy": {"directory": str(policies)},
             "providers": {
                 "openai": {"kind": "openai", **local, "base_url": provider_url + "/v1"},
                 "anthropic": {"kind": "anthropic", **local},
             },
             "routes": [
                 {"model": "gpt-4o-mini", "provider": "openai"},
+                {"model": "gpt-4o", "provider": "openai"},
                 {"model": "text-embedding-3-small", "provider": "openai"},
                 {"model": "claude-*", "provider": "anthropic"},
             ],
@@ -62,12 +78,16 @@ async def run(*, port: int, serve: bool, redactor: redact.Redactor) -> int:
     provider = await serving.start(standin.create_app(state), "127.0.0.1", 0)
     provider_url = f"http://127.0.0.1:{serving.bound_port(provider)}"
     with tempfile.TemporaryDirectory(prefix="sidegate-demo-") as workdir:
-        credentials = Path(workdir)
+        credentials = Path(workdir) / "credentials"
+        policies = Path(workdir) / "policies"
+        credentials.mkdir()
+        policies.mkdir()
+        (policies / "demo.yaml").write_text(DEMO_POLICY)
         keys = {name: "demo-" + secrets.token_hex(16) for name in ("openai", "anthropic")}
         for name, key in keys.items():
             (credentials / name).write_text(key + "\n")
         state.accepted_keys.update(keys.values())
-        config = demo_config(provider_url, credentials, port)
+        config = demo_config(provider_url, credentials, policies, port)
         try:
             sidecar = await serving.start(
                 app.create_app(config, redactor=redactor), "127.0.0.1", port
@@ -144,11 +164,9 @@ def _tour(
     except openai.BadRequestError as exc:
         say(f"5. a typo in a field -> {exc.status_code}: {exc.body['message']}")
     try:
-        client.chat.completions.create(
-            model="gpt-5-secret", messages=[{"role": "user", "content": "x"}]
-        )
-    except openai.NotFoundError as exc:
-        say(f"6. a model no route serves -> {exc.status_code}: {exc.body['message']}")
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    except openai.PermissionDeniedError as exc:
+        say(f"6. a model the RBACPolicy does not grant -> {exc.status_code}: {exc.body['message']}")
 
     new_key = "demo-" + secrets.token_hex(16)
     state.accepted_keys.add(new_key)

@@ -8,6 +8,7 @@ seam where they occur, so nothing below the middleware needs to know about HTTP.
     SidegateError
     ├── ConfigError             a config file is missing, unreadable or invalid (start-up only)
     ├── CredentialRejected      a new credential file is empty, unreadable or malformed
+    ├── BundleRejected          a policy bundle or policy file failed validation
     └── RequestError            anything answered to a client, carries status/type/code
         ├── InvalidRequest      400: the body or a header is not acceptable
         │   └── UnknownField    400: a top-level field that is neither known nor allowed
@@ -39,6 +40,10 @@ class CredentialRejected(SidegateError):
 
     The message names the file and the reason, never the content.
     """
+
+
+class BundleRejected(SidegateError):
+    """A policy bundle or policy source is invalid; the policy in force stays."""
 
 
 class RequestError(SidegateError):

@@ -83,6 +83,11 @@ class Stack:
     config: settings.SidecarSettings
 
     @property
+    def policy_dir(self) -> Path:
+        assert self.config.policy.directory is not None
+        return self.config.policy.directory
+
+    @property
     def origin(self) -> str:
         return self.base_url.removesuffix("/v1")
 
@@ -98,11 +103,30 @@ class Stack:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def base_config(provider_port: int, ca_file: Path, credentials: Path) -> dict[str, Any]:
+ALLOW_ALL = """\
+apiVersion: sidegate.io/v1alpha1
+kind: RBACPolicy
+metadata: {name: allow-all, namespace: default}
+spec:
+  subjects: [{kind: Namespace, name: default}]
+  rules: [{effect: Allow, models: ["*"]}]
+"""
+
+
+def base_config(
+    provider_port: int, ca_file: Path, credentials: Path, policies: Path | None = None
+) -> dict[str, Any]:
+    """A config for the stand-in provider; ``policies`` gets an allow-all policy if new."""
     tls = {"ca_file": str(ca_file)}
     origin = f"https://127.0.0.1:{provider_port}"
+    if policies is None:
+        policies = credentials.parent / (credentials.name + "-policies")
+    if not policies.exists():
+        policies.mkdir(parents=True)
+        (policies / "allow-all.yaml").write_text(ALLOW_ALL)
     return {
         "credentials": {"directory": str(credentials)},
+        "policy": {"directory": str(policies)},
         "providers": {
             "openai": {"kind": "openai", "base_url": origin + "/v1", "tls": tls},
             "anthropic": {"kind": "anthropic", "base_url": origin, "tls": tls},

@@ -10,23 +10,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidegate import errors
+from sidegate.policy import models, rules
 from sidegate.redact import Redactor
 from sidegate.sidecar import (
     credentials,
     endpoints,
+    limiting,
     payloads,
+    policies,
     providers,
     proxying,
     routing,
@@ -56,6 +61,8 @@ class RequestRecord:
     provider: str = "-"
     model: str = "-"  # the route's configured pattern, never the raw client string
     outcome: proxying.Outcome = dataclasses.field(default_factory=proxying.Outcome)
+    caller: rules.Caller | None = None
+    decision: rules.Decision | None = None
 
 
 RECORD = web.RequestKey("sidegate.record", RequestRecord)
@@ -70,11 +77,19 @@ class Pipeline:
         metrics: Metrics,
         redactor: Redactor,
         store: credentials.CredentialStore,
+        policy: policies.PolicyHolder,
+        limiter: limiting.LocalLimiter | limiting.RedisLimiter,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.redactor = redactor
         self.credentials = store
+        self.policies = policy
+        self.limiter = limiter
+        identity = config.identity
+        self._namespace, self._service_account = identity.namespace, identity.service_account
+        self._tenant_header = identity.tenant_header
+        self._default_output_tokens = config.rate_limits.default_output_tokens
         self.routes = routing.RouteTable(config.routes)
         self.upstreams = providers.build_all(config.providers)
         self._allowed_extra = frozenset(config.limits.allowed_extra_fields)
@@ -92,6 +107,17 @@ class Pipeline:
             max_depth=self.config.limits.max_json_depth,
             allowed_extra=self._allowed_extra,
         )
+        caller = record.caller = self.identify(request)
+        decision = record.decision = self.policies.decide(caller, payload.model, endpoint.action)
+        if not decision.allowed:
+            self.metrics.child(self.metrics.denials, decision.reason).inc()
+            # The reason code is the caller's own; which policy decided, and what other
+            # callers may do, is for the admin explain API only.
+            raise errors.PolicyDenied(
+                f"model {payload.model!r} is not allowed for this caller ({decision.reason})",
+                param="model",
+                code=decision.reason,
+            )
         target = self.routes.resolve(payload.model)
         if target is None:
             raise errors.NotFound(
@@ -111,13 +137,50 @@ class Pipeline:
         credential = self.credentials.get(target.provider)
         if credential is None:
             raise errors.NotReady(f"no credential loaded for provider {target.provider}")
-        assert self.proxy is not None
-        return await self.proxy.forward(
-            request, upstream, endpoint, data, payload, target, credential, record.outcome
+        assert self.proxy is not None  # set by the client_session context
+        if not decision.limits.any:
+            return await self.proxy.forward(
+                request, upstream, endpoint, data, payload, target, credential, record.outcome
+            )
+        reservation = await self.limiter.acquire(
+            limit_key(caller),
+            decision.limits,
+            estimate_tokens(data, payload, self._default_output_tokens),
+            record.request_id,
         )
+        outcome = record.outcome
+        try:
+            return await self.proxy.forward(
+                request, upstream, endpoint, data, payload, target, credential, outcome
+            )
+        finally:
+            # Settle with what the provider reported; nothing if it was never reached; the
+            # reservation as it stands if it answered without usage.
+            used = (
+                outcome.usage.total
+                if outcome.usage.reported
+                else (0 if not outcome.status else None)
+            )
+            await self.limiter.settle(reservation, used)
+
+    def identify(self, request: web.Request) -> rules.Caller:
+        tenant = request.headers.get(self._tenant_header)
+        if tenant is not None and not models.is_valid_tenant(tenant):
+            raise errors.InvalidRequest(
+                f"{self._tenant_header} must be 1-63 characters of letters, digits, '.', '_' "
+                "and '-', starting with a letter or digit",
+                param=self._tenant_header,
+                code="invalid_tenant",
+            )
+        return rules.Caller(self._namespace, self._service_account, tenant)
 
     async def list_models(self, request: web.Request) -> web.Response:
-        listed = self.routes.listed_models()
+        caller = request[RECORD].caller = self.identify(request)
+        listed = [
+            t
+            for t in self.routes.listed_models()
+            if self.policies.decide(caller, t.pattern, "models.list").allowed
+        ]
         if "anthropic-version" in request.headers:
             data = [
                 {
@@ -142,6 +205,21 @@ class Pipeline:
                 ],
             }
         )
+
+
+def limit_key(caller: rules.Caller) -> str:
+    """Budgets are per caller: namespace, service account and tenant."""
+    return f"{caller.namespace}/{caller.service_account}/{caller.tenant or '-'}"
+
+
+def estimate_tokens(data: bytes, payload: payloads.Body, default_output: int) -> int:
+    """Tokens to reserve before the call: the input (~4 bytes a token, an overestimate for
+    JSON) plus the most output the request allows itself."""
+    output = payload.output_budget
+    if output is None:
+        output = 0 if isinstance(payload, payloads.EmbeddingBody) else default_output
+    choices = getattr(payload, "n", None) or 1
+    return len(data) // 4 + output * choices
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -270,10 +348,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    store = request.app[PIPELINE].credentials
-    if store.ready:
+    pipeline = request.app[PIPELINE]
+    store = pipeline.credentials
+    if store.ready and pipeline.policies.ready:
         return web.json_response({"ready": True})
-    return web.json_response({"ready": False, "missing_credentials": store.missing()}, status=503)
+    return web.json_response(
+        {
+            "ready": False,
+            "missing_credentials": store.missing(),
+            "policy_loaded": pipeline.policies.ready,
+        },
+        status=503,
+    )
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -309,14 +395,61 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-async def credential_reloader(app: web.Application) -> AsyncIterator[None]:
-    store = app[PIPELINE].credentials
-    store.reload()
-    task = asyncio.create_task(watching.watch(store.directory, store.reload))
+async def file_reloaders(app: web.Application) -> AsyncIterator[None]:
+    """Load credentials, policy and Redis settings, then reload each when its files change.
+
+    One inotify watch per directory, however many things live in it."""
+    pipeline = app[PIPELINE]
+    store, holder, limiter = pipeline.credentials, pipeline.policies, pipeline.limiter
+
+    async def reload_credentials() -> None:
+        store.reload()
+
+    reloaders: dict[Path, list[Callable[[], Awaitable[object]]]] = {}
+    reloaders.setdefault(store.directory, []).append(reload_credentials)
+    reloaders.setdefault(holder.watch_directory, []).append(holder.reload)
+    if isinstance(limiter, limiting.RedisLimiter):
+
+        async def reload_redis() -> None:
+            limiter.reload()
+
+        for path in filter(None, (limiter.url_file, limiter.password_file)):
+            reloaders.setdefault(path.parent, []).append(reload_redis)
+
+    async def run_all(functions: list[Callable[[], Awaitable[object]]]) -> None:
+        for function in functions:
+            await function()
+
+    for functions in reloaders.values():
+        await run_all(functions)
+    tasks = [
+        asyncio.create_task(watching.watch(directory, functools.partial(run_all, functions)))
+        for directory, functions in reloaders.items()
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await limiter.close()
+
+
+def build_limiter(
+    config: settings.SidecarSettings, metrics: Metrics
+) -> limiting.LocalLimiter | limiting.RedisLimiter:
+    limits = config.rate_limits
+    if limits.backend == "redis":
+        assert limits.redis is not None  # validated by settings
+        return limiting.RedisLimiter(
+            url_file=limits.redis.url_file,
+            password_file=limits.redis.password_file,
+            timeout=limits.redis.timeout_seconds,
+            key_prefix=limits.redis.key_prefix,
+            fail_mode=limits.fail_mode,
+            metrics=metrics,
+        )
+    return limiting.LocalLimiter(max_keys=limits.local_max_keys, metrics=metrics)
 
 
 def create_app(
@@ -333,10 +466,18 @@ def create_app(
         metrics,
         redactor,
     )
+    holder = policies.holder_for(
+        config.policy.directory,
+        config.policy.bundle_file,
+        cache_ttl=config.policy.cache_ttl_seconds,
+        metrics=metrics,
+    )
     app = web.Application(
         middlewares=[request_context], client_max_size=config.limits.max_body_bytes
     )
-    app[PIPELINE] = Pipeline(config, metrics, redactor, store)
+    app[PIPELINE] = Pipeline(
+        config, metrics, redactor, store, holder, build_limiter(config, metrics)
+    )
     for endpoint in endpoints.ALL:
         app.router.add_post(
             "/v1" + endpoint.path, _endpoint_handler(endpoint), name=endpoint.action
@@ -347,5 +488,5 @@ def create_app(
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
     app.on_response_prepare.append(_stamp_request_id)
     app.cleanup_ctx.append(client_session)
-    app.cleanup_ctx.append(credential_reloader)
+    app.cleanup_ctx.append(file_reloaders)
     return app

@@ -77,6 +77,33 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.policy_reloads = Counter(
+            "sidegate_policy_reloads",
+            "Policy source loads, by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.policies_loaded = Gauge(
+            "sidegate_policies_loaded", "Policies in the bundle in force.", registry=r
+        )
+        self.denials = Counter(
+            "sidegate_policy_denials",
+            "Requests refused by policy, by reason code.",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "sidegate_rate_limited",
+            "Requests refused by a rate limit, by dimension (requests, tokens, concurrency).",
+            ["dimension"],
+            registry=r,
+        )
+        self.limiter_errors = Counter(
+            "sidegate_rate_limiter_errors",
+            "Rate-limit backend failures, by the fail mode applied (open, closed).",
+            ["mode"],
+            registry=r,
+        )
         self.auth_retries = Counter(
             "sidegate_upstream_auth_retries",
             "Upstream 401s retried with the previous (rotation overlap) key.",

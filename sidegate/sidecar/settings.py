@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -81,8 +82,8 @@ class _ProviderBase(_Strict):
     allow_insecure_http: bool = Field(
         False, description="Permit an http:// base_url; only honoured for a loopback host."
     )
-    tls: TLSSettings = Field(default_factory=TLSSettings)  # type: ignore[arg-type]
-    timeouts: Timeouts = Field(default_factory=Timeouts)  # type: ignore[arg-type]
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
     headers: dict[str, str] = Field(
         default_factory=dict,
         description="Static headers added to every upstream request (e.g. OpenAI-Project). "
@@ -225,6 +226,81 @@ class RequestLimits(_Strict):
         return [name.lower() for name in value]
 
 
+class IdentitySettings(_Strict):
+    """Who this sidecar's app is. In Kubernetes the downward API supplies these through
+    SIDEGATE_NAMESPACE, SIDEGATE_SERVICE_ACCOUNT and SIDEGATE_POD_NAME, used when the file
+    leaves a field out."""
+
+    namespace: str = Field("default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    service_account: str = Field(
+        "default", pattern=r"^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$", max_length=253
+    )
+    pod: str = Field("", max_length=253, description="Pod name, for audit events.")
+    tenant_header: str = Field(
+        "x-sidegate-tenant",
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="Request header that carries the tenant, for apps serving many customers.",
+    )
+
+
+class PolicySettings(_Strict):
+    directory: Path | None = Field(
+        None, description="Standalone: a directory of RBACPolicy YAML files (kubectl style)."
+    )
+    bundle_file: Path | None = Field(
+        None, description="Cluster: the bundle file the operator writes (a projected Secret)."
+    )
+    cache_ttl_seconds: float = Field(
+        30.0, ge=0, le=3600, description="How long a decision is reused; 0 disables the cache."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> PolicySettings:
+        if (self.directory is None) == (self.bundle_file is None):
+            raise ValueError("set exactly one of policy.directory and policy.bundle_file")
+        return self
+
+
+class RedisSettings(_Strict):
+    url_file: Path = Field(
+        description="File holding the Redis URL (redis://host:port/db or rediss://...)."
+    )
+    password_file: Path | None = Field(None, description="File holding the Redis password.")
+    timeout_seconds: float = Field(
+        0.25, gt=0, le=10, description="Per-call timeout; past it the fail mode applies."
+    )
+    key_prefix: str = Field("sidegate:", pattern=r"^[A-Za-z0-9:_.-]{0,64}$")
+
+
+class RateLimitSettings(_Strict):
+    backend: Literal["local", "redis"] = Field(
+        "local", description="local: per sidecar process; redis: global across replicas."
+    )
+    fail_mode: Literal["open", "closed"] = Field(
+        "open", description="When Redis is unreachable: serve (open) or answer 503 (closed)."
+    )
+    redis: RedisSettings | None = None
+    local_max_keys: int = Field(
+        100_000, ge=100, description="Most callers tracked by the local backend."
+    )
+    default_output_tokens: int = Field(
+        1024,
+        ge=0,
+        description="Output tokens reserved when a request sets no max_tokens.",
+    )
+
+    @model_validator(mode="after")
+    def _redis_needs_settings(self) -> RateLimitSettings:
+        if self.backend == "redis" and self.redis is None:
+            raise ValueError("backend redis needs a redis section")
+        return self
+
+
+class AdminSettings(_Strict):
+    port: int = Field(4001, ge=0, le=65535, description="Loopback port of the admin API.")
+    token_file: Path = Field(description="File holding the admin bearer token.")
+
+
 class LogSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -232,14 +308,18 @@ class LogSettings(_Strict):
 
 
 class SidecarSettings(_Strict):
-    listen: ListenSettings = Field(default_factory=ListenSettings)  # type: ignore[arg-type]
+    listen: ListenSettings = Field(default_factory=ListenSettings)
     credentials: CredentialSettings
     providers: dict[Annotated[str, Field(pattern=_PROVIDER_NAME)], ProviderSettings] = Field(
         min_length=1
     )
     routes: list[Route] = Field(min_length=1)
-    limits: RequestLimits = Field(default_factory=RequestLimits)  # type: ignore[arg-type]
-    logging: LogSettings = Field(default_factory=LogSettings)  # type: ignore[arg-type]
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    logging: LogSettings = Field(default_factory=LogSettings)
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    policy: PolicySettings
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    admin: AdminSettings | None = Field(None, description="The admin API; off when absent.")
 
     @model_validator(mode="after")
     def _routes_name_providers(self) -> SidecarSettings:
@@ -268,12 +348,24 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif error["type"] == "missing":
+            message = "required key missing"
         lines.append(f"  {where}: {message}")
     return "\n".join(lines)
 
 
-def load(path: Path) -> SidecarSettings:
-    """Read and validate a config file; relative paths in it are relative to the file."""
+_IDENTITY_ENVIRONMENT = {
+    "namespace": "SIDEGATE_NAMESPACE",
+    "service_account": "SIDEGATE_SERVICE_ACCOUNT",
+    "pod": "SIDEGATE_POD_NAME",
+}
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> SidecarSettings:
+    """Read and validate a config file; relative paths in it are relative to the file.
+
+    ``environ`` (the process environment, from main()) fills identity fields the file
+    leaves out: that is how the downward API reaches the sidecar."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -284,6 +376,12 @@ def load(path: Path) -> SidecarSettings:
         raise errors.ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise errors.ConfigError(f"{path}: expected a mapping at the top level")
+    identity = data.get("identity")
+    if environ and (identity is None or isinstance(identity, dict)):
+        found = {
+            key: environ[name] for key, name in _IDENTITY_ENVIRONMENT.items() if environ.get(name)
+        }
+        data["identity"] = {**found, **(identity or {})}
     try:
         settings = SidecarSettings.model_validate(data)
     except ValidationError as exc:
@@ -310,4 +408,38 @@ def _resolve_paths(settings: SidecarSettings, base: Path) -> SidecarSettings:
     credentials = settings.credentials.model_copy(
         update={"directory": absolute(settings.credentials.directory)}
     )
-    return settings.model_copy(update={"providers": providers, "credentials": credentials})
+    policy = settings.policy.model_copy(
+        update={
+            "directory": absolute(settings.policy.directory) if settings.policy.directory else None,
+            "bundle_file": absolute(settings.policy.bundle_file)
+            if settings.policy.bundle_file
+            else None,
+        }
+    )
+    rate_limits = settings.rate_limits
+    if rate_limits.redis is not None:
+        redis = rate_limits.redis
+        rate_limits = rate_limits.model_copy(
+            update={
+                "redis": redis.model_copy(
+                    update={
+                        "url_file": absolute(redis.url_file),
+                        "password_file": absolute(redis.password_file)
+                        if redis.password_file
+                        else None,
+                    }
+                )
+            }
+        )
+    admin = settings.admin
+    if admin is not None:
+        admin = admin.model_copy(update={"token_file": absolute(admin.token_file)})
+    return settings.model_copy(
+        update={
+            "providers": providers,
+            "credentials": credentials,
+            "policy": policy,
+            "rate_limits": rate_limits,
+            "admin": admin,
+        }
+    )

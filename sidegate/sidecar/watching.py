@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import inotify_simple
@@ -34,7 +34,9 @@ def is_relevant(name: str) -> bool:
     return name == _KUBELET_DATA or (bool(name) and not name.startswith("."))
 
 
-async def watch(directory: Path, on_change: Callable[[], None], *, settle: float = 0.005) -> None:
+async def watch(
+    directory: Path, on_change: Callable[[], Awaitable[None]], *, settle: float = 0.005
+) -> None:
     """Call ``on_change`` after every batch of relevant changes in ``directory``. Runs until
     cancelled. ``settle`` lets a burst of events (a kubelet swap is five) become one reload."""
     inotify = inotify_simple.INotify(nonblocking=True)
@@ -58,7 +60,7 @@ async def watch(directory: Path, on_change: Callable[[], None], *, settle: float
                 await asyncio.sleep(settle)
                 changed.clear()
                 try:
-                    on_change()
+                    await on_change()
                 except Exception:
                     # A reloader bug must not kill the watch; the next change retries.
                     logger.exception("reload after a change in %s failed", directory)

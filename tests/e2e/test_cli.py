@@ -70,6 +70,7 @@ def test_non_loopback_needs_the_flag(tmp_path: Path) -> None:
         yaml.safe_dump(
             {
                 "credentials": {"directory": "."},
+                "policy": {"directory": "."},
                 "providers": {"o": {"kind": "openai"}},
                 "routes": [{"model": "m", "provider": "o"}],
             }

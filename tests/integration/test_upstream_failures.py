@@ -98,6 +98,7 @@ def test_readyz_names_providers_without_a_key(
     assert answer == {
         "ready": False,
         "missing_credentials": ["anthropic", "azure", "compat", "openai"],
+        "policy_loaded": True,
     }
     status, _, answer = call(stack.origin, CHAT, chat_body())
     assert status == 503 and answer["error"]["code"] == "not_ready"

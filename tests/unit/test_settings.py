@@ -15,6 +15,7 @@ from sidegate.sidecar import settings
 def minimal(**changes: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "credentials": {"directory": "creds"},
+        "policy": {"directory": "policies"},
         "providers": {"openai": {"kind": "openai"}},
         "routes": [{"model": "gpt-*", "provider": "openai"}],
     }
@@ -94,6 +95,32 @@ def test_yaml_and_file_errors(tmp_path: Path) -> None:
     bad.write_text("listen: [unclosed")
     with pytest.raises(errors.ConfigError, match="not valid YAML"):
         settings.load(bad)
+
+
+def test_policy_source_is_required_and_single(tmp_path: Path) -> None:
+    config = minimal()
+    del config["policy"]
+    assert "policy: required key missing" in error_of(tmp_path, config)
+    both = {"directory": "p", "bundle_file": "b.json"}
+    assert "exactly one of" in error_of(tmp_path, minimal(policy=both))
+
+
+def test_identity_comes_from_the_downward_api_unless_the_file_says(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    environ = {
+        "SIDEGATE_NAMESPACE": "team-a",
+        "SIDEGATE_SERVICE_ACCOUNT": "chatbot",
+        "SIDEGATE_POD_NAME": "p-1",
+    }
+    identity = settings.load(path, environ).identity
+    assert (identity.namespace, identity.service_account, identity.pod) == (
+        "team-a",
+        "chatbot",
+        "p-1",
+    )
+    path.write_text(yaml.safe_dump(minimal(identity={"namespace": "fixed"})))
+    assert settings.load(path, environ).identity.namespace == "fixed"
 
 
 def test_the_shipped_example_is_valid() -> None:

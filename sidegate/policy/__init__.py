@@ -1,0 +1,8 @@
+"""Policies: the RBACPolicy model, bundles, and decisions. Pure: no I/O, no frameworks.
+
+Imported by the sidecar and the operator; imports neither.
+"""
+
+from sidegate.policy import bundle, caching, documents, models, rules
+
+__all__ = ["bundle", "caching", "documents", "models", "rules"]

@@ -1,0 +1,194 @@
+"""The ``RBACPolicy`` resource: who may call which model, and how often.
+
+These models are the source of truth for the CRD (``crds/rbacpolicy.yaml`` is generated
+from them) and for the YAML files of standalone mode. Field names are camelCase, as in every
+Kubernetes API. ``docs/policies.md`` explains the semantics; keep the descriptions here
+(which become ``kubectl explain`` text) in step with it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+API_VERSION = "sidegate.io/v1alpha1"
+KIND = "RBACPolicy"
+
+Action = Literal["chat", "completions", "embeddings", "messages", "models.list"]
+ACTIONS: tuple[Action, ...] = ("chat", "completions", "embeddings", "messages", "models.list")
+
+# Kubernetes names: RFC 1123 subdomain for objects, DNS label for namespaces.
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A tenant is sent by the app in a header: a short token, nothing that could split a header
+# or a log line, or look like a path.
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# Model globs: the characters of real model names plus fnmatch's * ? [ ] and !.
+_MODEL_PATTERN = r"^[A-Za-z0-9._:/@*?\[\]!-]{1,256}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ServiceAccountSubject(_Model):
+    kind: Literal["ServiceAccount"]
+    name: str = Field(
+        max_length=253,
+        pattern=_DNS_SUBDOMAIN,
+        description="A service account in the policy's own namespace.",
+    )
+
+
+class NamespaceSubject(_Model):
+    kind: Literal["Namespace"]
+    name: str = Field(
+        max_length=63,
+        pattern=_DNS_LABEL,
+        description="Every caller in this namespace. Must be the policy's own namespace.",
+    )
+
+
+class TenantSubject(_Model):
+    kind: Literal["Tenant"]
+    name: str = Field(
+        max_length=63,
+        pattern=TENANT_PATTERN,
+        description="Callers in the policy's namespace that send this tenant in the tenant "
+        "header (case-sensitive).",
+    )
+
+
+Subject = Annotated[
+    ServiceAccountSubject | NamespaceSubject | TenantSubject, Field(discriminator="kind")
+]
+
+
+class Rule(_Model):
+    effect: Literal["Allow", "Deny"] = Field(
+        description="Allow grants; Deny refuses and wins over every Allow."
+    )
+    models: list[Annotated[str, Field(pattern=_MODEL_PATTERN)]] = Field(
+        min_length=1,
+        max_length=256,
+        description="Model names or globs (*, ?, [...]), matched case-insensitively.",
+    )
+    actions: list[Action] = Field(
+        default_factory=lambda: list(ACTIONS),
+        min_length=1,
+        description="API actions the rule covers; all of them when omitted.",
+    )
+
+
+class Limits(_Model):
+    requests_per_minute: int | None = Field(
+        None, alias="requestsPerMinute", ge=1, le=10_000_000, description="Requests a minute."
+    )
+    tokens_per_minute: int | None = Field(
+        None,
+        alias="tokensPerMinute",
+        ge=1,
+        le=10_000_000_000,
+        description="Input plus output tokens a minute (reserved before, settled after).",
+    )
+    max_concurrent: int | None = Field(
+        None, alias="maxConcurrent", ge=1, le=100_000, description="Requests in flight at once."
+    )
+
+
+class TenantOverride(Limits):
+    tenant: str = Field(
+        max_length=63, pattern=TENANT_PATTERN, description="The tenant these limits apply to."
+    )
+
+
+class RateLimits(Limits):
+    tenant_overrides: list[TenantOverride] = Field(
+        default_factory=list,
+        alias="tenantOverrides",
+        max_length=10_000,
+        description="Per-tenant limits that replace this policy's defaults for that tenant; "
+        "a field left out keeps the default.",
+    )
+
+    @field_validator("tenant_overrides")
+    @classmethod
+    def _one_override_per_tenant(cls, value: list[TenantOverride]) -> list[TenantOverride]:
+        seen: set[str] = set()
+        for override in value:
+            if override.tenant in seen:
+                raise ValueError(f"tenant {override.tenant!r} has two overrides")
+            seen.add(override.tenant)
+        return value
+
+
+class RBACPolicySpec(_Model):
+    subjects: list[Subject] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Who the policy applies to. An empty list applies to no one.",
+    )
+    rules: list[Rule] = Field(
+        default_factory=list, max_length=1000, description="Allow and deny rules."
+    )
+    rate_limits: RateLimits | None = Field(
+        None, alias="rateLimits", description="Limits for every caller the policy applies to."
+    )
+
+
+class ObjectMeta(_Model):
+    # Kubernetes adds many fields (uid, resourceVersion, managedFields, ...); a policy read
+    # back from the cluster must still validate, so only these are checked.
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    name: str = Field(max_length=253, pattern=_DNS_SUBDOMAIN)
+    namespace: str = Field("default", max_length=63, pattern=_DNS_LABEL)
+    generation: int | None = None
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = Field(None, alias="lastTransitionTime")
+
+
+class RBACPolicyStatus(_Model):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = Field(None, alias="observedGeneration")
+
+
+class RBACPolicy(_Model):
+    api_version: Literal["sidegate.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["RBACPolicy"]
+    metadata: ObjectMeta
+    spec: RBACPolicySpec
+    status: RBACPolicyStatus | None = None
+
+    @model_validator(mode="after")
+    def _subjects_stay_in_namespace(self) -> RBACPolicy:
+        # A policy grants only within its own namespace: whoever may write policies in one
+        # namespace must not be able to grant or throttle callers in another.
+        for index, subject in enumerate(self.spec.subjects):
+            if isinstance(subject, NamespaceSubject) and subject.name != self.metadata.namespace:
+                raise ValueError(
+                    f"spec.subjects[{index}]: namespace {subject.name!r} is not the policy's "
+                    f"namespace {self.metadata.namespace!r}"
+                )
+        return self
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.metadata.namespace, self.metadata.name)
+
+
+def is_valid_tenant(value: str) -> bool:
+    return _TENANT.match(value) is not None
+
+
+_TENANT = re.compile(TENANT_PATTERN)

@@ -1,0 +1,212 @@
+"""Deciding: may this caller use this model for this action, and within which limits?
+
+Semantics (docs/policies.md has the long form):
+
+* Deny by default: without a matching Allow there is no access.
+* A matching Deny wins over any number of Allows.
+* A policy applies to a caller when one of its subjects matches: the caller's service
+  account, its namespace, or its tenant (all within the policy's namespace).
+* Limits: every applicable policy's limits count; for each dimension the tightest applies.
+  A tenant override replaces its own policy's default for that tenant.
+* Nothing depends on the order of policies or rules.
+
+``PolicyIndex`` compiles a bundle once: subjects into dict indexes, each rule's globs into
+one case-insensitive regex, so a decision touches only the caller's policies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+from collections.abc import Iterable
+
+from sidegate.policy import bundle as bundles
+from sidegate.policy import models
+
+# Stable reason codes: part of the API (403 bodies, explain, metrics, audit).
+ALLOWED = "allowed"
+DENIED_BY_RULE = "denied_by_rule"
+NO_MATCHING_ALLOW = "no_matching_allow"
+NO_POLICY = "no_policy_for_caller"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Caller:
+    namespace: str
+    service_account: str
+    tenant: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RuleMatch:
+    policy: str  # namespace/name
+    rule: int  # index in the policy's rules
+    effect: str
+    pattern: str  # the glob that matched
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EffectiveLimits:
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
+    # dimension → the policy whose limit won, for explain
+    sources: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def any(self) -> bool:
+        return bool(self.requests_per_minute or self.tokens_per_minute or self.max_concurrent)
+
+
+NO_LIMITS = EffectiveLimits()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: str
+    policy: str | None  # the deciding policy: the first deny, else the first allow
+    limits: EffectiveLimits
+    matches: tuple[RuleMatch, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CompiledRule:
+    index: int
+    effect: str
+    patterns: tuple[str, ...]
+    regex: re.Pattern[str]
+    actions: frozenset[str]
+
+    def matching_pattern(self, model: str) -> str:
+        return next(p for p in self.patterns if fnmatch.fnmatchcase(model.casefold(), p.casefold()))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CompiledPolicy:
+    key: str
+    denies: tuple[_CompiledRule, ...]
+    allows: tuple[_CompiledRule, ...]
+    limits: models.RateLimits | None
+    overrides: dict[str, models.TenantOverride]
+
+
+def _compile_rule(index: int, rule: models.Rule) -> _CompiledRule:
+    joined = "|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in rule.models)
+    return _CompiledRule(
+        index,
+        rule.effect,
+        tuple(rule.models),
+        re.compile(joined, re.IGNORECASE),
+        frozenset(rule.actions),
+    )
+
+
+def _compile(policy: bundles.BundlePolicy) -> _CompiledPolicy:
+    compiled = [_compile_rule(i, rule) for i, rule in enumerate(policy.rules)]
+    limits = policy.rate_limits
+    return _CompiledPolicy(
+        key=policy.key,
+        denies=tuple(r for r in compiled if r.effect == "Deny"),
+        allows=tuple(r for r in compiled if r.effect == "Allow"),
+        limits=limits,
+        overrides={o.tenant: o for o in limits.tenant_overrides} if limits else {},
+    )
+
+
+_DIMENSIONS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
+
+
+def _limits_for(policies: Iterable[_CompiledPolicy], tenant: str | None) -> EffectiveLimits:
+    best: dict[str, tuple[int, str]] = {}
+    for policy in policies:
+        if policy.limits is None:
+            continue
+        override = policy.overrides.get(tenant) if tenant is not None else None
+        for dimension in _DIMENSIONS:
+            value = getattr(override, dimension, None) if override else None
+            if value is None:
+                value = getattr(policy.limits, dimension)
+            if value is not None and (dimension not in best or value < best[dimension][0]):
+                best[dimension] = (value, policy.key)
+    if not best:
+        return NO_LIMITS
+    return EffectiveLimits(
+        requests_per_minute=best.get("requests_per_minute", (None, ""))[0],
+        tokens_per_minute=best.get("tokens_per_minute", (None, ""))[0],
+        max_concurrent=best.get("max_concurrent", (None, ""))[0],
+        sources=tuple((dimension, source) for dimension, (_, source) in sorted(best.items())),
+    )
+
+
+class PolicyIndex:
+    """A compiled bundle. Immutable; a new bundle makes a new index."""
+
+    def __init__(self, bundle: bundles.PolicyBundle) -> None:
+        self.hash = bundle.hash
+        self.size = len(bundle.policies)
+        self._by_service_account: dict[tuple[str, str], list[_CompiledPolicy]] = {}
+        self._by_namespace: dict[str, list[_CompiledPolicy]] = {}
+        self._by_tenant: dict[tuple[str, str], list[_CompiledPolicy]] = {}
+        for policy in bundle.policies:  # sorted by namespace/name in every bundle
+            compiled = _compile(policy)
+            for subject in policy.subjects:
+                if isinstance(subject, models.ServiceAccountSubject):
+                    index = self._by_service_account.setdefault(
+                        (policy.namespace, subject.name), []
+                    )
+                elif isinstance(subject, models.NamespaceSubject):
+                    index = self._by_namespace.setdefault(policy.namespace, [])
+                else:
+                    index = self._by_tenant.setdefault((policy.namespace, subject.name), [])
+                if not index or index[-1] is not compiled:  # a subject listed twice
+                    index.append(compiled)
+
+    def applicable(self, caller: Caller) -> list[_CompiledPolicy]:
+        """The caller's policies, in namespace/name order, each once."""
+        found = [
+            *self._by_service_account.get((caller.namespace, caller.service_account), ()),
+            *self._by_namespace.get(caller.namespace, ()),
+        ]
+        if caller.tenant is not None:
+            found += self._by_tenant.get((caller.namespace, caller.tenant), ())
+        if len(found) > 1:
+            unique = {id(p): p for p in found}
+            found = sorted(unique.values(), key=lambda p: p.key)
+        return found
+
+    def decide(self, caller: Caller, model: str, action: str, *, explain: bool = False) -> Decision:
+        policies = self.applicable(caller)
+        limits = _limits_for(policies, caller.tenant)
+        if not policies:
+            return Decision(False, NO_POLICY, None, limits)
+        matches: list[RuleMatch] = []
+        deciding_deny: str | None = None
+        deciding_allow: str | None = None
+        for policy in policies:
+            for rule in policy.denies:
+                if action in rule.actions and rule.regex.match(model):
+                    deciding_deny = deciding_deny or policy.key
+                    if not explain:
+                        return Decision(False, DENIED_BY_RULE, policy.key, limits)
+                    matches.append(
+                        RuleMatch(policy.key, rule.index, "Deny", rule.matching_pattern(model))
+                    )
+            if deciding_allow is None or explain:
+                for rule in policy.allows:
+                    if action in rule.actions and rule.regex.match(model):
+                        deciding_allow = deciding_allow or policy.key
+                        if explain:
+                            matches.append(
+                                RuleMatch(
+                                    policy.key, rule.index, "Allow", rule.matching_pattern(model)
+                                )
+                            )
+                        else:
+                            break
+        if deciding_deny is not None:
+            return Decision(False, DENIED_BY_RULE, deciding_deny, limits, tuple(matches))
+        if deciding_allow is not None:
+            return Decision(True, ALLOWED, deciding_allow, limits, tuple(matches))
+        return Decision(False, NO_MATCHING_ALLOW, None, limits, tuple(matches))
