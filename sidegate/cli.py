@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sidegate import __version__, errors, logs, redact
+from sidegate import __version__, errors, logs, policy_commands, redact
 
 logger = logging.getLogger("sidegate")
 
@@ -31,7 +31,8 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    from sidegate.sidecar import app, serving, settings
+    from sidegate.policy import rules
+    from sidegate.sidecar import admin, app, serving, settings
 
     try:
         config = settings.load(Path(args.config), os.environ)
@@ -73,22 +74,39 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         application = app.create_app(config, redactor=redactor)
-        runner = await serving.start(
-            application,
-            config.listen.host,
-            config.listen.port,
-            max_header_bytes=config.limits.max_header_bytes,
-            access_log=config.logging.access_log,
-        )
+        runners = [
+            await serving.start(
+                application,
+                config.listen.host,
+                config.listen.port,
+                max_header_bytes=config.limits.max_header_bytes,
+                access_log=config.logging.access_log,
+            )
+        ]
         logger.info(
             "sidecar listening",
-            extra={"host": config.listen.host, "port": serving.bound_port(runner)},
+            extra={"host": config.listen.host, "port": serving.bound_port(runners[0])},
         )
         try:
+            if config.admin is not None:
+                identity = config.identity
+                admin_app = admin.create_admin_app(
+                    application[app.PIPELINE].policies,
+                    config.policy.directory,
+                    config.admin.token_file,
+                    rules.Caller(identity.namespace, identity.service_account),
+                )
+                # The admin API is loopback only, whatever listen.host says.
+                runners.append(await serving.start(admin_app, "127.0.0.1", config.admin.port))
+                logger.info(
+                    "admin API listening",
+                    extra={"host": "127.0.0.1", "port": serving.bound_port(runners[-1])},
+                )
             await serving.wait_for_signal()
         finally:
             logger.info("shutting down")
-            await runner.cleanup()
+            for runner in reversed(runners):
+                await runner.cleanup()
         return 0
 
     try:
@@ -143,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve", action="store_true", help="keep running afterwards, for your own requests"
     )
     demo.set_defaults(func=cmd_demo)
+    policy_commands.add_parser(commands)
     return parser
 
 

@@ -14,10 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 import trustme
 
 from sidegate import logs, redact, standin
+from sidegate.policy import rules
+from sidegate.sidecar import admin as admin_api
 from sidegate.sidecar import app, settings
 from sidegate.sidecar.metrics import Metrics
 from tests.helpers.kubelet import ProjectedVolume
@@ -27,6 +31,10 @@ from tests.helpers.servers import LoopThread
 KEY_SHAPES = re.compile(
     r"sk-[A-Za-z0-9_-]{6,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{20,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{6,}"
 )
+
+
+# What apps pass as api_key: the SDKs insist on one; the sidecar never forwards it.
+APP_PLACEHOLDER = "app-holds-no-provider-key"
 
 
 def fake_key(prefix: str = "sk-test-") -> str:
@@ -81,6 +89,22 @@ class Stack:
     log: io.StringIO
     metrics: Metrics
     config: settings.SidecarSettings
+    clients: list[Any] = dataclasses.field(default_factory=list)
+    admin_origin: str = ""
+    admin_token: str = ""
+
+    def openai(self, **headers: str) -> openai.OpenAI:
+        """An OpenAI SDK client for this sidecar, as an app would hold it (closed on teardown)."""
+        client = openai.OpenAI(
+            base_url=self.base_url, api_key=APP_PLACEHOLDER, max_retries=0, default_headers=headers
+        )
+        self.clients.append(client)
+        return client
+
+    def anthropic(self) -> anthropic.Anthropic:
+        client = anthropic.Anthropic(base_url=self.origin, api_key=APP_PLACEHOLDER, max_retries=0)
+        self.clients.append(client)
+        return client
 
     @property
     def policy_dir(self) -> Path:
@@ -165,7 +189,9 @@ def make_stack(
     stacks: list[Stack] = []
     handlers: list[logging.Handler] = []
 
-    def make(configure: Callable[[dict[str, Any]], None] | None = None) -> Stack:
+    def make(
+        configure: Callable[[dict[str, Any]], None] | None = None, *, admin: bool = False
+    ) -> Stack:
         loop = LoopThread()
         state = standin.StandInState()
         provider_port = loop.serve(
@@ -179,6 +205,12 @@ def make_stack(
             "compat": fake_key(),
         }
         raw = base_config(provider_port, ca_file, volume.root)
+        admin_token = secrets.token_urlsafe(24)
+        if admin:
+            token_dir = tmp_path / f"admin-{len(stacks)}"
+            token_dir.mkdir()
+            (token_dir / "token").write_text(admin_token)
+            raw["admin"] = {"port": 0, "token_file": str(token_dir / "token")}
         if configure:
             configure(raw)
         config = settings.SidecarSettings.model_validate(raw)
@@ -198,6 +230,17 @@ def make_stack(
             max_field_size=config.limits.max_header_bytes,
         )
         stack.base_url = f"http://127.0.0.1:{port}/v1"
+        if config.admin is not None:
+            identity = config.identity
+            admin_app = admin_api.create_admin_app(
+                application[app.PIPELINE].policies,
+                config.policy.directory,
+                config.admin.token_file,
+                rules.Caller(identity.namespace, identity.service_account),
+            )
+            stack.admin_origin = f"http://127.0.0.1:{loop.serve(admin_app)}"
+            stack.admin_token = admin_token
+            stack.all_keys.add(admin_token)
         stacks.append(stack)
         return stack
 
@@ -205,6 +248,8 @@ def make_stack(
     for handler in handlers:
         logging.getLogger().removeHandler(handler)
     for stack in stacks:
+        for client in stack.clients:
+            client.close()
         stack.loop.close()
         # Every scenario doubles as a leak test: nothing the sidecar logged may hold a key.
         assert_no_secrets(stack.log.getvalue(), stack.all_keys)

@@ -13,7 +13,9 @@ APP_KEY = "app-holds-no-provider-key"
 
 
 def client(stack: Stack) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=stack.origin, api_key=APP_KEY, max_retries=0)
+    c = anthropic.Anthropic(base_url=stack.origin, api_key=APP_KEY, max_retries=0)
+    stack.clients.append(c)
+    return c
 
 
 def test_message_reaches_provider_with_sidecar_key(stack: Stack) -> None:

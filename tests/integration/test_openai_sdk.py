@@ -13,7 +13,9 @@ APP_KEY = "app-holds-no-provider-key"
 
 
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key=APP_KEY, max_retries=0)
+    c = openai.OpenAI(base_url=stack.base_url, api_key=APP_KEY, max_retries=0)
+    stack.clients.append(c)
+    return c
 
 
 def test_chat_completion_reaches_provider_with_sidecar_key(stack: Stack) -> None:

@@ -8,8 +8,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import openai
-
 from tests.conftest import Stack, fake_key, wait_for
 
 CLIENTS = 8
@@ -22,7 +20,7 @@ def test_twenty_kubelet_swaps_under_eight_clients_fail_nothing(stack: Stack) -> 
     done = [0] * CLIENTS
 
     def client_loop(index: int) -> None:
-        client = openai.OpenAI(base_url=stack.base_url, api_key="x", max_retries=0)
+        client = stack.openai()
         while not stop.is_set():
             try:
                 if index % 2:
@@ -94,7 +92,7 @@ def test_plain_files_rewritten_and_replaced(
     stack = make_stack(lambda raw: raw.update(credentials={"directory": str(plain)}))
     for name, key in stack.keys.items():
         (plain / name).write_text(key)
-    client = openai.OpenAI(base_url=stack.base_url, api_key="x", max_retries=0)
+    client = stack.openai()
 
     def current_key() -> str | None:
         client.chat.completions.create(

@@ -47,7 +47,7 @@ def test_unreachable_provider_is_a_502(make_stack: Callable[..., Stack]) -> None
 def test_provider_401_is_passed_through_with_the_echoed_key_scrubbed(stack: Stack) -> None:
     stack.state.accepted_keys.clear()  # the provider no longer takes our key
     with pytest.raises(openai.AuthenticationError) as caught:
-        openai.OpenAI(base_url=stack.base_url, api_key="x", max_retries=0).chat.completions.create(
+        stack.openai().chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
         )
     message = str(caught.value)
