@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -56,16 +57,49 @@ def to_bundle_policy(policy: models.RBACPolicy) -> BundlePolicy:
     )
 
 
+_ZERO_HASH = "sha256:" + "0" * 64
+_HEADER = b'{"hash":"%s","policies":['
+_FOOTER = b'],"schemaVersion":%d}'
+# Found by search, not by parsing: the version decides whether to parse at all, and the
+# hash is checked before any parsing. Canonical bundles put the hash first and the version
+# last (sorted keys).
+_HASH_FIELD = re.compile(rb'"hash"\s*:\s*"(sha256:[0-9a-f]{64})"')
+_VERSION_FIELD = re.compile(rb'"schemaVersion"\s*:\s*(-?[0-9]+)\s*}\s*$')
+
+
 def _canonical(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _policies_json(policies: list[BundlePolicy]) -> list[dict[str, Any]]:
-    return [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in policies]
+def _encode(policies: list[BundlePolicy]) -> tuple[bytes, str]:
+    """The bundle's bytes and hash.
+
+    Layout: canonical JSON (sorted keys, no spaces) with one policy per line, so the whole
+    file is one JSON document and a reader can still take it a policy at a time::
+
+        {"hash":"sha256:...","policies":[
+        {...},
+        {...}
+        ],"schemaVersion":1}
+
+    The hash is SHA-256 over these exact bytes with the hash itself written as 64 zeros:
+    checking it costs one pass of hashlib, not a re-serialisation.
+    """
+    lines = [_HEADER % _ZERO_HASH.encode()]
+    lines += [
+        _canonical(p.model_dump(mode="json", by_alias=True, exclude_none=True)) + b","
+        for p in policies
+    ]
+    if policies:
+        lines[-1] = lines[-1][:-1]
+    lines.append(_FOOTER % SCHEMA_VERSION)
+    placeholder = b"\n".join(lines)
+    digest = "sha256:" + hashlib.sha256(placeholder).hexdigest()
+    return placeholder.replace(_ZERO_HASH.encode(), digest.encode(), 1), digest
 
 
 def content_hash(policies: list[BundlePolicy]) -> str:
-    return "sha256:" + hashlib.sha256(_canonical(_policies_json(policies))).hexdigest()
+    return _encode(policies)[1]
 
 
 def to_bundle(policies: Iterable[models.RBACPolicy]) -> PolicyBundle:
@@ -86,17 +120,60 @@ def empty() -> PolicyBundle:
 
 
 def dumps(bundle: PolicyBundle) -> bytes:
-    return _canonical(
-        {
-            "schemaVersion": bundle.schema_version,
-            "policies": _policies_json(bundle.policies),
-            "hash": bundle.hash,
-        }
-    )
+    data, digest = _encode(bundle.policies)
+    if digest != bundle.hash:
+        raise errors.BundleRejected("bundle hash does not match its policies")
+    return data
 
 
 def loads(data: bytes) -> PolicyBundle:
     """Parse and check a bundle; raise BundleRejected with a reason fit for a log line."""
+    claimed, policies = read(data)
+    return PolicyBundle(policies=list(policies), hash=claimed)
+
+
+def read(data: bytes) -> tuple[str, Iterator[BundlePolicy]]:
+    """Check a bundle's version and hash; return the hash and its policies, parsed lazily.
+
+    Bundles in the canonical layout are parsed a policy at a time: a worker thread doing
+    it hands the interpreter back to the event loop between policies instead of holding it
+    for one long parse, and a caller that compiles as it goes never holds every parsed
+    model at once. Iterating raises BundleRejected at the first invalid policy."""
+    version = _VERSION_FIELD.search(data[-256:])
+    if version is None or int(version.group(1)) != SCHEMA_VERSION:
+        found = version.group(1).decode() if version else "missing"
+        raise errors.BundleRejected(
+            f"schemaVersion {found} is not supported (this sidecar reads {SCHEMA_VERSION})"
+        )
+    hash_field = _HASH_FIELD.search(data, 0, 256)
+    if hash_field is None:
+        raise errors.BundleRejected("not a bundle: no hash")
+    claimed = hash_field.group(1).decode()
+    placeholder = data.replace(claimed.encode(), _ZERO_HASH.encode(), 1)
+    if "sha256:" + hashlib.sha256(placeholder).hexdigest() != claimed:
+        raise errors.BundleRejected("hash does not match the content (truncated or altered)")
+    lines = data.split(b"\n")
+    if (
+        len(lines) >= 2
+        and lines[0] == _HEADER % claimed.encode()
+        and lines[-1] == _FOOTER % SCHEMA_VERSION
+    ):
+        body = lines[1:-1]
+        return claimed, (_policy(line.removesuffix(b","), i) for i, line in enumerate(body))
+    return claimed, iter(_loads_any_layout(data, claimed).policies)
+
+
+def _policy(line: bytes, index: int) -> BundlePolicy:
+    try:
+        return BundlePolicy.model_validate_json(line)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in ("policies", index, *first["loc"]))
+        raise errors.BundleRejected(f"{where}: {first['msg']}") from None
+
+
+def _loads_any_layout(data: bytes, claimed: str) -> PolicyBundle:
+    """A bundle that is valid JSON but not in the canonical layout (written by hand)."""
     try:
         raw = json.loads(data)
     except ValueError as exc:
@@ -109,11 +186,8 @@ def loads(data: bytes) -> PolicyBundle:
             f"schemaVersion {version!r} is not supported (this sidecar reads {SCHEMA_VERSION})"
         )
     try:
-        bundle = PolicyBundle.model_validate(raw)
+        return PolicyBundle.model_validate({**raw, "hash": claimed})
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         where = ".".join(str(part) for part in first["loc"])
         raise errors.BundleRejected(f"{where}: {first['msg']}") from None
-    if content_hash(bundle.policies) != bundle.hash:
-        raise errors.BundleRejected("hash does not match the policies (truncated or altered)")
-    return bundle

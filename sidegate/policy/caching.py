@@ -44,5 +44,11 @@ class DecisionCache:
             self._entries[key] = (now + self._ttl, decision)
         return decision
 
+    def dismantle(self) -> None:
+        """Empty the cache and its index piecemeal (see PolicyIndex.dismantle)."""
+        while self._entries:
+            self._entries.popitem()
+        self.index.dismantle()
+
     def __len__(self) -> int:
         return len(self._entries)

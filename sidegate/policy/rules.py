@@ -11,15 +11,18 @@ Semantics (docs/policies.md has the long form):
 * Nothing depends on the order of policies or rules.
 
 ``PolicyIndex`` compiles a bundle once: subjects into dict indexes, each rule's globs into
-one case-insensitive regex, so a decision touches only the caller's policies.
+exact names, prefixes and suffixes (a regex only for the rest), so a decision touches only
+the caller's policies.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from sidegate.policy import bundle as bundles
 from sidegate.policy import models
@@ -71,36 +74,90 @@ class Decision:
     matches: tuple[RuleMatch, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _CompiledRule:
-    index: int
+_GLOB_SPECIALS = frozenset("*?[")
+_LimitTuple = tuple[int | None, int | None, int | None]
+
+
+@functools.lru_cache(maxsize=4096)
+def _glob_regex(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One regex for the globs that are not a plain name, prefix or suffix. Compiled on
+    first use and shared by every rule and bundle with the same globs: compiling 10,000
+    policies' worth of regexes up front would make reloads take seconds."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+class _CompiledRule(NamedTuple):
+    """A rule's globs, casefolded and sorted by shape so most matches are one C call.
+    (Named tuples, not frozen dataclasses: compiling 10,000 policies makes 30,000 of these,
+    and a frozen dataclass's __init__ costs several times a tuple's.)"""
+
+    position: int  # in the policy's rules
     effect: str
-    patterns: tuple[str, ...]
-    regex: re.Pattern[str]
+    patterns: tuple[str, ...]  # as written, for explain
     actions: frozenset[str]
+    everything: bool  # a bare "*"
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]  # "gpt-4o*"
+    suffixes: tuple[str, ...]  # "*-preview"
+    others: tuple[str, ...]  # anything else ("claude-*-opus*", "gpt-?"): a regex
+
+    def matches(self, folded_model: str) -> bool:
+        return (
+            self.everything
+            or folded_model in self.exact
+            or (bool(self.prefixes) and folded_model.startswith(self.prefixes))
+            or (bool(self.suffixes) and folded_model.endswith(self.suffixes))
+            or (bool(self.others) and _glob_regex(self.others).match(folded_model) is not None)
+        )
 
     def matching_pattern(self, model: str) -> str:
         return next(p for p in self.patterns if fnmatch.fnmatchcase(model.casefold(), p.casefold()))
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _CompiledPolicy:
-    key: str
-    denies: tuple[_CompiledRule, ...]
-    allows: tuple[_CompiledRule, ...]
-    limits: models.RateLimits | None
-    overrides: dict[str, models.TenantOverride]
-
-
 def _compile_rule(index: int, rule: models.Rule) -> _CompiledRule:
-    joined = "|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in rule.models)
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    suffixes: list[str] = []
+    others: list[str] = []
+    everything = False
+    for pattern in rule.models:
+        folded = pattern.casefold()
+        body = folded.strip("*")
+        if folded == "*":
+            everything = True
+        elif _GLOB_SPECIALS.isdisjoint(folded):
+            exact.add(folded)
+        elif _GLOB_SPECIALS.isdisjoint(body) and folded == body + "*":
+            prefixes.append(body)
+        elif _GLOB_SPECIALS.isdisjoint(body) and folded == "*" + body:
+            suffixes.append(body)
+        else:
+            others.append(folded)
     return _CompiledRule(
         index,
         rule.effect,
         tuple(rule.models),
-        re.compile(joined, re.IGNORECASE),
         frozenset(rule.actions),
+        everything,
+        frozenset(exact),
+        tuple(prefixes),
+        tuple(suffixes),
+        tuple(others),
     )
+
+
+class _CompiledPolicy(NamedTuple):
+    key: str
+    denies: tuple[_CompiledRule, ...]
+    allows: tuple[_CompiledRule, ...]
+    # Plain tuples (requests, tokens, concurrent), not models: ten thousand policies' worth
+    # of objects the garbage collector would otherwise rescan on every full collection.
+    limits: _LimitTuple | None
+    overrides: dict[str, _LimitTuple]
+
+
+def _limit_tuple(limits: models.Limits) -> _LimitTuple:
+    return (limits.requests_per_minute, limits.tokens_per_minute, limits.max_concurrent)
 
 
 def _compile(policy: bundles.BundlePolicy) -> _CompiledPolicy:
@@ -110,8 +167,8 @@ def _compile(policy: bundles.BundlePolicy) -> _CompiledPolicy:
         key=policy.key,
         denies=tuple(r for r in compiled if r.effect == "Deny"),
         allows=tuple(r for r in compiled if r.effect == "Allow"),
-        limits=limits,
-        overrides={o.tenant: o for o in limits.tenant_overrides} if limits else {},
+        limits=_limit_tuple(limits) if limits else None,
+        overrides={o.tenant: _limit_tuple(o) for o in limits.tenant_overrides} if limits else {},
     )
 
 
@@ -124,10 +181,10 @@ def _limits_for(policies: Iterable[_CompiledPolicy], tenant: str | None) -> Effe
         if policy.limits is None:
             continue
         override = policy.overrides.get(tenant) if tenant is not None else None
-        for dimension in _DIMENSIONS:
-            value = getattr(override, dimension, None) if override else None
+        for position, dimension in enumerate(_DIMENSIONS):
+            value = override[position] if override else None
             if value is None:
-                value = getattr(policy.limits, dimension)
+                value = policy.limits[position]
             if value is not None and (dimension not in best or value < best[dimension][0]):
                 best[dimension] = (value, policy.key)
     if not best:
@@ -141,15 +198,28 @@ def _limits_for(policies: Iterable[_CompiledPolicy], tenant: str | None) -> Effe
 
 
 class PolicyIndex:
-    """A compiled bundle. Immutable; a new bundle makes a new index."""
+    """A compiled bundle. Immutable; a new bundle makes a new index.
+
+    Built from any iterable of policies, so a large bundle can be compiled while it is read
+    without ever holding all its parsed models at once."""
 
     def __init__(self, bundle: bundles.PolicyBundle) -> None:
-        self.hash = bundle.hash
-        self.size = len(bundle.policies)
+        self._build(bundle.hash, bundle.policies)
+
+    @classmethod
+    def from_policies(cls, hash_: str, policies: Iterable[bundles.BundlePolicy]) -> PolicyIndex:
+        index = cls.__new__(cls)
+        index._build(hash_, policies)
+        return index
+
+    def _build(self, hash_: str, policies: Iterable[bundles.BundlePolicy]) -> None:
+        self.hash = hash_
+        self.size = 0
         self._by_service_account: dict[tuple[str, str], list[_CompiledPolicy]] = {}
         self._by_namespace: dict[str, list[_CompiledPolicy]] = {}
         self._by_tenant: dict[tuple[str, str], list[_CompiledPolicy]] = {}
-        for policy in bundle.policies:  # sorted by namespace/name in every bundle
+        for policy in policies:  # sorted by namespace/name in every bundle
+            self.size += 1
             compiled = _compile(policy)
             for subject in policy.subjects:
                 if isinstance(subject, models.ServiceAccountSubject):
@@ -162,6 +232,14 @@ class PolicyIndex:
                     index = self._by_tenant.setdefault((policy.namespace, subject.name), [])
                 if not index or index[-1] is not compiled:  # a subject listed twice
                     index.append(compiled)
+
+    def dismantle(self) -> None:
+        """Empty the index a policy at a time. Freeing a large index in one go is a single
+        deallocation cascade that holds the interpreter for tens of milliseconds; popping
+        entries in a Python loop lets other threads (the event loop) run in between."""
+        for table in (self._by_service_account, self._by_namespace, self._by_tenant):
+            while table:
+                table.popitem()
 
     def applicable(self, caller: Caller) -> list[_CompiledPolicy]:
         """The caller's policies, in namespace/name order, each once."""
@@ -178,6 +256,7 @@ class PolicyIndex:
 
     def decide(self, caller: Caller, model: str, action: str, *, explain: bool = False) -> Decision:
         policies = self.applicable(caller)
+        folded = model.casefold()
         limits = _limits_for(policies, caller.tenant)
         if not policies:
             return Decision(False, NO_POLICY, None, limits)
@@ -186,21 +265,21 @@ class PolicyIndex:
         deciding_allow: str | None = None
         for policy in policies:
             for rule in policy.denies:
-                if action in rule.actions and rule.regex.match(model):
+                if action in rule.actions and rule.matches(folded):
                     deciding_deny = deciding_deny or policy.key
                     if not explain:
                         return Decision(False, DENIED_BY_RULE, policy.key, limits)
                     matches.append(
-                        RuleMatch(policy.key, rule.index, "Deny", rule.matching_pattern(model))
+                        RuleMatch(policy.key, rule.position, "Deny", rule.matching_pattern(model))
                     )
             if deciding_allow is None or explain:
                 for rule in policy.allows:
-                    if action in rule.actions and rule.regex.match(model):
+                    if action in rule.actions and rule.matches(folded):
                         deciding_allow = deciding_allow or policy.key
                         if explain:
                             matches.append(
                                 RuleMatch(
-                                    policy.key, rule.index, "Allow", rule.matching_pattern(model)
+                                    policy.key, rule.position, "Allow", rule.matching_pattern(model)
                                 )
                             )
                         else:

@@ -136,7 +136,7 @@ class PolicyStore:
 
     def list(self) -> list[dict[str, Any]]:
         loaded = self._loaded()
-        if loaded.policies:
+        if loaded.raw_bundle is None:
             return [_policy_json(loaded.policies[key]) for key in sorted(loaded.policies)]
         return [
             {
@@ -147,7 +147,7 @@ class PolicyStore:
                     mode="json", by_alias=True, exclude_none=True, exclude={"name", "namespace"}
                 ),
             }
-            for p in loaded.bundle.policies
+            for p in loaded.bundle().policies
         ]
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:

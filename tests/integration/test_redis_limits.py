@@ -158,7 +158,7 @@ def test_redis_going_down_applies_the_fail_mode(
 
     try:
         results = drive([sidecar], seconds=2.5, on_tick=kill_midway)
-        status, _, metrics = call(sidecar.origin, "/metrics", method="GET")
+        _, _, metrics = call(sidecar.origin, "/metrics", method="GET")
     finally:
         log = sidecar.stop()
     # Requests started around the kill may see either; judge those clearly before and after.

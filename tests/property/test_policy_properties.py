@@ -136,7 +136,7 @@ def test_no_cached_decision_outlives_its_bundle(
     sources = iter([first, second])
 
     def read() -> policies.Loaded:
-        return policies.Loaded(bundle.to_bundle(next(sources)))
+        return policies.Loaded(rules.PolicyIndex(bundle.to_bundle(next(sources))))
 
     holder = policies.PolicyHolder(
         read, watch_directory=None, cache_ttl=3600, metrics=Metrics(), clock=lambda: 0.0

@@ -25,8 +25,26 @@ def test_round_trip_and_tamper_detection() -> None:
     future = json.loads(data) | {"schemaVersion": 2}
     with pytest.raises(errors.BundleRejected, match="schemaVersion 2 is not supported"):
         bundle.loads(json.dumps(future).encode())
-    with pytest.raises(errors.BundleRejected, match="not JSON"):
+    with pytest.raises(errors.BundleRejected, match="schemaVersion missing"):
         bundle.loads(data[:-5])
+    with pytest.raises(errors.BundleRejected, match="hash does not match"):
+        bundle.loads(data[:200] + data[210:])  # a few bytes lost in the middle
+
+
+def test_a_hand_formatted_bundle_with_the_right_hash_still_loads() -> None:
+    compact = bundle.to_bundle([policy("a", rules=[allow("x")])])
+    # Anyone may lay the JSON out differently, as long as the hash covers those bytes.
+    document = {
+        "hash": bundle._ZERO_HASH,
+        "policies": json.loads(bundle.dumps(compact))["policies"],
+        "schemaVersion": 1,
+    }
+    text = json.dumps(document, indent=2).encode()
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(text).hexdigest()
+    loaded = bundle.loads(text.replace(bundle._ZERO_HASH.encode(), digest.encode(), 1))
+    assert loaded.policies == compact.policies and loaded.hash == digest
 
 
 def test_empty_bundle_denies_everything() -> None:
