@@ -1,6 +1,9 @@
 """Overhead of the sidecar against calling the upstream directly.
 
-    uv run python benchmarks/overhead.py [--seconds 10] [--repeat 2]
+    uv run python benchmarks/overhead.py [--seconds 10] [--repeat 2] [--limits]
+
+The sidecar always enforces an RBACPolicy (allow and deny rules); --limits adds rate limits
+so high that nothing is refused but every request is counted (requests, tokens, concurrency).
 
 Pins the sidecar to core 0 and the upstream and wrk to core 1 (as ../shared/PERFORMANCE.md
 describes), runs wrk serially (-c1) and at 32 connections against both, measures streaming
@@ -112,10 +115,29 @@ def rss_mb(pid: int) -> float:
     return int(match.group(1)) / 1024  # type: ignore[union-attr]
 
 
-def sidecar_config(workdir: Path, upstream_port: int, port: int, extra: dict[str, Any]) -> Path:
+POLICY = """\
+apiVersion: sidegate.io/v1alpha1
+kind: RBACPolicy
+metadata: {name: bench, namespace: default}
+spec:
+  subjects: [{kind: ServiceAccount, name: default}]
+  rules: [{effect: Allow, models: ["bench-*"]}, {effect: Deny, models: ["*-preview"]}]
+  rateLimits: %s
+"""
+# Limits far above what one core can serve: every request is checked and counted (requests,
+# tokens reserved and settled, a concurrency slot), none is refused.
+LIMITS = "{requestsPerMinute: 10000000, tokensPerMinute: 10000000000, maxConcurrent: 10000}"
+
+
+def sidecar_config(
+    workdir: Path, upstream_port: int, port: int, extra: dict[str, Any], limits: bool
+) -> Path:
     (workdir / "credentials").mkdir()
     (workdir / "credentials" / "bench").write_text("bench-key-not-secret\n")
+    (workdir / "policies").mkdir()
+    (workdir / "policies" / "bench.yaml").write_text(POLICY % (LIMITS if limits else "null"))
     config = {
+        "policy": {"directory": str(workdir / "policies")},
         "listen": {"port": port},
         "credentials": {"directory": str(workdir / "credentials")},
         "providers": {
@@ -142,6 +164,11 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=2, help="runs per target; the median is reported"
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="rate limits on (local backend): every request counted",
+    )
     args = parser.parse_args()
 
     upstream_port, sidecar_port = free_port(), free_port()
@@ -149,7 +176,7 @@ def main() -> None:
         ["taskset", "-c", "1", sys.executable, str(HERE / "upstream.py"), str(upstream_port)]
     )
     with tempfile.TemporaryDirectory() as workdir:
-        config = sidecar_config(Path(workdir), upstream_port, sidecar_port, {})
+        config = sidecar_config(Path(workdir), upstream_port, sidecar_port, {}, args.limits)
         sidecar = subprocess.Popen(
             [
                 "taskset",

@@ -78,7 +78,7 @@ class Pipeline:
         redactor: Redactor,
         store: credentials.CredentialStore,
         policy: policies.PolicyHolder,
-        limiter: limiting.LocalLimiter | limiting.RedisLimiter,
+        limiter: limiting.Limiter,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -408,13 +408,12 @@ async def file_reloaders(app: web.Application) -> AsyncIterator[None]:
     reloaders: dict[Path, list[Callable[[], Awaitable[object]]]] = {}
     reloaders.setdefault(store.directory, []).append(reload_credentials)
     reloaders.setdefault(holder.watch_directory, []).append(holder.reload)
-    if isinstance(limiter, limiting.RedisLimiter):
 
-        async def reload_redis() -> None:
-            limiter.reload()
+    async def reload_limiter() -> None:
+        limiter.reload()
 
-        for path in filter(None, (limiter.url_file, limiter.password_file)):
-            reloaders.setdefault(path.parent, []).append(reload_redis)
+    for path in limiter.files:
+        reloaders.setdefault(path.parent, []).append(reload_limiter)
 
     async def run_all(functions: list[Callable[[], Awaitable[object]]]) -> None:
         for function in functions:
@@ -435,13 +434,13 @@ async def file_reloaders(app: web.Application) -> AsyncIterator[None]:
     await limiter.close()
 
 
-def build_limiter(
-    config: settings.SidecarSettings, metrics: Metrics
-) -> limiting.LocalLimiter | limiting.RedisLimiter:
+def build_limiter(config: settings.SidecarSettings, metrics: Metrics) -> limiting.Limiter:
     limits = config.rate_limits
     if limits.backend == "redis":
+        from sidegate.sidecar import redis_limiting  # only when asked for: ~15 MB
+
         assert limits.redis is not None  # validated by settings
-        return limiting.RedisLimiter(
+        return redis_limiting.RedisLimiter(
             url_file=limits.redis.url_file,
             password_file=limits.redis.password_file,
             timeout=limits.redis.timeout_seconds,
