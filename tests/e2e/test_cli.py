@@ -138,3 +138,50 @@ def test_demo_runs_on_a_fresh_port() -> None:
     assert "the app's placeholder reached it: False" in out
     assert "rotated the key file" in out and "no restart" in out
     assert "unknown field 'temprature'" in out
+
+
+def test_policy_check_reports_file_line_and_exit_codes(tmp_path: Path) -> None:
+    examples = Path(__file__).parents[2] / "examples" / "policies"
+    good = subprocess.run(
+        [*SIDEGATE, "policy", "check", str(examples)], capture_output=True, text=True
+    )
+    assert good.returncode == 0 and good.stdout.startswith("ok: 2 policies, bundle sha256:")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: sidegate.io/v1alpha1\nkind: RBACPolicy\nmetadata: {name: x, namespace: a}\n"
+        "spec:\n  subjects: []\n  rules:\n    - effect: Alow\n      models: [m]\n"
+    )
+    result = subprocess.run(
+        [*SIDEGATE, "policy", "check", str(bad)], capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    assert (
+        f"error: {bad}:7: spec.rules.0.effect: Input should be 'Allow' or 'Deny'" in result.stderr
+    )
+    assert "warning:" in result.stderr and "applies to no one" in result.stderr
+
+
+def test_policy_explain_and_bundle(tmp_path: Path) -> None:
+    examples = str(Path(__file__).parents[2] / "examples" / "policies")
+    base = [*SIDEGATE, "policy", "explain", "-p", examples, "-n", "default", "-s", "default"]
+    denied = subprocess.run(
+        [*base, "-m", "claude-3-opus", "-a", "messages"], capture_output=True, text=True
+    )
+    assert denied.returncode == 3
+    assert (
+        "DENIED" in denied.stdout
+        and "default/chat-models rules[2]: Deny claude-*-opus*" in denied.stdout
+    )
+    allowed = subprocess.run(
+        [*base, "-m", "gpt-4o", "-t", "free-tier", "--json"], capture_output=True, text=True
+    )
+    assert allowed.returncode == 0
+    answer = json.loads(allowed.stdout)
+    assert answer["limits"]["requestsPerMinute"] == {"value": 30, "policy": "default/chat-models"}
+    output = tmp_path / "bundle.json"
+    assert (
+        subprocess.run([*SIDEGATE, "policy", "bundle", examples, "-o", str(output)]).returncode == 0
+    )
+    from sidegate.policy import bundle
+
+    assert len(bundle.loads(output.read_bytes()).policies) == 2
