@@ -158,7 +158,16 @@ def test_policy_check_reports_file_line_and_exit_codes(tmp_path: Path) -> None:
     assert (
         f"error: {bad}:7: spec.rules.0.effect: Input should be 'Allow' or 'Deny'" in result.stderr
     )
-    assert "warning:" in result.stderr and "applies to no one" in result.stderr
+    inert = tmp_path / "inert.yaml"
+    inert.write_text(bad.read_text().replace("Alow", "Allow"))
+    result = subprocess.run(
+        [*SIDEGATE, "policy", "check", str(inert)], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "applies to no one" in result.stderr
+    strict = subprocess.run(
+        [*SIDEGATE, "policy", "check", "--strict", str(inert)], capture_output=True, text=True
+    )
+    assert strict.returncode == 1
 
 
 def test_policy_explain_and_bundle(tmp_path: Path) -> None:
