@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sidegate import __version__, errors, logs, policy_commands, redact
+from sidegate import __version__, audit_commands, errors, logs, policy_commands, redact
 
 logger = logging.getLogger("sidegate")
 
@@ -90,11 +90,14 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         try:
             if config.admin is not None:
                 identity = config.identity
+                pipeline = application[app.PIPELINE]
                 admin_app = admin.create_admin_app(
-                    application[app.PIPELINE].policies,
+                    pipeline.policies,
                     config.policy.directory,
                     config.admin.token_file,
                     rules.Caller(identity.namespace, identity.service_account),
+                    pod=identity.pod,
+                    audit=pipeline.audit,
                 )
                 # The admin API is loopback only, whatever listen.host says.
                 runners.append(await serving.start(admin_app, "127.0.0.1", config.admin.port))
@@ -162,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
     policy_commands.add_parser(commands)
+    audit_commands.add_parser(commands)
     return parser
 
 

@@ -232,11 +232,14 @@ def make_stack(
         stack.base_url = f"http://127.0.0.1:{port}/v1"
         if config.admin is not None:
             identity = config.identity
+            pipeline = application[app.PIPELINE]
             admin_app = admin_api.create_admin_app(
-                application[app.PIPELINE].policies,
+                pipeline.policies,
                 config.policy.directory,
                 config.admin.token_file,
                 rules.Caller(identity.namespace, identity.service_account),
+                pod=identity.pod,
+                audit=pipeline.audit,
             )
             stack.admin_origin = f"http://127.0.0.1:{loop.serve(admin_app)}"
             stack.admin_token = admin_token

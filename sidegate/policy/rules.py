@@ -32,6 +32,7 @@ ALLOWED = "allowed"
 DENIED_BY_RULE = "denied_by_rule"
 NO_MATCHING_ALLOW = "no_matching_allow"
 NO_POLICY = "no_policy_for_caller"
+DENIALS = frozenset({DENIED_BY_RULE, NO_MATCHING_ALLOW, NO_POLICY})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

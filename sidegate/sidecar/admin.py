@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import json
 import logging
@@ -25,6 +26,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sidegate import errors
+from sidegate.audit import spool
 from sidegate.policy import explaining, models, rules
 from sidegate.sidecar import credentials, policies, watching
 
@@ -218,7 +220,16 @@ class PolicyStore:
 
 STORE = web.AppKey("sidegate.admin.store", PolicyStore)
 TOKEN = web.AppKey("sidegate.admin.token", AdminToken)
-IDENTITY = web.AppKey("sidegate.admin.identity", rules.Caller)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    identity: rules.Caller  # the sidecar's own namespace and service account
+    pod: str
+    audit: spool.Spool | None
+
+
+CONTEXT = web.AppKey("sidegate.admin.context", Context)
 
 
 def _error(error: errors.RequestError) -> web.Response:
@@ -238,6 +249,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await _guarded(request, handler)
+    if request.method in ("PUT", "DELETE"):
+        _audit_write(request, response.status)
+    return response
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         request.app[TOKEN].check(request.headers.get("authorization"))
         return await handler(request)
@@ -249,6 +267,36 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         error = errors.InvalidRequest(exc.reason)
         error.status = exc.status
         return _error(error)
+
+
+def _audit_write(request: web.Request, status: int) -> None:
+    """One audit event per admin write attempt, whatever its outcome."""
+    context = request.app[CONTEXT]
+    trail, identity = context.audit, context.identity
+    if trail is None:
+        return
+    namespace = request.match_info.get("namespace", "")
+    name = request.match_info.get("name", "")
+    trail.emit(
+        {
+            "actor": {
+                "kind": "admin",
+                "namespace": identity.namespace,
+                "service_account": identity.service_account,
+                "pod": context.pod,
+                "tenant": None,
+            },
+            "action": "admin.policy.put" if request.method == "PUT" else "admin.policy.delete",
+            "resource": {"route": f"policies/{namespace}/{name}"},
+            "outcome": {
+                "result": "ok" if status < 400 else "rejected",
+                "status": status,
+                "reason": None
+                if status < 400
+                else ("unauthorized" if status == 401 else "invalid"),
+            },
+        }
+    )
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -295,7 +343,7 @@ async def explain_endpoint(request: web.Request) -> web.Response:
         query = ExplainQuery.model_validate(dict(request.query))
     except ValidationError as exc:
         raise ValidationFailed("invalid explain query", _details(exc)) from None
-    identity = request.app[IDENTITY]
+    identity = request.app[CONTEXT].identity
     caller = rules.Caller(
         query.namespace or identity.namespace,
         query.service_account or identity.service_account,
@@ -460,12 +508,18 @@ async def token_reloader(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_admin_app(
-    holder: policies.PolicyHolder, directory: Path | None, token_file: Path, identity: rules.Caller
+    holder: policies.PolicyHolder,
+    directory: Path | None,
+    token_file: Path,
+    identity: rules.Caller,
+    *,
+    pod: str = "",
+    audit: spool.Spool | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=_MAX_BODY)
+    app[CONTEXT] = Context(identity, pod, audit)
     app[STORE] = PolicyStore(holder, directory)
     app[TOKEN] = AdminToken(token_file)
-    app[IDENTITY] = identity
     app.router.add_get(f"{PREFIX}/policies", list_policies)
     app.router.add_get(f"{PREFIX}/policies/{{namespace}}/{{name}}", get_policy)
     app.router.add_put(f"{PREFIX}/policies/{{namespace}}/{{name}}", put_policy)

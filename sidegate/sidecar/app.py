@@ -24,6 +24,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidegate import errors
+from sidegate.audit import exporting, spool
+from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
 from sidegate.redact import Redactor
 from sidegate.sidecar import (
@@ -63,9 +65,17 @@ class RequestRecord:
     outcome: proxying.Outcome = dataclasses.field(default_factory=proxying.Outcome)
     caller: rules.Caller | None = None
     decision: rules.Decision | None = None
+    requested_model: str | None = None  # as the client sent it, scrubbed, for audit
+    error_code: str | None = None
 
 
 RECORD = web.RequestKey("sidegate.record", RequestRecord)
+
+
+class AuditUnavailable(errors.RequestError):
+    status = 503
+    error_type = "api_error"
+    code = "audit_unavailable"
 
 
 class Pipeline:
@@ -79,6 +89,7 @@ class Pipeline:
         store: credentials.CredentialStore,
         policy: policies.PolicyHolder,
         limiter: limiting.Limiter,
+        audit: spool.Spool | None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -86,6 +97,7 @@ class Pipeline:
         self.credentials = store
         self.policies = policy
         self.limiter = limiter
+        self.audit = audit
         identity = config.identity
         self._namespace, self._service_account = identity.namespace, identity.service_account
         self._tenant_header = identity.tenant_header
@@ -100,6 +112,8 @@ class Pipeline:
         self, endpoint: endpoints.Endpoint, request: web.Request
     ) -> web.StreamResponse:
         record = request[RECORD]
+        if self.audit is not None and not self.audit.accepting:
+            raise AuditUnavailable("the audit trail cannot be written; requests are refused")
         data = await read_body(request)
         payload = payloads.parse(
             endpoint,
@@ -107,6 +121,7 @@ class Pipeline:
             max_depth=self.config.limits.max_json_depth,
             allowed_extra=self._allowed_extra,
         )
+        record.requested_model = self.redactor.scrub(payload.model)
         caller = record.caller = self.identify(request)
         decision = record.decision = self.policies.decide(caller, payload.model, endpoint.action)
         if not decision.allowed:
@@ -283,7 +298,7 @@ _HTTP_ERRORS: dict[int, type[errors.RequestError]] = {
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, error mapping and metrics: the only cross-cutting concerns."""
+    """Request id, error mapping, metrics and the audit event: the cross-cutting concerns."""
     incoming = request.headers.get("x-request-id", "")
     pipeline = request.app[PIPELINE]
     request_id = incoming if _REQUEST_ID.match(incoming) else pipeline.new_request_id()
@@ -291,42 +306,111 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     record = RequestRecord(request_id, route)
     request[RECORD] = record
     started = time.perf_counter()
+    status = 499  # if the client goes away (the handler is cancelled), that is what it was
     try:
-        response = await handler(request)
+        response = await _answer(request, handler, record, pipeline)
+        status = (
+            record.outcome.status
+            if response.prepared and record.outcome.status
+            else response.status
+        )
+        return response
+    finally:
+        # Exactly once per request, whatever happened, cancellation included.
+        seconds = time.perf_counter() - started
+        _observe(pipeline.metrics, record, status, seconds)
+        _audit(pipeline, record, status, seconds)
+
+
+async def _answer(
+    request: web.Request, handler: Handler, record: RequestRecord, pipeline: Pipeline
+) -> web.StreamResponse:
+    """The handler's response, or the error it raised in the API's error shape."""
+    try:
+        return await handler(request)
     except errors.RequestError as exc:
-        response = error_response(exc, dialect_of(request.path), request_id, pipeline.redactor)
+        error = exc
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        kind = _HTTP_ERRORS.get(exc.status, errors.InvalidRequest)
-        error = kind(exc.reason)
+        error = _HTTP_ERRORS.get(exc.status, errors.InvalidRequest)(exc.reason)
         error.status = exc.status
-        response = error_response(error, dialect_of(request.path), request_id, pipeline.redactor)
     except Exception:
-        logger.exception("unexpected error", extra={"request_id": request_id})
+        logger.exception("unexpected error", extra={"request_id": record.request_id})
         error = errors.RequestError("internal error", code="internal_error")
         error.status, error.error_type = 500, "api_error"
-        response = error_response(error, dialect_of(request.path), request_id, pipeline.redactor)
-    status = (
-        record.outcome.status if response.prepared and record.outcome.status else response.status
-    )
-    _observe(pipeline.metrics, record, status, time.perf_counter() - started)
-    return response
+    record.error_code = error.code
+    return error_response(error, dialect_of(request.path), record.request_id, pipeline.redactor)
 
 
 def _observe(metrics: Metrics, record: RequestRecord, status: int, seconds: float) -> None:
-    metrics.requests.labels(record.route, record.provider, record.model, str(status)).inc()
-    metrics.request_seconds.labels(record.route).observe(seconds)
+    child = metrics.child
+    child(metrics.requests, record.route, record.provider, record.model, str(status)).inc()
+    child(metrics.request_seconds, record.route).observe(seconds)
     outcome = record.outcome
     if outcome.upstream_seconds:
-        metrics.upstream_seconds.labels(record.provider).observe(outcome.upstream_seconds)
+        child(metrics.upstream_seconds, record.provider).observe(outcome.upstream_seconds)
     if outcome.usage.reported:
-        metrics.tokens.labels(record.provider, record.model, "input").inc(
-            outcome.usage.input_tokens
-        )
-        metrics.tokens.labels(record.provider, record.model, "output").inc(
-            outcome.usage.output_tokens
-        )
+        tokens = metrics.tokens
+        child(tokens, record.provider, record.model, "input").inc(outcome.usage.input_tokens)
+        child(tokens, record.provider, record.model, "output").inc(outcome.usage.output_tokens)
+
+
+# The audit action of each proxied route.
+AUDITED = {
+    "chat": "llm.chat.completions",
+    "completions": "llm.completions",
+    "embeddings": "llm.embeddings",
+    "messages": "llm.messages",
+    "models": "llm.models.list",
+}
+
+
+def _result(status: int, code: str | None) -> str:
+    if status < 400:
+        return "allowed"
+    if status == 429:
+        return "rate_limited"
+    if status == 403 and code is not None and code in rules.DENIALS:
+        return "denied"
+    return "error"
+
+
+def _audit(pipeline: Pipeline, record: RequestRecord, status: int, seconds: float) -> None:
+    spool = pipeline.audit
+    if spool is None or record.route not in AUDITED:
+        return
+    caller, decision, usage = record.caller, record.decision, record.outcome.usage
+    identity = pipeline.config.identity
+    code = record.error_code or (decision.reason if decision else None)
+    spool.emit(
+        {
+            "actor": {
+                "kind": "workload",
+                "namespace": identity.namespace,
+                "service_account": identity.service_account,
+                "pod": identity.pod,
+                "tenant": caller.tenant if caller else None,
+            },
+            "action": AUDITED[record.route],
+            "resource": {
+                "provider": record.provider if record.provider != "-" else None,
+                "model": record.requested_model,
+                "route": record.route,
+            },
+            "outcome": {
+                "result": _result(status, code),
+                "status": status,
+                "reason": code,
+                "policy": decision.policy if decision else None,
+            },
+            "request_id": record.request_id,
+            "usage": {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+            if usage.reported
+            else None,
+            "latency_ms": round(seconds * 1000, 3),
+        }
+    )
 
 
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -451,6 +535,67 @@ def build_limiter(config: settings.SidecarSettings, metrics: Metrics) -> limitin
     return limiting.LocalLimiter(max_keys=limits.local_max_keys, metrics=metrics)
 
 
+def build_spool(config: settings.SidecarSettings, metrics: Metrics) -> spool.Spool | None:
+    audit = config.audit
+    if audit is None:
+        return None
+    identity = config.identity
+    return spool.Spool(
+        audit.spool_directory,
+        spool.Identity(identity.namespace, identity.service_account, identity.pod),
+        AuditMetrics(metrics.registry),
+        max_bytes=audit.max_spool_bytes,
+        segment_max_bytes=audit.segment_max_bytes,
+        segment_max_age=audit.segment_max_age_seconds,
+        flush_interval=audit.flush_interval_ms / 1000,
+        fail_open=audit.fail_mode == "open",
+    )
+
+
+async def audit_trail(app: web.Application) -> AsyncIterator[None]:
+    """The spool writer and the S3 exporter. Registered first, so it stops last: the
+    events of requests still in flight at SIGTERM are written and shipped."""
+    pipeline = app[PIPELINE]
+    trail, config = pipeline.audit, pipeline.config.audit
+    if trail is None or config is None:
+        yield
+        return
+    await asyncio.to_thread(trail.open)
+    writer = asyncio.create_task(trail.run())
+    exporter: exporting.S3Exporter | None = None
+    uploading: asyncio.Task[None] | None = None
+    if config.s3 is not None:
+        s3, identity = config.s3, pipeline.config.identity
+        exporter = exporting.S3Exporter(
+            trail,
+            trail.metrics,
+            bucket=s3.bucket,
+            prefix=s3.prefix,
+            namespace=identity.namespace,
+            pod=identity.pod,
+            region=s3.region,
+            endpoint_url=s3.endpoint_url,
+            sse_kms_key_id=s3.sse_kms_key_id,
+            object_lock_mode=s3.object_lock.mode if s3.object_lock else None,
+            object_lock_days=s3.object_lock.retain_days if s3.object_lock else None,
+            base_backoff=s3.base_backoff_seconds,
+            max_backoff=s3.max_backoff_seconds,
+        )
+        await exporter.start()
+        uploading = asyncio.create_task(exporter.run())
+    yield
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+    await trail.close()
+    if exporter is not None and uploading is not None:
+        uploading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await uploading
+        await exporter.drain(config.shutdown_grace_seconds)
+        await exporter.stop()
+
+
 def create_app(
     config: settings.SidecarSettings,
     *,
@@ -459,23 +604,31 @@ def create_app(
 ) -> web.Application:
     redactor = redactor or Redactor()
     metrics = metrics or Metrics()
+    trail = build_spool(config, metrics)
+
+    def report(action: str, result: str, reason: str | None, resource: dict[str, str]) -> None:
+        if trail is not None:
+            trail.emit(trail.system_event(action, result, reason=reason, resource=resource))
+
     store = credentials.CredentialStore(
         config.credentials.directory,
         {name: p.key_file or name for name, p in config.providers.items()},
         metrics,
         redactor,
+        report=report,
     )
     holder = policies.holder_for(
         config.policy.directory,
         config.policy.bundle_file,
         cache_ttl=config.policy.cache_ttl_seconds,
         metrics=metrics,
+        report=report,
     )
     app = web.Application(
         middlewares=[request_context], client_max_size=config.limits.max_body_bytes
     )
     app[PIPELINE] = Pipeline(
-        config, metrics, redactor, store, holder, build_limiter(config, metrics)
+        config, metrics, redactor, store, holder, build_limiter(config, metrics), trail
     )
     for endpoint in endpoints.ALL:
         app.router.add_post(
@@ -486,6 +639,7 @@ def create_app(
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_endpoint, name="metrics")
     app.on_response_prepare.append(_stamp_request_id)
+    app.cleanup_ctx.append(audit_trail)
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(file_reloaders)
     return app

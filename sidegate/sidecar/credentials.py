@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from sidegate import errors
@@ -20,6 +20,15 @@ from sidegate.sidecar.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 PREVIOUS_SUFFIX = ".previous"
+
+# Tells the audit trail about a reload: (action, result, reason, resource).
+Reporter = Callable[[str, str, str | None, dict[str, str]], None]
+
+
+def ignore_reports(action: str, result: str, reason: str | None, resource: dict[str, str]) -> None:
+    return None
+
+
 _MAX_KEY_BYTES = 8192
 
 
@@ -63,8 +72,11 @@ class CredentialStore:
         key_files: Mapping[str, str],
         metrics: Metrics,
         redactor: Redactor,
+        *,
+        report: Reporter | None = None,
     ) -> None:
         self.directory = directory
+        self._report = report or ignore_reports
         self._key_files = dict(key_files)  # provider → file name
         self._metrics = metrics
         self._redactor = redactor
@@ -89,6 +101,7 @@ class CredentialStore:
                 current = read_key(self.directory / file_name)
             except errors.CredentialRejected as exc:
                 self._metrics.credential_reloads.labels(provider, "failed").inc()
+                self._report("credential.reload", "rejected", str(exc), {"provider": provider})
                 logger.error(
                     "credential rejected, %s",
                     "keeping the key in force" if old else "provider has no key",
@@ -101,6 +114,7 @@ class CredentialStore:
                 self._redactor.remember([s for s in (current, previous) if s])
                 updated[provider] = new
                 self._metrics.credential_reloads.labels(provider, "ok").inc()
+                self._report("credential.reload", "ok", None, {"provider": provider})
                 logger.info(
                     "credential loaded",
                     extra={"provider": provider, "overlap_key": previous is not None},

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sidegate import errors
 from sidegate.policy import bundle, caching, documents, models, rules
+from sidegate.sidecar import credentials
 from sidegate.sidecar.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,9 @@ class PolicyHolder:
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         source: str = "",
+        report: credentials.Reporter | None = None,
     ) -> None:
+        self._report = report or credentials.ignore_reports
         self._read = read
         self.watch_directory = watch_directory
         self.source = source
@@ -167,6 +170,7 @@ class PolicyHolder:
                 loaded = await asyncio.to_thread(self._read)
             except errors.BundleRejected as exc:
                 self._metrics.policy_reloads.labels("failed").inc()
+                self._report("policy.reload", "rejected", str(exc)[:500], {"route": "policy"})
                 logger.error(
                     "policy rejected, %s",
                     "keeping the policy in force" if self.loaded else "denying everything",
@@ -179,6 +183,7 @@ class PolicyHolder:
             self.install(loaded)
             await asyncio.to_thread(_dismantle, old)
             self._metrics.policy_reloads.labels("ok").inc()
+            self._report("policy.reload", "ok", loaded.hash, {"route": "policy"})
             if loaded.hash != previous:
                 logger.info(
                     "policy loaded",
@@ -201,7 +206,12 @@ def _dismantle(cache: caching.DecisionCache) -> None:
 
 
 def holder_for(
-    directory: Path | None, bundle_file: Path | None, *, cache_ttl: float, metrics: Metrics
+    directory: Path | None,
+    bundle_file: Path | None,
+    *,
+    cache_ttl: float,
+    metrics: Metrics,
+    report: credentials.Reporter | None = None,
 ) -> PolicyHolder:
     if directory is not None:
         return PolicyHolder(
@@ -210,6 +220,7 @@ def holder_for(
             cache_ttl=cache_ttl,
             metrics=metrics,
             source=str(directory),
+            report=report,
         )
     assert bundle_file is not None  # settings validate exactly one source
     return PolicyHolder(
@@ -218,4 +229,5 @@ def holder_for(
         cache_ttl=cache_ttl,
         metrics=metrics,
         source=str(bundle_file),
+        report=report,
     )

@@ -301,6 +301,51 @@ class AdminSettings(_Strict):
     token_file: Path = Field(description="File holding the admin bearer token.")
 
 
+class ObjectLockSettings(_Strict):
+    mode: Literal["GOVERNANCE", "COMPLIANCE"] = Field(
+        description="S3 Object Lock mode set on every uploaded segment."
+    )
+    retain_days: int = Field(ge=1, le=36500, description="Retention from the upload time.")
+
+
+class S3Settings(_Strict):
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = Field("sidegate", max_length=512, pattern=r"^[A-Za-z0-9!_.*'()/-]*$")
+    region: str | None = Field(
+        None, description="AWS region; the standard chain's default when absent."
+    )
+    endpoint_url: str | None = Field(
+        None,
+        description="Another S3 endpoint (MinIO, a VPC endpoint). AWS credentials always "
+        "come from the standard chain, never from this file.",
+    )
+    sse_kms_key_id: str | None = Field(None, description="Encrypt uploads with this KMS key.")
+    object_lock: ObjectLockSettings | None = None
+    base_backoff_seconds: float = Field(0.5, gt=0, le=60)
+    max_backoff_seconds: float = Field(60.0, gt=0, le=3600, description="Cap of the retry wait.")
+
+
+class AuditSettings(_Strict):
+    spool_directory: Path = Field(description="Local directory of the durable spool.")
+    max_spool_bytes: int = Field(
+        1024**3, ge=64 * 1024, description="Bound of the spool; when reached, fail_mode applies."
+    )
+    segment_max_bytes: int = Field(8 * 1024**2, ge=1024, description="Seal a segment at this size.")
+    segment_max_age_seconds: float = Field(60.0, gt=0, le=86400, description="...or at this age.")
+    flush_interval_ms: float = Field(
+        5.0, ge=0, le=1000, description="Group commit: how long events gather before one fsync."
+    )
+    fail_mode: Literal["open", "closed"] = Field(
+        "closed",
+        description="Spool full or unwritable: closed refuses LLM requests (503); open serves "
+        "them and counts dropped events.",
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, le=600, description="On SIGTERM, how long to keep uploading sealed segments."
+    )
+    s3: S3Settings | None = Field(None, description="Where segments go; kept locally when absent.")
+
+
 class LogSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -320,6 +365,7 @@ class SidecarSettings(_Strict):
     policy: PolicySettings
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     admin: AdminSettings | None = Field(None, description="The admin API; off when absent.")
+    audit: AuditSettings | None = Field(None, description="The audit trail; off when absent.")
 
     @model_validator(mode="after")
     def _routes_name_providers(self) -> SidecarSettings:
@@ -434,6 +480,9 @@ def _resolve_paths(settings: SidecarSettings, base: Path) -> SidecarSettings:
     admin = settings.admin
     if admin is not None:
         admin = admin.model_copy(update={"token_file": absolute(admin.token_file)})
+    audit = settings.audit
+    if audit is not None:
+        audit = audit.model_copy(update={"spool_directory": absolute(audit.spool_directory)})
     return settings.model_copy(
         update={
             "providers": providers,
@@ -441,5 +490,6 @@ def _resolve_paths(settings: SidecarSettings, base: Path) -> SidecarSettings:
             "policy": policy,
             "rate_limits": rate_limits,
             "admin": admin,
+            "audit": audit,
         }
     )
