@@ -261,3 +261,13 @@ def make_stack(
 @pytest.fixture
 def stack(make_stack: Callable[..., Stack]) -> Stack:
     return make_stack()
+
+
+@pytest.fixture
+def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard AWS credential chain, pointed at throwaway values made at run time."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test" + secrets.token_hex(8))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets.token_hex(20))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)

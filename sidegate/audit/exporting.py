@@ -93,9 +93,16 @@ class S3Exporter:
     async def start(self) -> None:
         import aioboto3  # ~30 MB of botocore: loaded only when S3 export is configured
 
+        from botocore.config import Config
+
         session = aioboto3.Session()
         self._context = session.client(
-            "s3", region_name=self._region, endpoint_url=self._endpoint_url
+            "s3",
+            region_name=self._region,
+            endpoint_url=self._endpoint_url,
+            # One attempt per call: the retry loop here owns backoff and jitter, and a call
+            # must fail fast enough for the spool to notice an outage.
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30),
         )
         self._client = await self._context.__aenter__()
 
@@ -112,7 +119,8 @@ class S3Exporter:
             if not segments:
                 self._spool.sealed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._spool.sealed.wait(), 5.0)
+                    async with asyncio.timeout(5.0):
+                        await self._spool.sealed.wait()
                 continue
             for segment in segments:
                 try:

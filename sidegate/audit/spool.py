@@ -80,6 +80,10 @@ class Spool:
         self.sealed = asyncio.Event()  # set whenever a segment is sealed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._size_lock = threading.Lock()
+        # One batch at a time touches the segment and the chain, whichever thread runs it:
+        # a cancelled writer's thread may still be finishing when close() starts its own.
+        self._write_lock = threading.Lock()
+        self._stopping = False
         self._spool_bytes = 0
         # Writer state, touched only by one batch at a time:
         self._last_hash = events.GENESIS
@@ -181,10 +185,11 @@ class Spool:
     async def run(self) -> None:
         """Write batches until cancelled. One batch at a time, in a worker thread."""
         self._loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             timeout = self._next_deadline()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             await asyncio.sleep(self._flush_interval)  # let a group gather
             self._wake.clear()
             batch, self._pending = self._pending, []
@@ -199,18 +204,33 @@ class Spool:
 
     async def close(self) -> None:
         """Write what is queued and seal the active segment (on shutdown)."""
+        self._stopping = True
         batch, self._pending = self._pending, []
         await asyncio.to_thread(self._write, batch)
-        await asyncio.to_thread(self._seal)
+        await asyncio.to_thread(self._locked_seal)
+
+    def _locked_seal(self) -> None:
+        with self._write_lock:
+            self._seal()
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
+        with self._write_lock:
+            self._write_locked(batch)
+
+    def _write_locked(self, batch: list[dict[str, Any]]) -> None:
+        if not self.healthy:
+            self._probe()  # the only way back: it also seals what a failure left in active/
+            if not self.healthy:
+                if batch:
+                    self._drop(len(batch), self._problem)
+                return
         if self._segment is not None and (
             time.monotonic() - self._segment_opened >= self._segment_max_age
         ):
             self._seal()
-        if not batch:
-            if not self.healthy:
-                self._probe()
+        if not batch or not self.healthy:
+            if batch:
+                self._drop(len(batch), self._problem)
             return
         started = time.perf_counter()
         previous = self._last_hash
@@ -249,10 +269,6 @@ class Spool:
             self._metrics.spool_bytes.set(self._spool_bytes)
         self._metrics.events.labels("written").inc(len(batch))
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
-        if not self.healthy:
-            self.healthy = True
-            self._metrics.spool_healthy.set(1)
-            logger.info("audit spool writable again")
         if self._segment_bytes >= self._segment_max_bytes:
             self._seal()
 
@@ -276,12 +292,12 @@ class Spool:
         segment = self._segment
         self._close_segment()
         self._segment = None
-        if segment is None or not segment.exists():
-            return
-        if segment.stat().st_size == 0:
-            segment.unlink()
+        if segment is None:
             return
         try:
+            if segment.stat().st_size == 0:
+                segment.unlink()
+                return
             target = self.sealed_dir / segment.name
             os.replace(segment, target)
             _fsync_directory(self.sealed_dir)
@@ -311,8 +327,19 @@ class Spool:
         with self._size_lock:
             if self._spool_bytes >= self._max_bytes:
                 return
+        # A segment whose sealing failed is still in active/: seal it now, or its events
+        # would wait for the next restart to be shipped.
+        try:
+            for orphan in sorted(self.active_dir.glob("*.jsonl")):
+                os.replace(orphan, self.sealed_dir / orphan.name)
+            _fsync_directory(self.sealed_dir)
+        except OSError:
+            return
         self.healthy = True
         self._metrics.spool_healthy.set(1)
+        self._metrics.pending_segments.set(len(self.sealed_segments()))
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.sealed.set)
         logger.info("audit spool writable again")
 
     def _fail(self, problem: str, lost: int) -> None:

@@ -584,10 +584,10 @@ async def audit_trail(app: web.Application) -> AsyncIterator[None]:
         await exporter.start()
         uploading = asyncio.create_task(exporter.run())
     yield
+    await trail.close()  # writes what is queued (after any batch in progress) and seals
     writer.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await writer
-    await trail.close()
     if exporter is not None and uploading is not None:
         uploading.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -37,6 +37,9 @@ class LoopThread:
         return self.run(start())
 
     def close(self) -> None:
+        if self.loop.is_closed():
+            return
+
         async def stop() -> None:
             for runner in reversed(self._runners):
                 await runner.cleanup()
