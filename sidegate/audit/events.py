@@ -93,7 +93,8 @@ def rfc3339(at: float) -> str:
     )
 
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Crockford's base32 alphabet (an alphabet, not a secret).
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # pragma: allowlist secret
 
 
 class Ulids:
@@ -114,7 +115,15 @@ class Ulids:
                 self._last_ms = ms
                 self._random = int.from_bytes(os.urandom(10), "big") >> 1  # room to count up
             value = (ms << 80) | (self._random & ((1 << 80) - 1))
-        return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+        return "".join(CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def ulid_milliseconds(ulid: str) -> int:
+    """The time a ULID was made, in milliseconds since the epoch."""
+    milliseconds = 0
+    for char in ulid[:10]:
+        milliseconds = milliseconds * 32 + CROCKFORD.index(char)
+    return milliseconds
 
 
 def json_schema() -> dict[str, Any]:

@@ -26,20 +26,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sidegate.audit import events
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.audit.spool import Spool
 
 logger = logging.getLogger(__name__)
 
 _JITTER = random.SystemRandom()  # full jitter for backoff (SystemRandom: no seeding questions)
-_CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
 
 
 def ulid_time(ulid: str) -> datetime.datetime:
-    milliseconds = 0
-    for char in ulid[:10]:
-        milliseconds = milliseconds * 32 + _CROCKFORD[char]
-    return datetime.datetime.fromtimestamp(milliseconds / 1000, tz=datetime.UTC)
+    return datetime.datetime.fromtimestamp(events.ulid_milliseconds(ulid) / 1000, tz=datetime.UTC)
 
 
 def object_key(prefix: str, namespace: str, pod: str, segment: Path) -> str:
@@ -92,7 +89,6 @@ class S3Exporter:
 
     async def start(self) -> None:
         import aioboto3  # ~30 MB of botocore: loaded only when S3 export is configured
-
         from botocore.config import Config
 
         session = aioboto3.Session()
@@ -102,7 +98,9 @@ class S3Exporter:
             endpoint_url=self._endpoint_url,
             # One attempt per call: the retry loop here owns backoff and jitter, and a call
             # must fail fast enough for the spool to notice an outage.
-            config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30),
+            config=Config(
+                retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30
+            ),
         )
         self._client = await self._context.__aenter__()
 

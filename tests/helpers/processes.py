@@ -28,6 +28,12 @@ class Process:
     process: subprocess.Popen[str]
     origin: str
 
+    def kill(self) -> str:
+        """SIGKILL: no cleanup of any kind, as in a crash or an OOM kill."""
+        self.process.kill()
+        _, stderr = self.process.communicate(timeout=20)
+        return stderr
+
     def stop(self) -> str:
         """SIGTERM, wait, and return what it wrote to stderr."""
         if self.process.poll() is None:

@@ -56,7 +56,7 @@ def start_s3() -> S3:
     s3 = S3(free_port())
     s3.start()
     # moto keeps its state per process, not per server: start every test from empty.
-    reset = urllib.request.Request(f"{s3.endpoint}/moto-api/reset", method="POST")
+    reset = urllib.request.Request(f"{s3.endpoint}/moto-api/reset", method="POST")  # noqa: S310
     urllib.request.urlopen(reset).close()  # noqa: S310 - http to our own loopback server
     s3.client().create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
     return s3

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,7 +42,9 @@ def with_audit(tmp_path: Path, s3: S3 | None, **audit: Any) -> Callable[[dict[st
                     "spec": {
                         "subjects": [{"kind": "ServiceAccount", "name": "chatbot"}],
                         "rules": [{"effect": "Allow", "models": ["gpt-*"]}],
-                        "rateLimits": {"tenantOverrides": [{"tenant": "tiny", "requestsPerMinute": 1}]},
+                        "rateLimits": {
+                            "tenantOverrides": [{"tenant": "tiny", "requestsPerMinute": 1}]
+                        },
                     },
                 }
             )
@@ -80,7 +80,9 @@ def test_every_request_and_admin_write_becomes_exactly_one_event_in_s3(
     c = stack.openai()
     sent: dict[str, tuple[str, int]] = {}
 
-    def send(label: str, body: bytes, headers: dict[str, str] | None = None, path: str = CHAT) -> None:
+    def send(
+        label: str, body: bytes, headers: dict[str, str] | None = None, path: str = CHAT
+    ) -> None:
         request_id = f"{label}-{len(sent)}"
         status = call(stack.origin, path, body, {"x-request-id": request_id, **(headers or {})})[0]
         sent[request_id] = (label, status)
@@ -98,10 +100,28 @@ def test_every_request_and_admin_write_becomes_exactly_one_event_in_s3(
     admin_headers = {"authorization": f"Bearer {stack.admin_token}"}
     policy = json.loads((stack.policy_dir / "allow-all.yaml").read_text())
     policy["metadata"]["name"] = "extra"
-    assert call(stack.admin_origin, "/admin/v1/policies/team-a/extra", json.dumps(policy).encode(), admin_headers, method="PUT")[0] == 201
-    assert call(stack.admin_origin, "/admin/v1/policies/team-a/bad", b"{}", admin_headers, method="PUT")[0] == 422
+    assert (
+        call(
+            stack.admin_origin,
+            "/admin/v1/policies/team-a/extra",
+            json.dumps(policy).encode(),
+            admin_headers,
+            method="PUT",
+        )[0]
+        == 201
+    )
+    assert (
+        call(
+            stack.admin_origin, "/admin/v1/policies/team-a/bad", b"{}", admin_headers, method="PUT"
+        )[0]
+        == 422
+    )
     stack.publish_keys({**stack.keys, "openai": fake_key()})
-    wait_for(lambda: stack.metric("sidegate_credential_reloads_total", provider="openai", result="ok") >= 2)
+    wait_for(
+        lambda: (
+            stack.metric("sidegate_credential_reloads_total", provider="openai", result="ok") >= 2
+        )
+    )
 
     stack.loop.close()  # SIGTERM's path: flush, seal, upload within the grace period
     found = s3.events()
@@ -117,13 +137,20 @@ def test_every_request_and_admin_write_becomes_exactly_one_event_in_s3(
     by_request = Counter(e["request_id"] for e in request_events(found))
     for request_id in sent:
         assert by_request[request_id] == 1, request_id  # exactly one event each
-    outcomes = {e["request_id"]: e["outcome"] for e in request_events(found) if e["request_id"] in sent}
+    outcomes = {
+        e["request_id"]: e["outcome"] for e in request_events(found) if e["request_id"] in sent
+    }
     results = Counter((sent[rid][0], o["result"]) for rid, o in outcomes.items())
     assert results[("allowed", "allowed")] == 1 and results[("denied", "denied")] == 1
     assert results[("limited", "rate_limited")] == 1 and results[("limited", "allowed")] == 1
     assert results[("bad-input", "error")] == 1 and results[("upstream-refused", "error")] == 1
     denied = next(o for rid, o in outcomes.items() if sent[rid][0] == "denied")
-    assert denied == {"result": "denied", "status": 403, "reason": "no_matching_allow", "policy": None}
+    assert denied == {
+        "result": "denied",
+        "status": 403,
+        "reason": "no_matching_allow",
+        "policy": None,
+    }
     actions = Counter(e["action"] for e in found)
     assert actions["llm.models.list"] == 1
     assert actions["admin.policy.put"] == 2
@@ -134,14 +161,19 @@ def test_every_request_and_admin_write_becomes_exactly_one_event_in_s3(
     for event in found:
         events.AuditEvent.model_validate(event)  # the schema holds for every line written
     keys = s3.keys()
-    assert all(k.startswith("trail/") and "/team-a/chatbot-0/" in k and k.endswith(".jsonl.gz") for k in keys)
+    assert all(
+        k.startswith("trail/") and "/team-a/chatbot-0/" in k and k.endswith(".jsonl.gz")
+        for k in keys
+    )
     head = s3.client().head_object(Bucket=BUCKET, Key=keys[0], ChecksumMode="ENABLED")
     assert head["ObjectLockMode"] == "GOVERNANCE" and head.get("ChecksumSHA256")
     assert_no_secrets(json.dumps(found), stack.all_keys)
     assert not list((tmp_path / "spool" / "sealed").iterdir())  # deleted once S3 had them
     import asyncio
 
-    reports = asyncio.run(verifying.s3_trails(BUCKET, "trail", endpoint_url=s3.endpoint, region="us-east-1"))
+    reports = asyncio.run(
+        verifying.s3_trails(BUCKET, "trail", endpoint_url=s3.endpoint, region="us-east-1")
+    )
     assert [r.ok for r in reports] == [True] and reports[0].events == len(found)
 
 
@@ -152,7 +184,7 @@ def test_one_flipped_byte_in_s3_fails_verify_at_that_line(
     for _ in range(5):
         call(stack.origin, CHAT, chat_body())
     stack.loop.close()
-    key = next(k for k in s3.keys())
+    key = s3.keys()[0]
     client = s3.client()
     lines = gzip.decompress(client.get_object(Bucket=BUCKET, Key=key)["Body"].read()).splitlines()
     target = max(i for i, line in enumerate(lines) if b'"status":200' in line)
@@ -160,13 +192,19 @@ def test_one_flipped_byte_in_s3_fails_verify_at_that_line(
     client.put_object(Bucket=BUCKET, Key=key, Body=gzip.compress(b"\n".join(lines) + b"\n"))
     import asyncio
 
-    (report,) = asyncio.run(verifying.s3_trails(BUCKET, "trail", endpoint_url=s3.endpoint, region="us-east-1"))
+    (report,) = asyncio.run(
+        verifying.s3_trails(BUCKET, "trail", endpoint_url=s3.endpoint, region="us-east-1")
+    )
     assert not report.ok
-    assert [(p.segment, p.line) for p in report.problems] == [(f"s3://{BUCKET}/{key}", target + 1)], [str(p) for p in report.problems]
+    assert [(p.segment, p.line) for p in report.problems] == [
+        (f"s3://{BUCKET}/{key}", target + 1)
+    ], [str(p) for p in report.problems]
     assert "altered" in report.problems[0].message
 
 
-def test_an_s3_outage_under_load_loses_nothing(make_stack: Callable[..., Stack], tmp_path: Path, s3: S3) -> None:
+def test_an_s3_outage_under_load_loses_nothing(
+    make_stack: Callable[..., Stack], tmp_path: Path, s3: S3
+) -> None:
     bound = 2 * 1024 * 1024
     stack = make_stack(with_audit(tmp_path, s3, max_spool_bytes=bound))
     sent: list[str] = []
@@ -186,7 +224,9 @@ def test_an_s3_outage_under_load_loses_nothing(make_stack: Callable[..., Stack],
         wait_for(lambda: len(s3.keys()) >= 2)
         s3.stop()  # S3 goes away; segments pile up in the spool
         outage_started = len(sent)
-        wait_for(lambda: stack.metric("sidegate_audit_uploads_total", result="failed") >= 3, timeout=15)
+        wait_for(
+            lambda: stack.metric("sidegate_audit_uploads_total", result="failed") >= 3, timeout=15
+        )
         wait_for(lambda: len(sent) > outage_started + 50)
         assert stack.metric("sidegate_audit_pending_segments") >= 2
         s3.start()  # same port, same state: it comes back
@@ -226,7 +266,11 @@ def test_an_unwritable_spool_applies_the_fail_mode(
     moved.rename(spool)
     wait_for(lambda: stack.metric("sidegate_audit_spool_healthy") == 1)
     assert call(stack.origin, CHAT, chat_body())[0] == 200
-    expected = "refusing LLM requests (fail-closed)" if fail_mode == "closed" else "dropping events (fail-open)"
+    expected = (
+        "refusing LLM requests (fail-closed)"
+        if fail_mode == "closed"
+        else "dropping events (fail-open)"
+    )
     assert expected in stack.log.getvalue()
 
 

@@ -1,0 +1,119 @@
+"""The spool's chain across crashes, and what verify reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from sidegate.audit import events, spool, verifying
+from sidegate.audit.metrics import AuditMetrics
+
+
+def make_spool(directory: Path) -> spool.Spool:
+    return spool.Spool(
+        directory,
+        spool.Identity("team-a", "app", "pod-0"),
+        AuditMetrics(CollectorRegistry()),
+        max_bytes=10 * 1024 * 1024,
+        segment_max_bytes=2000,
+        segment_max_age=60,
+        flush_interval=0,
+        fail_open=False,
+    )
+
+
+def write(directory: Path, count: int) -> None:
+    async def scenario() -> None:
+        trail = make_spool(directory)
+        trail.open()
+        writer = asyncio.create_task(trail.run())
+        for index in range(count):
+            trail.emit(trail.system_event("test.event", "ok", reason=str(index)))
+            if index % 5 == 4:
+                await asyncio.sleep(0.01)  # let the writer commit a group
+        await trail.close()
+        writer.cancel()
+
+    asyncio.run(scenario())
+
+
+def segments(directory: Path) -> list[tuple[str, bytes]]:
+    return list(verifying.directory_segments(directory))
+
+
+def test_chain_verifies_across_segments_and_restarts(tmp_path: Path) -> None:
+    write(tmp_path, 30)
+    write(tmp_path, 5)
+    report = verifying.verify_trail("t", segments(tmp_path))
+    assert report.ok, [str(p) for p in report.problems]
+    assert report.events == 37 and report.segments > 2  # two restart events, rotation by size
+    for _, data in segments(tmp_path):
+        for line in data.splitlines():
+            events.AuditEvent.model_validate_json(line)
+
+
+def test_torn_last_line_is_dropped_counted_and_linked_past(tmp_path: Path) -> None:
+    write(tmp_path, 3)
+    last = sorted((tmp_path / "sealed").glob("*.jsonl"))[-1]
+    good_tail = json.loads(last.read_bytes().splitlines()[-1])["hash"]
+    (tmp_path / "tail.json").unlink()
+    # A crash mid-write: the segment is back in active/ with half a line at its end.
+    torn = tmp_path / "active" / last.name
+    last.rename(torn)
+    with torn.open("ab") as handle:
+        handle.write(b'{"version":1,"id":"01ZZ')
+    trail = make_spool(tmp_path)
+    trail.open()
+    assert trail.metrics.torn_lines._value.get() == 1
+    restart = trail._pending[-1]
+    assert (
+        restart["action"] == "audit.restart"
+        and restart["outcome"]["reason"] == "torn_lines_dropped:1"
+    )
+    assert trail._last_hash == good_tail
+    assert not list((tmp_path / "active").iterdir())
+
+
+def test_verify_names_gaps_reordering_and_tampering(tmp_path: Path) -> None:
+    write(tmp_path, 6)
+    (name, data), *_rest = segments(tmp_path)
+    lines = data.splitlines()
+    gap = verifying.verify_trail("t", [(name, b"\n".join(lines[:2] + lines[3:]))])
+    assert [(p.line, p.message.split(":")[0]) for p in gap.problems] == [(3, "gap")]
+    swapped = verifying.verify_trail(
+        "t", [(name, b"\n".join([lines[0], lines[2], lines[1], *lines[3:]]))]
+    )
+    assert [p.line for p in swapped.problems] == [2, 3, 3, 4]
+    assert "out of order" in swapped.problems[1].message
+    edited = lines[1].replace(b'"reason":"0"', b'"reason":"X"')
+    tampered = verifying.verify_trail("t", [(name, b"\n".join([lines[0], edited, *lines[2:]]))])
+    assert [(p.line, "altered" in p.message) for p in tampered.problems] == [(2, True)]
+
+
+def test_ulids_sort_in_creation_order() -> None:
+    ulids = events.Ulids()
+    made = [ulids.new(1_700_000_000.0) for _ in range(1000)] + [ulids.new(1_700_000_000.001)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+
+
+def test_audit_verify_command(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    write(tmp_path, 8)
+    command = [sys.executable, "-m", "sidegate", "audit", "verify", str(tmp_path)]
+    ok = subprocess.run(command, capture_output=True, text=True)
+    assert ok.returncode == 0 and ": OK: 9 events" in ok.stdout
+    segment = sorted((tmp_path / "sealed").glob("*.jsonl"))[0]
+    lines = segment.read_bytes().splitlines()
+    lines[2] = lines[2].replace(b'"result":"ok"', b'"result":"rejected"')
+    segment.write_bytes(b"\n".join(lines) + b"\n")
+    bad = subprocess.run(command, capture_output=True, text=True)
+    assert bad.returncode == 1 and f"{segment}:3: hash does not match" in bad.stdout
+    schema = subprocess.run(
+        [sys.executable, "-m", "sidegate", "audit", "schema"], capture_output=True, text=True
+    )
+    assert json.loads(schema.stdout)["title"] == "AuditEvent"
