@@ -1,6 +1,6 @@
 """Overhead of the sidecar against calling the upstream directly.
 
-    uv run python benchmarks/overhead.py [--seconds 10] [--repeat 2] [--limits]
+    uv run python benchmarks/overhead.py [--seconds 10] [--repeat 2] [--limits] [--audit]
 
 The sidecar always enforces an RBACPolicy (allow and deny rules); --limits adds rate limits
 so high that nothing is refused but every request is counted (requests, tokens, concurrency).
@@ -169,6 +169,9 @@ def main() -> None:
         action="store_true",
         help="rate limits on (local backend): every request counted",
     )
+    parser.add_argument(
+        "--audit", action="store_true", help="audit on: an event per request, spooled and fsync'd"
+    )
     args = parser.parse_args()
 
     upstream_port, sidecar_port = free_port(), free_port()
@@ -176,7 +179,17 @@ def main() -> None:
         ["taskset", "-c", "1", sys.executable, str(HERE / "upstream.py"), str(upstream_port)]
     )
     with tempfile.TemporaryDirectory() as workdir:
-        config = sidecar_config(Path(workdir), upstream_port, sidecar_port, {}, args.limits)
+        extra = (
+            {
+                "audit": {
+                    "spool_directory": str(Path(workdir) / "spool"),
+                    "max_spool_bytes": 8 * 1024**3,
+                }
+            }
+            if args.audit
+            else {}
+        )
+        config = sidecar_config(Path(workdir), upstream_port, sidecar_port, extra, args.limits)
         sidecar = subprocess.Popen(
             [
                 "taskset",

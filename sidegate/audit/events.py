@@ -10,12 +10,12 @@ an event says who called which model with what outcome, not what was said.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 import time
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -77,12 +77,21 @@ class AuditEvent(_Strict):
 
 
 def canonical(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Sorted keys, no whitespace, UTF-8 (not \\u escapes), numbers in shortest form."""
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
 
 
 def digest(event: dict[str, Any]) -> str:
     """The hash of an event: over everything but its own ``hash`` field."""
     return hashlib.sha256(canonical({k: v for k, v in event.items() if k != "hash"})).hexdigest()
+
+
+def sealed_line(event: dict[str, Any]) -> tuple[bytes, str]:
+    """The JSON line of an event without ``hash``, with its hash added; and the hash.
+    One serialisation: the hash is appended to the canonical bytes it was computed over."""
+    body = canonical(event)
+    value = hashlib.sha256(body).hexdigest()
+    return body[:-1] + b',"hash":"' + value.encode() + b'"}\n', value
 
 
 def rfc3339(at: float) -> str:

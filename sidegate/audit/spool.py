@@ -245,9 +245,9 @@ class Spool:
                 **record,
                 "prev_hash": previous,
             }
-            event["hash"] = previous = events.digest(event)
+            line, previous = events.sealed_line(event)
             first_id = first_id or event["id"]
-            lines.append(events.canonical(event) + b"\n")
+            lines.append(line)
         data = b"".join(lines)
         with self._size_lock:
             full = self._spool_bytes + len(data) > self._max_bytes
