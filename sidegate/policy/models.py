@@ -30,7 +30,8 @@ _MODEL_PATTERN = r"^[A-Za-z0-9._:/@*?\[\]!-]{1,256}$"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: "3" is not 3 and "true" is not true; a policy says exactly what it means.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class ServiceAccountSubject(_Model):
@@ -141,7 +142,7 @@ class RBACPolicySpec(_Model):
 class ObjectMeta(_Model):
     # Kubernetes adds many fields (uid, resourceVersion, managedFields, ...); a policy read
     # back from the cluster must still validate, so only these are checked.
-    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True, strict=True)
 
     name: str = Field(max_length=253, pattern=_DNS_SUBDOMAIN)
     namespace: str = Field("default", max_length=63, pattern=_DNS_LABEL)
@@ -159,8 +160,13 @@ class Condition(_Model):
 class RBACPolicyStatus(_Model):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = Field(None, alias="observedGeneration")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready (True, or False with reason Invalid)."
+    )
+    observed_generation: int | None = Field(
+        None, alias="observedGeneration", description="The generation the status describes."
+    )
+    rule_count: int | None = Field(None, alias="ruleCount", description="Rules in the spec.")
 
 
 class RBACPolicy(_Model):
