@@ -31,7 +31,6 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    from sidegate.policy import rules
     from sidegate.sidecar import admin, app, serving, settings
 
     try:
@@ -88,17 +87,8 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
             extra={"host": config.listen.host, "port": serving.bound_port(runners[0])},
         )
         try:
-            if config.admin is not None:
-                identity = config.identity
-                pipeline = application[app.PIPELINE]
-                admin_app = admin.create_admin_app(
-                    pipeline.policies,
-                    config.policy.directory,
-                    config.admin.token_file,
-                    rules.Caller(identity.namespace, identity.service_account),
-                    pod=identity.pod,
-                    audit=pipeline.audit,
-                )
+            admin_app = admin.for_sidecar(application)
+            if config.admin is not None and admin_app is not None:
                 # The admin API is loopback only, whatever listen.host says.
                 runners.append(await serving.start(admin_app, "127.0.0.1", config.admin.port))
                 logger.info(

@@ -7,53 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from sidegate import errors
-from sidegate.policy import bundle, documents, explaining, models, rules
-
-SUFFIXES = (".yaml", ".yml")
-
-
-def _files(paths: list[str]) -> list[Path]:
-    found: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found += sorted(
-                p for p in path.iterdir() if p.suffix in SUFFIXES and not p.name.startswith(".")
-            )
-        else:
-            found.append(path)
-    return found
+from sidegate import errors, policy_files
+from sidegate.policy import bundle, explaining, models, rules
 
 
 def load(paths: list[str]) -> tuple[list[models.RBACPolicy], list[str], list[str]]:
     """Policies, errors and warnings from files and directories."""
-    policies: list[models.RBACPolicy] = []
-    problems: list[str] = []
-    warnings: list[str] = []
-    seen: dict[tuple[str, str], str] = {}
-    for path in _files(paths):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{path}: cannot read: {exc}")
-            continue
-        try:
-            parsed = documents.parse(text, str(path))
-        except documents.PolicyDocumentError as exc:
-            problems += [str(p) for p in exc.problems]
-            continue
-        for policy in parsed:
-            where = f"{path}: {'/'.join(policy.key)}"
-            if policy.key in seen:
-                problems.append(f"{where}: also defined in {seen[policy.key]}")
-            seen[policy.key] = str(path)
-            if not policy.spec.subjects:
-                warnings.append(f"{where}: no subjects, so it applies to no one")
-            if not policy.spec.rules and policy.spec.rate_limits is None:
-                warnings.append(f"{where}: no rules and no rate limits, so it does nothing")
-            policies.append(policy)
-    return policies, problems, warnings
+    found = policy_files.read(Path(p) for p in paths)
+    return found.policies, found.problems, found.warnings
 
 
 def check(args: argparse.Namespace) -> int:

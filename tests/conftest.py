@@ -20,11 +20,11 @@ import pytest
 import trustme
 
 from sidegate import logs, redact, standin
-from sidegate.policy import rules
 from sidegate.sidecar import admin as admin_api
 from sidegate.sidecar import app, settings
 from sidegate.sidecar.metrics import Metrics
 from tests.helpers.kubelet import ProjectedVolume
+from tests.helpers.s3 import S3, start_s3
 from tests.helpers.servers import LoopThread
 
 # Key shapes that must never appear in what the sidecar emits (DESIGN.md invariant 1).
@@ -230,17 +230,8 @@ def make_stack(
             max_field_size=config.limits.max_header_bytes,
         )
         stack.base_url = f"http://127.0.0.1:{port}/v1"
-        if config.admin is not None:
-            identity = config.identity
-            pipeline = application[app.PIPELINE]
-            admin_app = admin_api.create_admin_app(
-                pipeline.policies,
-                config.policy.directory,
-                config.admin.token_file,
-                rules.Caller(identity.namespace, identity.service_account),
-                pod=identity.pod,
-                audit=pipeline.audit,
-            )
+        admin_app = admin_api.for_sidecar(application)
+        if admin_app is not None:
             stack.admin_origin = f"http://127.0.0.1:{loop.serve(admin_app)}"
             stack.admin_token = admin_token
             stack.all_keys.add(admin_token)
@@ -276,3 +267,21 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "AWS_SHARED_CREDENTIALS_FILE",
     ):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def provider(server_cert: trustme.LeafCert) -> Iterator[tuple[int, standin.StandInState]]:
+    """A stand-in provider over TLS on its own, for tests that run sidecars as processes."""
+    loop = LoopThread()
+    state = standin.StandInState()
+    port = loop.serve(standin.create_app(state), ssl_context=server_context(server_cert))
+    yield port, state
+    loop.close()
+
+
+@pytest.fixture
+def s3(aws_environment: None) -> Iterator[S3]:
+    """moto's S3 server on 127.0.0.1, empty, with the audit bucket (Object Lock on)."""
+    server = start_s3()
+    yield server
+    server.stop()

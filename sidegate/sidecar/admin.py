@@ -528,3 +528,23 @@ def create_admin_app(
     app.router.add_get(f"{PREFIX}/openapi.json", openapi_endpoint)
     app.cleanup_ctx.append(token_reloader)
     return app
+
+
+def for_sidecar(main: web.Application) -> web.Application | None:
+    """The admin app that goes with a sidecar app (``app.create_app``); None when the
+    config has no ``admin`` section."""
+    from sidegate.sidecar import app  # the admin API sits on top of the proxy, not inside it
+
+    pipeline = main[app.PIPELINE]
+    config = pipeline.config
+    if config.admin is None:
+        return None
+    identity = config.identity
+    return create_admin_app(
+        pipeline.policies,
+        config.policy.directory,
+        config.admin.token_file,
+        rules.Caller(identity.namespace, identity.service_account),
+        pod=identity.pod,
+        audit=pipeline.audit,
+    )

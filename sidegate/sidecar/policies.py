@@ -18,14 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sidegate import errors
-from sidegate.policy import bundle, caching, documents, models, rules
+from sidegate import errors, policy_files
+from sidegate.policy import bundle, caching, models, rules
 from sidegate.sidecar import credentials
 from sidegate.sidecar.metrics import Metrics
 
 logger = logging.getLogger(__name__)
-
-POLICY_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,32 +48,11 @@ class Loaded:
 
 def read_directory(directory: Path) -> Loaded:
     """Every RBACPolicy in the directory's YAML files; one bad file rejects the whole read."""
-    found: list[models.RBACPolicy] = []
-    files: dict[str, Path] = {}
-    problems: list[str] = []
-    for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or path.suffix not in POLICY_SUFFIXES or not path.is_file():
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"{path}: unreadable ({exc})")
-            continue
-        try:
-            parsed = documents.parse(text, str(path))
-        except documents.PolicyDocumentError as exc:
-            problems.extend(str(p) for p in exc.problems)
-            continue
-        for policy in parsed:
-            key = "/".join(policy.key)
-            if key in files:
-                problems.append(f"{path}: policy {key} is also defined in {files[key]}")
-            files[key] = path
-            found.append(policy)
-    if problems:
-        raise errors.BundleRejected("; ".join(problems))
-    index = rules.PolicyIndex(bundle.to_bundle(found))
-    return Loaded(index, files, {"/".join(p.key): p for p in found})
+    found = policy_files.read([directory])
+    if found.problems:
+        raise errors.BundleRejected("; ".join(found.problems))
+    index = rules.PolicyIndex(bundle.to_bundle(found.policies))
+    return Loaded(index, found.files, {"/".join(p.key): p for p in found.policies})
 
 
 @contextlib.contextmanager

@@ -8,17 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import trustme
 import yaml
 
 from sidegate import standin
-from tests.conftest import base_config, fake_key, server_context
+from tests.conftest import base_config, fake_key
 from tests.helpers.http import call, chat_body
-from tests.helpers.servers import LoopThread
 
 SIDEGATE = [sys.executable, "-m", "sidegate"]
 
@@ -27,15 +23,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-@pytest.fixture
-def provider(server_cert: trustme.LeafCert) -> Iterator[tuple[int, standin.StandInState]]:
-    loop = LoopThread()
-    state = standin.StandInState()
-    port = loop.serve(standin.create_app(state), ssl_context=server_context(server_cert))
-    yield port, state
-    loop.close()
 
 
 def test_help_explains_the_commands() -> None:

@@ -8,36 +8,15 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import trustme
-
 from sidegate import standin
 from sidegate.audit import verifying
-from tests.conftest import base_config, fake_key, server_context
+from tests.conftest import base_config, fake_key
 from tests.helpers.http import call, chat_body
 from tests.helpers.processes import start_sidecar
-from tests.helpers.s3 import BUCKET, S3, start_s3
-from tests.helpers.servers import LoopThread
-
-
-@pytest.fixture
-def provider(server_cert: trustme.LeafCert) -> Iterator[tuple[int, standin.StandInState]]:
-    loop = LoopThread()
-    state = standin.StandInState(record=False)
-    port = loop.serve(standin.create_app(state), ssl_context=server_context(server_cert))
-    yield port, state
-    loop.close()
-
-
-@pytest.fixture
-def s3(aws_environment: None) -> Iterator[S3]:
-    server = start_s3()
-    yield server
-    server.stop()
+from tests.helpers.s3 import BUCKET, S3
 
 
 def ids_on_disk(spool: Path) -> set[str]:

@@ -8,7 +8,7 @@ import gzip
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,9 @@ import pytest
 from sidegate.audit import events, verifying
 from tests.conftest import Stack, assert_no_secrets, fake_key, wait_for
 from tests.helpers.http import call, chat_body
-from tests.helpers.s3 import BUCKET, S3, start_s3
+from tests.helpers.s3 import BUCKET, S3
 
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-def s3(aws_environment: None) -> Iterator[S3]:
-    server = start_s3()
-    yield server
-    server.stop()
 
 
 def with_audit(tmp_path: Path, s3: S3 | None, **audit: Any) -> Callable[[dict[str, Any]], None]:

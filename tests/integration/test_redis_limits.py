@@ -13,25 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trustme
 
 from sidegate import standin
-from tests.conftest import base_config, fake_key, server_context, wait_for
+from tests.conftest import base_config, fake_key, wait_for
 from tests.helpers.http import call, chat_body
 from tests.helpers.processes import Process, RedisServer, start_redis, start_sidecar
-from tests.helpers.servers import LoopThread
 
 CHAT = "/v1/chat/completions"
 LIMIT = 30  # requests per minute, shared by both sidecars
-
-
-@pytest.fixture
-def provider(server_cert: trustme.LeafCert) -> Iterator[tuple[int, standin.StandInState]]:
-    loop = LoopThread()
-    state = standin.StandInState(record=False)
-    port = loop.serve(standin.create_app(state), ssl_context=server_context(server_cert))
-    yield port, state
-    loop.close()
 
 
 @pytest.fixture
