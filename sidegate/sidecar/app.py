@@ -121,7 +121,8 @@ class Pipeline:
             max_depth=self.config.limits.max_json_depth,
             allowed_extra=self._allowed_extra,
         )
-        record.requested_model = self.redactor.scrub(payload.model)
+        if self.audit is not None:  # the client's own string: scrubbed before it is kept
+            record.requested_model = self.redactor.scrub(payload.model)
         caller = record.caller = self.identify(request)
         decision = record.decision = self.policies.decide(caller, payload.model, endpoint.action)
         if not decision.allowed:
