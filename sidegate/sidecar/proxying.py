@@ -8,6 +8,7 @@ re-encoded. Streams are relayed event by event as they arrive, never buffered wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -191,7 +192,10 @@ class Proxy:
                 allow_redirects=False,
             )
         except Exception as exc:
-            raise translate(exc, upstream.name) from None
+            error = translate(exc, upstream.name)
+            if error is None:
+                raise
+            raise error from None
 
     async def _relay_whole(
         self,
@@ -209,7 +213,10 @@ class Proxy:
                     break
                 data += more
         except Exception as exc:
-            raise translate(exc, upstream.name) from None
+            error = translate(exc, upstream.name)
+            if error is None:
+                raise
+            raise error from None
         if len(data) > limit:
             if answer.status >= 400:
                 data = data[:limit]
@@ -252,6 +259,12 @@ class Proxy:
             rest = splitter.rest()
             if rest:
                 await response.write(rest)
+            await response.write_eof()
+        except ConnectionResetError:
+            # First: aiohttp's ClientConnectionResetError is also a ClientError, and a client
+            # that hung up is not a provider failure.
+            logger.info("client went away mid-stream", extra={"provider": upstream.name})
+            outcome.status = 499
         except (TimeoutError, aiohttp.ClientError) as exc:
             # The status line is gone already; all that is left is to end the stream early.
             logger.warning(
@@ -259,16 +272,16 @@ class Proxy:
                 extra={"provider": upstream.name, "error": type(exc).__name__},
             )
             outcome.status = 502
-        except ConnectionResetError:
-            logger.info("client went away mid-stream", extra={"provider": upstream.name})
-            outcome.status = 499
-        outcome.usage = meter.usage
-        await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):
+                await response.write_eof()
+        finally:
+            outcome.usage = meter.usage  # what was used until then is settled and audited
         return response
 
 
-def translate(exc: BaseException, provider: str) -> errors.UpstreamError:
-    """Map client-side failures to our errors, with messages safe to show."""
+def translate(exc: BaseException, provider: str) -> errors.UpstreamError | None:
+    """Map client-side failures to our errors, with messages safe to show; None for
+    anything that is not a failure to talk to the provider."""
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return errors.UpstreamTimeout(f"provider {provider} did not answer in time")
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -286,4 +299,4 @@ def translate(exc: BaseException, provider: str) -> errors.UpstreamError:
         return errors.UpstreamError(f"provider {provider} could not be reached")
     if isinstance(exc, aiohttp.ClientError):
         return errors.UpstreamError(f"provider {provider} connection failed")
-    raise exc
+    return None

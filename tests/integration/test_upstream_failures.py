@@ -119,3 +119,22 @@ def test_metrics_endpoint_counts_requests(stack: Stack) -> None:
         'status="200"} 1.0' in text
     )
     assert "sidegate_upstream_duration_seconds_bucket" in text
+
+
+def test_a_client_hanging_up_mid_stream_is_a_499_not_an_error(stack: Stack) -> None:
+    stack.state.stream_delay = 0.05  # the provider streams slowly
+    body = chat_body(stream=True)
+    with socket.create_connection(("127.0.0.1", int(stack.origin.rsplit(":", 1)[1]))) as connection:
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while b"data:" not in received:
+            received += connection.recv(4096)
+    labels = {"route": "chat", "provider": "openai", "model": "gpt-4o-mini", "status": "499"}
+    wait_for(lambda: stack.metric("sidegate_requests_total", **labels) == 1)
+    log = stack.log.getvalue()
+    assert "unexpected error" not in log and "provider stream broke off" not in log
+    assert call(stack.origin, CHAT, chat_body())[0] == 200  # and the sidecar carries on
