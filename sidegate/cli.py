@@ -117,6 +117,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run(demo.run(port=args.port, serve=args.serve, redactor=redactor))
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    from sidegate.operator import running
+
+    redactor = redact.Redactor()
+    logs.configure(redactor, args.log_level, "json")
+    return running.run(
+        namespaces=args.namespace or [],
+        bundle_secret=args.bundle_secret,
+        liveness=args.liveness,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sidegate",
@@ -154,6 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve", action="store_true", help="keep running afterwards, for your own requests"
     )
     demo.set_defaults(func=cmd_demo)
+    operator = commands.add_parser(
+        "operator",
+        help="run the Kubernetes operator",
+        description="Run the operator (kopf): RBACPolicy objects become a bundle Secret per "
+        "namespace, with status conditions and Events for invalid policies. Logs in with the "
+        "pod's service account, or the kubeconfig outside a cluster.",
+    )
+    operator.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        help="watch only this namespace (repeatable); all by default",
+    )
+    operator.add_argument(
+        "--bundle-secret", default="sidegate-bundle", help="name of the bundle Secret per namespace"
+    )
+    operator.add_argument(
+        "--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz for the pod's probes"
+    )
+    operator.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    operator.set_defaults(func=cmd_operator)
     policy_commands.add_parser(commands)
     audit_commands.add_parser(commands)
     return parser

@@ -1,0 +1,150 @@
+"""RBACPolicy → status and the namespace's bundle Secret.
+
+Thin handlers: read the object, call pure functions (validation, ``bundles.desired_secret``),
+apply. Idempotent: the Secret is compared by its content hash and written only when it
+changes, so replayed events, resumes and retries write nothing new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from sidegate.operator import bundles
+from sidegate.operator.kube import SecretsClient
+from sidegate.policy import crd, models
+
+RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
+
+
+@dataclasses.dataclass
+class OperatorState:
+    """What the handlers share: settings, and the API client made at login."""
+
+    login: Callable[..., kopf.ConnectionInfo | None]
+    bundle_secret: str = "sidegate-bundle"  # noqa: S105 - a Secret object's name, not a secret
+    client: SecretsClient | None = None
+
+
+def plain(value: Any) -> Any:
+    """kopf's bodies are mapping views; pydantic's strict mode wants plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def validate(body: Mapping[str, Any]) -> models.RBACPolicy:
+    return models.RBACPolicy.model_validate(plain(body))
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(
+            str(p) for p in error["loc"] if p not in ("ServiceAccount", "Namespace", "Tenant")
+        )
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def condition(ready: bool, reason: str, message: str) -> dict[str, str]:
+    return {
+        "type": "Ready",
+        "status": "True" if ready else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+async def write_bundle(
+    state: OperatorState, namespace: str, policies: Iterable[models.RBACPolicy], logger: kopf.Logger
+) -> str:
+    if state.client is None:
+        raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
+    secret = bundles.desired_secret(namespace, state.bundle_secret, policies)
+    wanted: str = secret["metadata"]["annotations"][bundles.HASH_ANNOTATION]
+    if bundles.current_hash(await state.client.get(namespace, state.bundle_secret)) == wanted:
+        return wanted  # nothing changed: no write, no kubelet churn, no sidecar reload
+    await state.client.apply(secret)
+    logger.info("bundle secret %s/%s written (%s)", namespace, state.bundle_secret, wanted)
+    return wanted
+
+
+def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
+    @kopf.on.login(registry=registry, id="login")
+    async def login(
+        **kwargs: Any,
+    ) -> kopf.ConnectionInfo | None:  # async: the client needs the loop
+        info = state.login(**kwargs)
+        if info is not None:
+            state.client = SecretsClient(info)
+        return info
+
+    @kopf.on.cleanup(registry=registry, id="close")
+    async def close(**_: Any) -> None:
+        if state.client is not None:
+            await state.client.close()
+
+    # Explicit ids: kopf keys progress annotations and index kwargs by them, and a nested
+    # function's qualified name ("register.<locals>...") would leak into both.
+    @kopf.index(*RESOURCE, registry=registry, id="valid_policies")
+    def valid_policies(
+        body: kopf.Body, namespace: str | None, **_: Any
+    ) -> dict[str, models.RBACPolicy] | None:
+        """The valid policies of every namespace: what its bundle is compiled from."""
+        if namespace is None:
+            return None
+        try:
+            return {namespace: validate(body)}
+        except ValidationError:
+            return None  # an invalid policy never reaches a bundle
+
+    # kopf's handler protocols cannot name index kwargs (valid_policies) for mypy.
+    @kopf.on.resume(*RESOURCE, registry=registry, id="reconcile")  # type: ignore[arg-type,unused-ignore]
+    @kopf.on.create(*RESOURCE, registry=registry, id="reconcile")  # type: ignore[arg-type,unused-ignore]
+    @kopf.on.update(*RESOURCE, registry=registry, id="reconcile")  # type: ignore[arg-type,unused-ignore]
+    async def reconcile(
+        body: kopf.Body,
+        meta: kopf.Meta,
+        namespace: str | None,
+        patch: kopf.Patch,
+        logger: kopf.Logger,
+        valid_policies: kopf.Index[str, models.RBACPolicy],
+        **_: Any,
+    ) -> None:
+        assert namespace is not None  # RBACPolicy is namespaced
+        patch.status["observedGeneration"] = meta.get("generation")
+        try:
+            policy = validate(body)
+        except ValidationError as exc:
+            message = describe(exc)
+            patch.status["conditions"] = [condition(False, "Invalid", message)]
+            kopf.warn(body, reason="Invalid", message=message)  # a Kubernetes Event
+            return  # the bundle stays as it was: compiled from the valid policies only
+        bundle_hash = await write_bundle(
+            state, namespace, valid_policies.get(namespace, []), logger
+        )
+        patch.status["ruleCount"] = len(policy.spec.rules)
+        patch.status["conditions"] = [condition(True, "Compiled", f"in bundle {bundle_hash}")]
+
+    @kopf.on.delete(*RESOURCE, registry=registry, id="removed")  # type: ignore[arg-type]
+    async def removed(
+        name: str,
+        namespace: str | None,
+        logger: kopf.Logger,
+        valid_policies: kopf.Index[str, models.RBACPolicy],
+        **_: Any,
+    ) -> None:
+        assert namespace is not None  # RBACPolicy is namespaced
+        # The index still holds the policy while its finalizer runs; leave it out. With no
+        # policy left, the namespace gets the deny-all bundle.
+        remaining = [p for p in valid_policies.get(namespace, []) if p.metadata.name != name]
+        await write_bundle(state, namespace, remaining, logger)

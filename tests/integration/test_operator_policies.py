@@ -1,0 +1,240 @@
+"""The operator, unmodified kopf, against kmock's Kubernetes emulator over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import kopf
+import pytest
+
+from sidegate.operator import running
+from sidegate.policy import bundle
+from tests.conftest import Stack
+from tests.helpers.http import call, chat_body
+from tests.helpers.kubelet import ProjectedVolume
+from tests.helpers.kubernetes import Emulator
+
+POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
+
+
+def policy(name: str, models: list[str], namespace: str = "team-a") -> dict[str, Any]:
+    return {
+        "apiVersion": "sidegate.io/v1alpha1",
+        "kind": "RBACPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "subjects": [{"kind": "ServiceAccount", "name": "app"}],
+            "rules": [{"effect": "Allow", "models": models}],
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
+    async with Emulator() as k8s, kmock.Server(k8s) as server:
+        k8s.resources.load_bundled()
+        k8s.resources["sidegate.io/v1alpha1/rbacpolicies"] = kmock.ResourceInfo(
+            kind="RBACPolicy",
+            namespaced=True,
+            verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
+            subresources={"status"},
+        )
+        yield k8s, str(server.url).rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def operator(url: str) -> AsyncIterator[None]:
+    # The registry `sidegate operator` runs, logged in to the emulator instead.
+    registry = running.build_registry(
+        "sidegate-bundle", login=lambda **_: kopf.ConnectionInfo(server=url)
+    )
+
+    @kopf.on.startup(registry=registry)
+    def emulator_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = 0
+        settings.watching.server_timeout = 5
+        settings.scanning.disabled = True  # kmock answers /api/v1/namespaces with 500
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def eventually(check: Any, seconds: float = 5.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except (KeyError, AssertionError, aiohttp_errors()):
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def aiohttp_errors() -> type[Exception]:
+    import aiohttp
+
+    return aiohttp.ClientError
+
+
+async def get(k8s: Emulator, path: str) -> dict[str, Any] | None:
+    async with k8s.clients[0].get(path) as answer:
+        return await answer.json() if answer.status == 200 else None
+
+
+async def send(k8s: Emulator, method: str, path: str, body: Any = None) -> int:
+    headers = {
+        "Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"
+    }
+    async with k8s.clients[0].request(
+        method, path, data=json.dumps(body) if body is not None else None, headers=headers
+    ) as answer:
+        return answer.status
+
+
+async def bundle_of(k8s: Emulator, namespace: str = "team-a") -> bundle.PolicyBundle | None:
+    secret = await get(k8s, f"/api/v1/namespaces/{namespace}/secrets/sidegate-bundle")
+    if secret is None:
+        return None
+    return bundle.loads(base64.b64decode(secret["data"]["bundle.json"]))
+
+
+@pytest.mark.asyncio
+async def test_policies_become_a_bundle_secret_with_status() -> None:
+    async with cluster() as (k8s, url), operator(url):
+        assert await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"])) < 300
+
+        async def ready() -> bool:
+            found = await get(k8s, POLICIES.format(ns="team-a") + "/gpt")
+            conditions = (found or {}).get("status", {}).get("conditions", [])
+            return bool(conditions) and conditions[0]["status"] == "True"
+
+        await eventually(ready)
+        compiled = await eventually(lambda: bundle_of(k8s))
+        assert [p.name for p in compiled.policies] == ["gpt"]
+        found = await get(k8s, POLICIES.format(ns="team-a") + "/gpt")
+        assert found is not None and found["status"]["ruleCount"] == 1
+        secret = await get(k8s, "/api/v1/namespaces/team-a/secrets/sidegate-bundle")
+        assert secret is not None
+        assert secret["metadata"]["annotations"]["sidegate.io/bundle-hash"] == compiled.hash
+
+        # A second policy joins the same bundle.
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("claude", ["claude-*"]))
+
+        async def two() -> bool:
+            current = await bundle_of(k8s)
+            return current is not None and len(current.policies) == 2
+
+        await eventually(two)
+
+
+@pytest.mark.asyncio
+async def test_an_invalid_policy_is_marked_and_changes_no_bundle() -> None:
+    async with cluster() as (k8s, url), operator(url):
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("good", ["gpt-*"]))
+        first = await eventually(lambda: bundle_of(k8s))
+        bad = policy("bad", ["gpt-*"])
+        bad["spec"]["subjects"] = [{"kind": "Namespace", "name": "team-b"}]  # another namespace
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), bad)
+
+        async def invalid() -> dict[str, Any] | None:
+            found = await get(k8s, POLICIES.format(ns="team-a") + "/bad")
+            conditions = (found or {}).get("status", {}).get("conditions", [])
+            return conditions[0] if conditions and conditions[0]["reason"] == "Invalid" else None
+
+        condition = await eventually(invalid)
+        assert (
+            condition["status"] == "False" and "not the policy's namespace" in condition["message"]
+        )
+        events = await get(k8s, "/api/v1/namespaces/team-a/events")
+        assert events is not None and any(
+            e.get("reason") == "Invalid" for e in events.get("items", [])
+        )
+        assert (await bundle_of(k8s)) == first
+
+
+@pytest.mark.asyncio
+async def test_deleting_the_last_policy_writes_deny_all() -> None:
+    async with cluster() as (k8s, url), operator(url):
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("only", ["*"]))
+        await eventually(lambda: bundle_of(k8s))
+        assert await send(k8s, "DELETE", POLICIES.format(ns="team-a") + "/only") < 300
+
+        async def empty() -> bool:
+            current = await bundle_of(k8s)
+            return current is not None and current.policies == []
+
+        await eventually(empty)
+        assert (await bundle_of(k8s)) == bundle.empty()
+
+
+@pytest.mark.asyncio
+async def test_operator_to_kubelet_volume_to_sidecar_within_a_second(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """The whole chain: the operator writes the bundle Secret, the kubelet projects it, the
+    sidecar enforces it. For a grant and for a revocation."""
+    volume = ProjectedVolume(tmp_path / "bundle-volume")
+    volume.publish({"bundle.json": bundle.dumps(bundle.empty())})
+
+    def cluster_mode(raw: dict[str, Any]) -> None:
+        raw["policy"] = {"bundle_file": str(volume.root / "bundle.json"), "cache_ttl_seconds": 30}
+        raw["identity"] = {"namespace": "team-a", "service_account": "app"}
+
+    stack = make_stack(cluster_mode)
+
+    async def status() -> int:
+        return (await asyncio.to_thread(call, stack.origin, "/v1/chat/completions", chat_body()))[0]
+
+    async def project(previous_hash: str | None) -> str:
+        async def changed() -> dict[str, Any] | None:
+            secret = await get(k8s, "/api/v1/namespaces/team-a/secrets/sidegate-bundle")
+            found = secret and secret["metadata"]["annotations"]["sidegate.io/bundle-hash"]
+            return secret if found and found != previous_hash else None
+
+        secret = await eventually(changed)
+        volume.publish({key: base64.b64decode(value) for key, value in secret["data"].items()})
+        return str(secret["metadata"]["annotations"]["sidegate.io/bundle-hash"])
+
+    async def within_a_second(expected: int) -> float:
+        started = asyncio.get_running_loop().time()
+        while await status() != expected:
+            assert asyncio.get_running_loop().time() - started < 1.0, f"still not {expected}"
+            await asyncio.sleep(0.01)
+        return asyncio.get_running_loop().time() - started
+
+    async with cluster() as (k8s, url), operator(url):
+        assert await status() == 403  # the deny-all bundle
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))
+        granted = await project(None)
+        await within_a_second(200)
+        revoke = {
+            "spec": {
+                "rules": [
+                    {"effect": "Allow", "models": ["gpt-*"]},
+                    {"effect": "Deny", "models": ["gpt-4o-mini"]},
+                ]
+            }
+        }
+        assert await send(k8s, "PATCH", POLICIES.format(ns="team-a") + "/gpt", revoke) < 300
+        await project(granted)
+        await within_a_second(403)
