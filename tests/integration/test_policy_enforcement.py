@@ -41,6 +41,12 @@ def with_policies(*documents: str) -> Callable[[dict[str, Any]], None]:
 SA = [{"kind": "ServiceAccount", "name": "default"}]
 
 
+def allow_all_limited(limits: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    """Every model for the default service account, with these rate limits."""
+    spec = {"subjects": SA, "rules": [{"effect": "Allow", "models": ["*"]}], "rateLimits": limits}
+    return with_policies(policy_yaml("p", spec))
+
+
 def test_denied_model_is_a_403_that_reveals_no_policy(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
         with_policies(
@@ -136,18 +142,7 @@ def test_tenant_policies_and_hostile_tenant_headers(make_stack: Callable[..., St
 
 
 def test_429_with_openai_headers_streamed_and_not(make_stack: Callable[..., Stack]) -> None:
-    stack = make_stack(
-        with_policies(
-            policy_yaml(
-                "p",
-                {
-                    "subjects": SA,
-                    "rules": [{"effect": "Allow", "models": ["*"]}],
-                    "rateLimits": {"requestsPerMinute": 2},
-                },
-            )
-        )
-    )
+    stack = make_stack(allow_all_limited({"requestsPerMinute": 2}))
     c = stack.openai()
     c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "1"}])
     list(
@@ -172,18 +167,7 @@ def test_429_with_openai_headers_streamed_and_not(make_stack: Callable[..., Stac
 def test_token_reservations_are_settled_with_reported_usage(
     make_stack: Callable[..., Stack],
 ) -> None:
-    stack = make_stack(
-        with_policies(
-            policy_yaml(
-                "p",
-                {
-                    "subjects": SA,
-                    "rules": [{"effect": "Allow", "models": ["*"]}],
-                    "rateLimits": {"tokensPerMinute": 1000},
-                },
-            )
-        )
-    )
+    stack = make_stack(allow_all_limited({"tokensPerMinute": 1000}))
     c = stack.openai()
     # Each request reserves ~550 tokens (its bytes/4 plus max_tokens=500) and uses ~10.
     # Without settling, the second would already be refused.
@@ -209,18 +193,7 @@ def test_token_reservations_are_settled_with_reported_usage(
 
 
 def test_concurrency_limit(make_stack: Callable[..., Stack]) -> None:
-    stack = make_stack(
-        with_policies(
-            policy_yaml(
-                "p",
-                {
-                    "subjects": SA,
-                    "rules": [{"effect": "Allow", "models": ["*"]}],
-                    "rateLimits": {"maxConcurrent": 1},
-                },
-            )
-        )
-    )
+    stack = make_stack(allow_all_limited({"maxConcurrent": 1}))
     stack.state.delay = 0.5
     results: list[int] = []
     slow = threading.Thread(target=lambda: results.append(call(stack.origin, CHAT, chat_body())[0]))
@@ -236,18 +209,11 @@ def test_concurrency_limit(make_stack: Callable[..., Stack]) -> None:
 
 def test_tenant_override_replaces_the_default(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
-        with_policies(
-            policy_yaml(
-                "p",
-                {
-                    "subjects": SA,
-                    "rules": [{"effect": "Allow", "models": ["*"]}],
-                    "rateLimits": {
-                        "requestsPerMinute": 1,
-                        "tenantOverrides": [{"tenant": "big", "requestsPerMinute": 5}],
-                    },
-                },
-            )
+        allow_all_limited(
+            {
+                "requestsPerMinute": 1,
+                "tenantOverrides": [{"tenant": "big", "requestsPerMinute": 5}],
+            }
         )
     )
     big = [call(stack.origin, CHAT, chat_body(), {"x-sidegate-tenant": "big"})[0] for _ in range(6)]
