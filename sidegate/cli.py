@@ -126,6 +126,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         namespaces=args.namespace or [],
         bundle_secret=args.bundle_secret,
         liveness=args.liveness,
+        own_namespace=args.own_namespace,
+        overlap=args.overlap,
     )
 
 

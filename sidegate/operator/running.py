@@ -17,11 +17,17 @@ def standard_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 def build_registry(
-    bundle_secret: str, login: Callable[..., kopf.ConnectionInfo | None] = standard_login
+    bundle_secret: str,
+    login: Callable[..., kopf.ConnectionInfo | None] = standard_login,
+    *,
+    namespace: str = "sidegate-system",
+    overlap: float = 300.0,
 ) -> kopf.OperatorRegistry:
     """Every handler of the operator, in a registry of its own (nothing at import time)."""
     registry = kopf.OperatorRegistry()
-    state = policies.OperatorState(login=login, bundle_secret=bundle_secret)
+    state = policies.OperatorState(
+        login=login, bundle_secret=bundle_secret, namespace=namespace, overlap=overlap
+    )
     policies.register(registry, state)
 
     @kopf.on.startup(registry=registry, id="configure")
@@ -38,8 +44,15 @@ def build_registry(
     return registry
 
 
-def run(*, namespaces: list[str], bundle_secret: str, liveness: str | None) -> int:
-    registry = build_registry(bundle_secret)
+def run(
+    *,
+    namespaces: list[str],
+    bundle_secret: str,
+    liveness: str | None,
+    own_namespace: str,
+    overlap: float,
+) -> int:
+    registry = build_registry(bundle_secret, namespace=own_namespace, overlap=overlap)
     asyncio.run(
         kopf.operator(
             registry=registry,

@@ -16,7 +16,7 @@ import pytest
 
 from sidegate.operator import running
 from sidegate.policy import bundle
-from tests.conftest import Stack
+from tests.conftest import Stack, fake_key
 from tests.helpers.http import call, chat_body
 from tests.helpers.kubelet import ProjectedVolume
 from tests.helpers.kubernetes import Emulator
@@ -50,10 +50,10 @@ async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
 
 
 @contextlib.asynccontextmanager
-async def operator(url: str) -> AsyncIterator[None]:
+async def operator(url: str, overlap: float = 300.0) -> AsyncIterator[None]:
     # The registry `sidegate operator` runs, logged in to the emulator instead.
     registry = running.build_registry(
-        "sidegate-bundle", login=lambda **_: kopf.ConnectionInfo(server=url)
+        "sidegate-bundle", login=lambda **_: kopf.ConnectionInfo(server=url), overlap=overlap
     )
 
     @kopf.on.startup(registry=registry)
@@ -238,3 +238,49 @@ async def test_operator_to_kubelet_volume_to_sidecar_within_a_second(
         assert await send(k8s, "PATCH", POLICIES.format(ns="team-a") + "/gpt", revoke) < 300
         await project(granted)
         await within_a_second(403)
+
+
+def source_secret(**keys: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "llm-keys",
+            "namespace": "sidegate-system",
+            "labels": {"sidegate.io/credentials": "source"},
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()},
+    }
+
+
+@pytest.mark.asyncio
+async def test_credentials_fan_out_keep_previous_then_expire_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first, second = fake_key(), fake_key()
+    sources = "/api/v1/namespaces/sidegate-system/secrets"
+    target = "/api/v1/namespaces/team-a/secrets/sidegate-credentials"
+
+    async def credentials() -> dict[str, str]:
+        secret = await get(k8s, target)
+        data = (secret or {}).get("data") or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items() if v is not None}
+
+    async with cluster() as (k8s, url), operator(url, overlap=1.5):
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))  # served
+        await send(k8s, "POST", sources, source_secret(openai=first))
+        assert await eventually(lambda: _equal(credentials, {"openai": first}))
+        # Rotation at the source: the old key stays as openai.previous for the overlap.
+        await send(
+            k8s, "PATCH", sources + "/llm-keys", {"data": source_secret(openai=second)["data"]}
+        )
+        assert await eventually(
+            lambda: _equal(credentials, {"openai": second, "openai.previous": first})
+        )
+        # ...and goes when the overlap is over.
+        assert await eventually(lambda: _equal(credentials, {"openai": second}), seconds=6)
+    assert first not in caplog.text and second not in caplog.text
+
+
+async def _equal(read: Any, expected: dict[str, str]) -> bool:
+    return bool(await read() == expected)

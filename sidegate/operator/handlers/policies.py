@@ -16,6 +16,7 @@ import kopf
 from pydantic import ValidationError
 
 from sidegate.operator import bundles
+from sidegate.operator.handlers import credentials
 from sidegate.operator.kube import SecretsClient
 from sidegate.policy import crd, models
 
@@ -28,6 +29,10 @@ class OperatorState:
 
     login: Callable[..., kopf.ConnectionInfo | None]
     bundle_secret: str = "sidegate-bundle"  # noqa: S105 - a Secret object's name, not a secret
+    credentials_secret: str = "sidegate-credentials"  # noqa: S105 - likewise
+    namespace: str = "sidegate-system"  # where the source credential Secrets live
+    source_label: tuple[str, str] = ("sidegate.io/credentials", "source")
+    overlap: float = 300.0  # seconds a rotated-out key stays as <key>.previous
     client: SecretsClient | None = None
 
 
@@ -79,6 +84,8 @@ async def write_bundle(
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
+    credentials.register(registry, state)
+
     @kopf.on.login(registry=registry, id="login")
     async def login(
         **kwargs: Any,
@@ -118,6 +125,7 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         patch: kopf.Patch,
         logger: kopf.Logger,
         valid_policies: kopf.Index[str, models.RBACPolicy],
+        credential_sources: kopf.Index[str, credentials.Source],
         **_: Any,
     ) -> None:
         assert namespace is not None  # RBACPolicy is namespaced

@@ -1,0 +1,81 @@
+"""Provider credentials: source Secrets → each served namespace's credentials Secret.
+
+Pure functions. When a key changes at the source, the target keeps the old value as
+``<key>.previous`` for an overlap window: the sidecar retries a 401 with it while the
+kubelet's projection of the new value is still on its way (up to a minute or so). After
+the window, ``.previous`` goes. Nothing here logs or returns a value in a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+PREVIOUS = ".previous"
+EXPIRY_ANNOTATION = "sidegate.io/previous-expires"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "sidegate-operator"}
+
+
+def decode(secret: Mapping[str, Any] | None) -> dict[str, str]:
+    data = (secret or {}).get("data") or {}
+    return {k: base64.b64decode(v).decode() for k, v in data.items() if isinstance(v, str)}
+
+
+def expiries(secret: Mapping[str, Any] | None) -> dict[str, float]:
+    annotations = ((secret or {}).get("metadata") or {}).get("annotations") or {}
+    try:
+        found = json.loads(annotations.get(EXPIRY_ANNOTATION, "{}"))
+    except ValueError:
+        return {}
+    return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def desired_data(
+    current: Mapping[str, str],
+    current_expiries: Mapping[str, float],
+    sources: Mapping[str, str],
+    *,
+    now: float,
+    overlap: float,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """The target's keys, and when each ``.previous`` expires."""
+    data: dict[str, str] = {}
+    expires: dict[str, float] = {}
+    for key, value in sorted(sources.items()):
+        data[key] = value
+        old = current.get(key)
+        if old is not None and old != value:
+            data[key + PREVIOUS] = old  # rotated just now: the overlap starts
+            expires[key] = now + overlap
+        elif key + PREVIOUS in current and current_expiries.get(key, 0.0) > now:
+            data[key + PREVIOUS] = current[key + PREVIOUS]  # still within its overlap
+            expires[key] = current_expiries[key]
+    return data, expires
+
+
+def target_secret(
+    namespace: str,
+    name: str,
+    data: Mapping[str, str],
+    expires: Mapping[str, float],
+    removed: set[str],
+) -> dict[str, Any]:
+    """A merge patch (or a new Secret): removed keys are null, which deletes them."""
+    encoded: dict[str, str | None] = {
+        k: base64.b64encode(v.encode()).decode() for k, v in data.items()
+    }
+    encoded.update({key: None for key in removed})
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(MANAGED_BY),
+            "annotations": {EXPIRY_ANNOTATION: json.dumps(expires, sort_keys=True)},
+        },
+        "data": encoded,
+    }

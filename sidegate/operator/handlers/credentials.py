@@ -1,0 +1,100 @@
+"""Provider credentials: labelled source Secrets in the operator's namespace → the
+``sidegate-credentials`` Secret of every namespace that has policies, with ``.previous``
+kept for the overlap window after a rotation (``fanout.py``). External Secrets or Vault
+may keep the sources up to date; the operator follows within seconds. No value is ever
+logged, put in an Event or in a status."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import kopf
+
+from sidegate.operator import fanout
+
+if TYPE_CHECKING:
+    from sidegate.operator.handlers.policies import OperatorState
+
+SOURCES = "credential_sources"
+
+
+Source = tuple[str, dict[str, str]]  # (Secret name, decoded data)
+
+
+def merged(sources: kopf.Index[str, Source]) -> dict[str, str]:
+    """Every source's keys; sources are applied in name order, so the last name wins."""
+    found: dict[str, str] = {}
+    everything: list[Source] = [item for store in sources.values() for item in store]
+    for _name, data in sorted(everything, key=lambda item: item[0]):
+        found.update(data)
+    return found
+
+
+async def fan_out(
+    state: OperatorState,
+    namespaces: Iterable[str],
+    sources: kopf.Index[str, Source],
+    logger: kopf.Logger,
+) -> None:
+    if state.client is None:
+        raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
+    wanted = merged(sources)
+    if not wanted:
+        return
+    now = time.time()
+    for namespace in sorted(set(namespaces)):
+        current_secret = await state.client.get(namespace, state.credentials_secret)
+        current = fanout.decode(current_secret)
+        current_expiries = fanout.expiries(current_secret)
+        data, expires = fanout.desired_data(
+            current, current_expiries, wanted, now=now, overlap=state.overlap
+        )
+        if data == current and expires == current_expiries:
+            continue
+        removed = set(current) - set(data)
+        await state.client.apply(
+            fanout.target_secret(namespace, state.credentials_secret, data, expires, removed)
+        )
+        logger.info(
+            "credentials %s/%s written: %d keys, %d in overlap",  # counts, never values
+            namespace,
+            state.credentials_secret,
+            len(wanted),
+            len(expires),
+        )
+
+
+def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
+    label, value = state.source_label
+
+    @kopf.index("v1", "secrets", labels={label: value}, registry=registry, id=SOURCES)
+    def credential_sources(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[str, Source] | None:
+        if namespace != state.namespace:
+            return None  # only the operator's own namespace is trusted as a source
+        return {"sources": (name, fanout.decode(body))}
+
+    async def follow(
+        logger: kopf.Logger,
+        valid_policies: kopf.Index[str, Any],
+        credential_sources: kopf.Index[str, Source],
+        **_: Any,
+    ) -> None:
+        await fan_out(state, valid_policies.keys(), credential_sources, logger)
+
+    # A change at a source fans out at once; a timer expires overlap keys (and repairs
+    # anything edited by hand). Both are idempotent.
+    kopf.on.event("v1", "secrets", labels={label: value}, registry=registry, id="follow-sources")(
+        follow  # type: ignore[arg-type]
+    )
+    kopf.timer(
+        "v1",
+        "secrets",
+        labels={label: value},
+        registry=registry,
+        id="expire-overlap",
+        interval=max(1.0, state.overlap / 4),
+    )(follow)  # type: ignore[arg-type]
