@@ -1,0 +1,20 @@
+"""Each package says what it exports, and exports what it says (httpx's test, in small)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize("package", ["sidegate", "sidegate.policy", "sidegate.audit"])
+def test_all_names_exist_and_nothing_public_is_missing(package: str) -> None:
+    module = importlib.import_module(package)
+    exported = set(module.__all__)
+    assert all(hasattr(module, name) for name in exported)
+    submodules = {
+        name
+        for name, value in vars(module).items()
+        if getattr(value, "__name__", "").startswith(package + ".")
+    }
+    assert submodules <= exported, submodules - exported
