@@ -6,11 +6,11 @@ import base64
 from collections.abc import Iterable
 from typing import Any
 
+from sidegate.operator import objects
 from sidegate.policy import bundle, models
 
 BUNDLE_KEY = "bundle.json"
 HASH_ANNOTATION = "sidegate.io/bundle-hash"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "sidegate-operator"}
 
 
 def desired_secret(
@@ -19,18 +19,12 @@ def desired_secret(
     """Deterministic: the same policies always give the same Secret, hash annotation included.
     No policies give the deny-all bundle, never a stale allow."""
     compiled = bundle.to_bundle(policies)
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": dict(MANAGED_BY),
-            "annotations": {HASH_ANNOTATION: compiled.hash},
-        },
-        "data": {BUNDLE_KEY: base64.b64encode(bundle.dumps(compiled)).decode()},
-    }
+    return objects.managed_secret(
+        namespace,
+        name,
+        {HASH_ANNOTATION: compiled.hash},
+        {BUNDLE_KEY: base64.b64encode(bundle.dumps(compiled)).decode()},
+    )
 
 
 def current_hash(secret: dict[str, Any] | None) -> str | None:

@@ -13,9 +13,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from sidegate.operator import objects
+
 PREVIOUS = ".previous"
 EXPIRY_ANNOTATION = "sidegate.io/previous-expires"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "sidegate-operator"}
 
 
 def decode(secret: Mapping[str, Any] | None) -> dict[str, str]:
@@ -67,15 +68,5 @@ def target_secret(
         k: base64.b64encode(v.encode()).decode() for k, v in data.items()
     }
     encoded.update({key: None for key in removed})
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": dict(MANAGED_BY),
-            "annotations": {EXPIRY_ANNOTATION: json.dumps(expires, sort_keys=True)},
-        },
-        "data": encoded,
-    }
+    annotations = {EXPIRY_ANNOTATION: json.dumps(expires, sort_keys=True)}
+    return objects.managed_secret(namespace, name, annotations, encoded)

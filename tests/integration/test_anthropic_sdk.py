@@ -7,15 +7,11 @@ import asyncio
 import anthropic
 import pytest
 
-from tests.conftest import Stack
-
-APP_KEY = "app-holds-no-provider-key"
+from tests.conftest import APP_PLACEHOLDER, Stack
 
 
 def client(stack: Stack) -> anthropic.Anthropic:
-    c = anthropic.Anthropic(base_url=stack.origin, api_key=APP_KEY, max_retries=0)
-    stack.clients.append(c)
-    return c
+    return stack.anthropic()
 
 
 def test_message_reaches_provider_with_sidecar_key(stack: Stack) -> None:
@@ -26,7 +22,7 @@ def test_message_reaches_provider_with_sidecar_key(stack: Stack) -> None:
     seen = stack.state.received[-1]
     assert seen.key == stack.keys["anthropic"]
     assert seen.headers["anthropic-version"]  # the SDK's own, passed through
-    assert APP_KEY not in str(seen.headers)
+    assert APP_PLACEHOLDER not in str(seen.headers)
     assert (
         stack.metric(
             "sidegate_tokens_total", provider="anthropic", model="claude-*", direction="input"
@@ -54,7 +50,7 @@ def test_streamed_message_and_its_usage(stack: Stack) -> None:
 def test_async_client(stack: Stack) -> None:
     async def scenario() -> str:
         async with anthropic.AsyncAnthropic(
-            base_url=stack.origin, api_key=APP_KEY, max_retries=0
+            base_url=stack.origin, api_key=APP_PLACEHOLDER, max_retries=0
         ) as c:
             message = await c.messages.create(
                 model="claude-test-async",

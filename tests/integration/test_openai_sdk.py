@@ -7,15 +7,11 @@ import asyncio
 import openai
 import pytest
 
-from tests.conftest import Stack
-
-APP_KEY = "app-holds-no-provider-key"
+from tests.conftest import APP_PLACEHOLDER, Stack
 
 
 def client(stack: Stack) -> openai.OpenAI:
-    c = openai.OpenAI(base_url=stack.base_url, api_key=APP_KEY, max_retries=0)
-    stack.clients.append(c)
-    return c
+    return stack.openai()
 
 
 def test_chat_completion_reaches_provider_with_sidecar_key(stack: Stack) -> None:
@@ -26,7 +22,7 @@ def test_chat_completion_reaches_provider_with_sidecar_key(stack: Stack) -> None
     assert reply.usage is not None and reply.usage.completion_tokens == 3
     seen = stack.state.received[-1]
     assert seen.key == stack.keys["openai"]
-    assert APP_KEY not in str(seen.headers)
+    assert APP_PLACEHOLDER not in str(seen.headers)
     assert "cookie" not in seen.headers and "x-stainless-lang" not in seen.headers
 
 
@@ -106,7 +102,9 @@ def test_openai_compatible_provider_gets_its_own_key(stack: Stack) -> None:
 
 def test_async_client_streamed_and_not(stack: Stack) -> None:
     async def scenario() -> tuple[str, str]:
-        async with openai.AsyncOpenAI(base_url=stack.base_url, api_key=APP_KEY, max_retries=0) as c:
+        async with openai.AsyncOpenAI(
+            base_url=stack.base_url, api_key=APP_PLACEHOLDER, max_retries=0
+        ) as c:
             whole = await c.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "async"}]
             )

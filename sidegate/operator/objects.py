@@ -1,0 +1,27 @@
+"""The shape of every Secret the operator owns (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "sidegate-operator"}
+
+
+def managed_secret(
+    namespace: str, name: str, annotations: Mapping[str, str], data: Mapping[str, str | None]
+) -> dict[str, Any]:
+    """A Secret labelled as the operator's; ``data`` values are base64 (None deletes a key
+    when sent as a merge patch)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(MANAGED_BY),
+            "annotations": dict(annotations),
+        },
+        "data": dict(data),
+    }
