@@ -34,7 +34,15 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     from sidegate.sidecar import admin, app, serving, settings
 
     try:
-        config = settings.load(Path(args.config), os.environ)
+        if args.config_env:
+            text = os.environ.get(args.config_env)
+            if not text:
+                raise errors.ConfigError(
+                    f"environment variable {args.config_env} is unset or empty"
+                )
+            config = settings.parse(text, args.config_env, Path.cwd(), os.environ)
+        else:
+            config = settings.load(Path(args.config), os.environ)
         overrides = {
             key: value
             for key, value in (
@@ -118,16 +126,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from sidegate.operator import running
+    from sidegate.operator import injection, running, state
 
     redactor = redact.Redactor()
     logs.configure(redactor, args.log_level, "json")
+    if args.webhook_port and not (args.webhook_cert and args.webhook_key and args.sidecar_image):
+        print(
+            "sidegate: --webhook-port needs --webhook-cert, --webhook-key and --sidecar-image",
+            file=sys.stderr,
+        )
+        return 2
+    sidecar = None
+    if args.sidecar_image:
+        try:
+            config = Path(args.sidecar_config).read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"sidegate: --sidecar-config: cannot read: {exc.strerror}", file=sys.stderr)
+            return 2
+        sidecar = injection.SidecarSpec(
+            image=args.sidecar_image,
+            config=config,
+            native=args.sidecar_mode == "native",
+            port=args.sidecar_port,
+            image_pull_policy=args.sidecar_pull_policy,
+        )
+    listener = None
+    if args.webhook_port:
+        listener = running.WebhookListener(
+            args.webhook_port, Path(args.webhook_cert), Path(args.webhook_key)
+        )
+    shared = state.OperatorState(
+        login=running.standard_login,
+        bundle_secret=args.bundle_secret,
+        namespace=args.own_namespace,
+        overlap=args.overlap,
+        admin_rotation=args.admin_token_rotation,
+        sidecar=sidecar,
+    )
     return running.run(
         namespaces=args.namespace or [],
-        bundle_secret=args.bundle_secret,
+        state=shared,
         liveness=args.liveness,
-        own_namespace=args.own_namespace,
-        overlap=args.overlap,
+        listener=listener,
     )
 
 
@@ -146,7 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the sidecar proxy. Apps point their OpenAI/Anthropic base URL at it "
         "(http://127.0.0.1:4000/v1). See docs/configuration.md for the config file.",
     )
-    sidecar.add_argument("--config", "-c", required=True, metavar="FILE", help="YAML config file")
+    source = sidecar.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", "-c", metavar="FILE", help="YAML config file")
+    source.add_argument(
+        "--config-env",
+        metavar="NAME",
+        help="read the YAML config from this environment variable (how injected sidecars get "
+        "it); paths in it should be absolute",
+    )
     sidecar.add_argument("--host", help="listen address (overrides listen.host)")
     sidecar.add_argument("--port", type=int, help="listen port (overrides listen.port)")
     sidecar.add_argument(
@@ -186,6 +233,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     operator.add_argument(
         "--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz for the pod's probes"
+    )
+    operator.add_argument(
+        "--own-namespace",
+        default=os.environ.get("SIDEGATE_NAMESPACE", "sidegate-system"),
+        help="the operator's namespace: the only place source credential Secrets are read from "
+        "(default: $SIDEGATE_NAMESPACE, else sidegate-system)",
+    )
+    operator.add_argument(
+        "--overlap",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a rotated-out key or token stays as <key>.previous (default 300)",
+    )
+    operator.add_argument(
+        "--admin-token-rotation",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="rotate each namespace's sidecar admin token this often (default 86400)",
+    )
+    webhook = operator.add_argument_group("injection webhook (off unless --webhook-port is set)")
+    webhook.add_argument("--webhook-port", type=int, help="HTTPS port of the webhook, e.g. 8443")
+    webhook.add_argument("--webhook-cert", metavar="FILE", help="serving certificate (PEM)")
+    webhook.add_argument("--webhook-key", metavar="FILE", help="its private key (PEM)")
+    webhook.add_argument("--sidecar-image", help="image of the injected sidecar")
+    webhook.add_argument(
+        "--sidecar-config",
+        metavar="FILE",
+        default="/etc/sidegate/sidecar.yaml",
+        help="the injected sidecar's YAML config, passed to it in $SIDEGATE_CONFIG",
+    )
+    webhook.add_argument(
+        "--sidecar-mode",
+        choices=["native", "container"],
+        default="native",
+        help="native: an init container with restartPolicy Always (Kubernetes 1.29+); "
+        "container: a plain container",
+    )
+    webhook.add_argument("--sidecar-port", type=int, default=4000)
+    webhook.add_argument(
+        "--sidecar-pull-policy", choices=["Always", "IfNotPresent", "Never"], default="IfNotPresent"
     )
     operator.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]

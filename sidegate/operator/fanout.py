@@ -62,11 +62,12 @@ def target_secret(
     data: Mapping[str, str],
     expires: Mapping[str, float],
     removed: set[str],
+    annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A merge patch (or a new Secret): removed keys are null, which deletes them."""
     encoded: dict[str, str | None] = {
         k: base64.b64encode(v.encode()).decode() for k, v in data.items()
     }
     encoded.update({key: None for key in removed})
-    annotations = {EXPIRY_ANNOTATION: json.dumps(expires, sort_keys=True)}
-    return objects.managed_secret(namespace, name, annotations, encoded)
+    merged = {**(annotations or {}), EXPIRY_ANNOTATION: json.dumps(expires, sort_keys=True)}
+    return objects.managed_secret(namespace, name, merged, encoded)

@@ -1,4 +1,4 @@
-"""The shape of every Secret the operator owns (pure)."""
+"""Object shapes: every Secret the operator owns, and kopf bodies as plain data (pure)."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ def managed_secret(
         },
         "data": dict(data),
     }
+
+
+def plain(value: Any) -> Any:
+    """kopf's bodies are mapping views; pydantic's strict mode and the injector want plain
+    dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value

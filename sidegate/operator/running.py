@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import kopf
 
-from sidegate.operator.handlers import policies
+from sidegate.operator.handlers import policies, webhook
+from sidegate.operator.state import OperatorState
 
 
 def standard_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -16,19 +18,32 @@ def standard_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class WebhookListener:
+    """Where the injection webhook listens, and its serving certificate (kopf re-reads the
+    files when they change, so cert-manager or the chart can renew them)."""
+
+    port: int
+    certfile: Path
+    keyfile: Path
+    addr: str = "0.0.0.0"  # noqa: S104 - the API server reaches it through the pod's Service
+
+    def server(self) -> kopf.WebhookServer:
+        return kopf.WebhookServer(
+            addr=self.addr,
+            port=self.port,
+            certfile=str(self.certfile),
+            pkeyfile=str(self.keyfile),
+        )
+
+
 def build_registry(
-    bundle_secret: str,
-    login: Callable[..., kopf.ConnectionInfo | None] = standard_login,
-    *,
-    namespace: str = "sidegate-system",
-    overlap: float = 300.0,
+    state: OperatorState, listener: WebhookListener | None = None
 ) -> kopf.OperatorRegistry:
     """Every handler of the operator, in a registry of its own (nothing at import time)."""
     registry = kopf.OperatorRegistry()
-    state = policies.OperatorState(
-        login=login, bundle_secret=bundle_secret, namespace=namespace, overlap=overlap
-    )
     policies.register(registry, state)
+    webhook.register(registry, state)
 
     @kopf.on.startup(registry=registry, id="configure")
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -40,6 +55,10 @@ def build_registry(
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="sidegate.io"
         )
+        if listener is not None:
+            # The chart owns the MutatingWebhookConfiguration: kopf only serves, so the
+            # operator needs no rights on webhook configurations.
+            settings.admission.server = listener.server()
 
     return registry
 
@@ -47,12 +66,11 @@ def build_registry(
 def run(
     *,
     namespaces: list[str],
-    bundle_secret: str,
+    state: OperatorState,
     liveness: str | None,
-    own_namespace: str,
-    overlap: float,
+    listener: WebhookListener | None,
 ) -> int:
-    registry = build_registry(bundle_secret, namespace=own_namespace, overlap=overlap)
+    registry = build_registry(state, listener)
     asyncio.run(
         kopf.operator(
             registry=registry,

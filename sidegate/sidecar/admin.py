@@ -77,25 +77,36 @@ class ExplainQuery(BaseModel):
 
 
 class AdminToken:
+    """The admin bearer token, and ``<file>.previous`` while the operator's rotation overlap
+    lasts: a client holding the old token keeps working until the new one reaches it."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._token: str | None = None
+        self.previous_path = path.with_name(path.name + credentials.PREVIOUS_SUFFIX)
+        self._tokens: tuple[str, ...] = ()
 
     def reload(self) -> None:
         try:
-            self._token = credentials.read_key(self.path).reveal()
+            token = credentials.read_key(self.path).reveal()
         except errors.CredentialRejected as exc:
             logger.error(
                 "admin token rejected, %s",
-                "keeping the one in force" if self._token else "admin API refuses everything",
+                "keeping the one in force" if self._tokens else "admin API refuses everything",
                 extra={"reason": str(exc)},
             )
+            return
+        try:
+            previous = credentials.read_key(self.previous_path).reveal()
+        except errors.CredentialRejected:
+            previous = None  # absent (no rotation under way) or unusable: the current one only
+        self._tokens = (token,) if previous is None else (token, previous)
 
     def check(self, header: str | None) -> None:
-        token = self._token
-        presented = header[7:] if header and header[:7].lower() == "bearer " else ""
-        # compare_digest on bytes: constant time, whatever the length of what was sent.
-        if token is None or not hmac.compare_digest(presented.encode(), token.encode()):
+        presented = (header[7:] if header and header[:7].lower() == "bearer " else "").encode()
+        # compare_digest on bytes: constant time, whatever the length of what was sent; every
+        # token is compared, so the time does not tell which one matched.
+        matches = [hmac.compare_digest(presented, token.encode()) for token in self._tokens]
+        if not any(matches):
             raise Unauthorized(
                 "missing or wrong admin token",
                 headers={"www-authenticate": 'Bearer realm="sidegate-admin"'},

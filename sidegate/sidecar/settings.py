@@ -416,12 +416,20 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> SidecarSetting
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise errors.ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    return parse(text, str(path), path.parent, environ)
+
+
+def parse(
+    text: str, source: str, base: Path, environ: Mapping[str, str] | None = None
+) -> SidecarSettings:
+    """Validate config text read from ``source`` (a file, or the environment variable the
+    injector fills); relative paths are relative to ``base``."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise errors.ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise errors.ConfigError(f"{source}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise errors.ConfigError(f"{path}: expected a mapping at the top level")
+        raise errors.ConfigError(f"{source}: expected a mapping at the top level")
     identity = data.get("identity")
     if environ and (identity is None or isinstance(identity, dict)):
         found = {
@@ -431,8 +439,8 @@ def load(path: Path, environ: Mapping[str, str] | None = None) -> SidecarSetting
     try:
         settings = SidecarSettings.model_validate(data)
     except ValidationError as exc:
-        raise errors.ConfigError(format_validation_error(exc, str(path))) from None
-    return _resolve_paths(settings, path.parent)
+        raise errors.ConfigError(format_validation_error(exc, source)) from None
+    return _resolve_paths(settings, base)
 
 
 def _resolve_paths(settings: SidecarSettings, base: Path) -> SidecarSettings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sidegate import standin
@@ -32,6 +34,31 @@ def test_help_explains_the_commands() -> None:
         [*SIDEGATE, "sidecar", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--config" in out and "--allow-non-loopback" in out
+    out = subprocess.run(
+        [*SIDEGATE, "operator", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in ("--own-namespace", "--overlap", "--admin-token-rotation", "--webhook-port"):
+        assert flag in out
+
+
+def test_operator_refuses_a_webhook_without_its_certificate() -> None:
+    result = subprocess.run(
+        [*SIDEGATE, "operator", "--webhook-port", "8443", "--sidecar-image", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "--webhook-cert" in result.stderr
+
+
+def test_config_env_must_be_set() -> None:
+    environment = {k: v for k, v in os.environ.items() if k != "SIDEGATE_CONFIG"}
+    result = subprocess.run(
+        [*SIDEGATE, "sidecar", "--config-env", "SIDEGATE_CONFIG"],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert result.returncode == 2 and "SIDEGATE_CONFIG is unset or empty" in result.stderr
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
@@ -71,9 +98,11 @@ def test_non_loopback_needs_the_flag(tmp_path: Path) -> None:
     assert result.returncode == 2 and "allow_non_loopback" in result.stderr
 
 
+@pytest.mark.parametrize("source", ["file", "environment"])
 def test_sidecar_serves_reloads_and_stops_on_sigterm(
-    tmp_path: Path, provider: tuple[int, standin.StandInState], ca_file: Path
+    tmp_path: Path, provider: tuple[int, standin.StandInState], ca_file: Path, source: str
 ) -> None:
+    """From a file, or (as the injector does) from $SIDEGATE_CONFIG."""
     port, state = provider
     credentials = tmp_path / "credentials"
     credentials.mkdir()
@@ -86,8 +115,13 @@ def test_sidecar_serves_reloads_and_stops_on_sigterm(
     raw["listen"] = {"port": sidecar_port}
     config = tmp_path / "sidecar.yaml"
     config.write_text(yaml.safe_dump(raw))
+    if source == "file":
+        command, environment = ["--config", str(config)], dict(os.environ)
+    else:
+        command = ["--config-env", "SIDEGATE_CONFIG"]
+        environment = {**os.environ, "SIDEGATE_CONFIG": config.read_text()}
     process = subprocess.Popen(
-        [*SIDEGATE, "sidecar", "--config", str(config)], stderr=subprocess.PIPE, text=True
+        [*SIDEGATE, "sidecar", *command], stderr=subprocess.PIPE, text=True, env=environment
     )
     origin = f"http://127.0.0.1:{sidecar_port}"
     try:

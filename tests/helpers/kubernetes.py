@@ -1,13 +1,23 @@
-"""kmock's Kubernetes emulator, with the gaps TESTING.md lists filled in."""
+"""kmock's Kubernetes emulator, with the gaps TESTING.md lists filled in, and the operator
+running against it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import aiohttp.web
 import kmock
+import kopf
+
+from sidegate.operator import running
+from sidegate.operator.state import OperatorState
 
 _versions = itertools.count(1)
 
@@ -32,3 +42,76 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     generation = self._objects[key].get("metadata", {}).get("generation", 1)
                     meta["generation"] = generation + 1
         return await super()._handle(request)  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
+    async with Emulator() as k8s, kmock.Server(k8s) as server:
+        k8s.resources.load_bundled()
+        k8s.resources["sidegate.io/v1alpha1/rbacpolicies"] = kmock.ResourceInfo(
+            kind="RBACPolicy",
+            namespaced=True,
+            verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
+            subresources={"status"},
+        )
+        yield k8s, str(server.url).rstrip("/")
+
+
+@contextlib.asynccontextmanager
+async def operator(
+    url: str,
+    listener: running.WebhookListener | None = None,
+    **settings: Any,
+) -> AsyncIterator[OperatorState]:
+    """The registry `sidegate operator` runs, logged in to the emulator instead; ``settings``
+    are OperatorState fields (overlap, admin_rotation, sidecar, ...)."""
+    state = OperatorState(login=lambda **_: kopf.ConnectionInfo(server=url), **settings)
+    registry = running.build_registry(state, listener)
+
+    @kopf.on.startup(registry=registry)
+    def emulator_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.level = 0
+        settings.watching.server_timeout = 5
+        settings.scanning.disabled = True  # kmock answers /api/v1/namespaces with 500
+
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(
+        kopf.operator(
+            registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield state
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def eventually(check: Any, seconds: float = 5.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except (KeyError, AssertionError, aiohttp.ClientError):
+            pass
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def get(k8s: Emulator, path: str) -> dict[str, Any] | None:
+    async with k8s.clients[0].get(path) as answer:
+        return await answer.json() if answer.status == 200 else None
+
+
+async def send(k8s: Emulator, method: str, path: str, body: Any = None) -> int:
+    headers = {
+        "Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"
+    }
+    async with k8s.clients[0].request(
+        method, path, data=json.dumps(body) if body is not None else None, headers=headers
+    ) as answer:
+        return answer.status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -166,3 +167,26 @@ def test_cluster_mode_refuses_writes_and_follows_the_bundle(
     )
     wait_for(lambda: stack.metric("sidegate_policy_reloads_total", result="failed") >= 1)
     assert call(stack.origin, CHAT, chat_body())[0] == 200  # a tampered bundle is refused
+
+
+def test_a_rotated_admin_token_overlaps_then_expires(
+    make_stack: Callable[..., Stack], tmp_path: Path
+) -> None:
+    """The operator's rotation as the kubelet delivers it: new token plus token.previous,
+    then the new token alone. Both work during the overlap; the old one not after it."""
+    volume = ProjectedVolume(tmp_path / "admin-volume")
+    old, new = "old-" + secrets.token_urlsafe(24), "new-" + secrets.token_urlsafe(24)
+    volume.publish({"token": old.encode()})
+
+    def projected_token(raw: dict[str, Any]) -> None:
+        raw["admin"]["token_file"] = str(volume.root / "token")
+
+    stack = make_stack(projected_token, admin=True)
+    stack.all_keys.update({old, new})
+    assert admin(stack, "GET", POLICIES, token=old)[0] == 200
+    volume.publish({"token": new.encode(), "token.previous": old.encode()})
+    wait_for(lambda: admin(stack, "GET", POLICIES, token=new)[0] == 200)
+    assert admin(stack, "GET", POLICIES, token=old)[0] == 200
+    volume.publish({"token": new.encode()})
+    wait_for(lambda: admin(stack, "GET", POLICIES, token=old)[0] == 401)
+    assert admin(stack, "GET", POLICIES, token=new)[0] == 200

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import kmock
-import kopf
 import pytest
 
-from sidegate.operator import running
 from sidegate.policy import bundle
 from tests.conftest import Stack, fake_key
 from tests.helpers.http import call, chat_body
 from tests.helpers.kubelet import ProjectedVolume
-from tests.helpers.kubernetes import Emulator
+from tests.helpers.kubernetes import Emulator, cluster, eventually, get, operator, send
 
 POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
 
@@ -34,81 +29,6 @@ def policy(name: str, models: list[str], namespace: str = "team-a") -> dict[str,
             "rules": [{"effect": "Allow", "models": models}],
         },
     }
-
-
-@contextlib.asynccontextmanager
-async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
-    async with Emulator() as k8s, kmock.Server(k8s) as server:
-        k8s.resources.load_bundled()
-        k8s.resources["sidegate.io/v1alpha1/rbacpolicies"] = kmock.ResourceInfo(
-            kind="RBACPolicy",
-            namespaced=True,
-            verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
-            subresources={"status"},
-        )
-        yield k8s, str(server.url).rstrip("/")
-
-
-@contextlib.asynccontextmanager
-async def operator(url: str, overlap: float = 300.0) -> AsyncIterator[None]:
-    # The registry `sidegate operator` runs, logged in to the emulator instead.
-    registry = running.build_registry(
-        "sidegate-bundle", login=lambda **_: kopf.ConnectionInfo(server=url), overlap=overlap
-    )
-
-    @kopf.on.startup(registry=registry)
-    def emulator_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.posting.level = 0
-        settings.watching.server_timeout = 5
-        settings.scanning.disabled = True  # kmock answers /api/v1/namespaces with 500
-
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(
-        kopf.operator(
-            registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready
-        )
-    )
-    await asyncio.wait_for(ready.wait(), 10)
-    try:
-        yield
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def eventually(check: Any, seconds: float = 5.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-        except (KeyError, AssertionError, aiohttp_errors()):
-            pass
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-def aiohttp_errors() -> type[Exception]:
-    import aiohttp
-
-    return aiohttp.ClientError
-
-
-async def get(k8s: Emulator, path: str) -> dict[str, Any] | None:
-    async with k8s.clients[0].get(path) as answer:
-        return await answer.json() if answer.status == 200 else None
-
-
-async def send(k8s: Emulator, method: str, path: str, body: Any = None) -> int:
-    headers = {
-        "Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"
-    }
-    async with k8s.clients[0].request(
-        method, path, data=json.dumps(body) if body is not None else None, headers=headers
-    ) as answer:
-        return answer.status
 
 
 async def bundle_of(k8s: Emulator, namespace: str = "team-a") -> bundle.PolicyBundle | None:
@@ -284,3 +204,40 @@ async def test_credentials_fan_out_keep_previous_then_expire_it(
 
 async def _equal(read: Any, expected: dict[str, str]) -> bool:
     return bool(await read() == expected)
+
+
+@pytest.mark.asyncio
+async def test_admin_tokens_are_generated_rotated_and_overlap(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each served namespace gets a generated admin token; it rotates on the interval and
+    the old one stays as token.previous until the overlap is over."""
+    target = "/api/v1/namespaces/team-a/secrets/sidegate-admin"
+
+    async def tokens() -> dict[str, str]:
+        secret = await get(k8s, target)
+        data = (secret or {}).get("data") or {}
+        return {k: base64.b64decode(v).decode() for k, v in data.items() if v is not None}
+
+    async with (
+        cluster() as (k8s, url),
+        operator(url, overlap=1.0, admin_rotation=3.0) as state,
+    ):
+        assert state.admin_check_interval == 1.0
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))
+        first = await eventually(tokens)
+        assert set(first) == {"token"} and len(first["token"]) >= 40
+
+        async def rotated() -> dict[str, str] | None:
+            found = await tokens()
+            return found if found.get("token") != first["token"] else None
+
+        during = await eventually(rotated, seconds=6)
+        assert during == {"token": during["token"], "token.previous": first["token"]}
+
+        async def settled() -> bool:
+            found = await tokens()
+            return found.get("token") == during["token"] and set(found) == {"token"}
+
+        await eventually(settled, seconds=6)
+    assert first["token"] not in caplog.text and during["token"] not in caplog.text

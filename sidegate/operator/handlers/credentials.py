@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import kopf
 
 from sidegate.operator import fanout
-
-if TYPE_CHECKING:
-    from sidegate.operator.handlers.policies import OperatorState
+from sidegate.operator.state import OperatorState
 
 SOURCES = "credential_sources"
 

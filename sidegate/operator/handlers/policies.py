@@ -7,46 +7,22 @@ changes, so replayed events, resumes and retries write nothing new.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from sidegate.operator import bundles
-from sidegate.operator.handlers import credentials
+from sidegate.operator import bundles, objects
+from sidegate.operator.handlers import admin_tokens, credentials
 from sidegate.operator.kube import SecretsClient
-from sidegate.policy import crd, models
-
-RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
-
-
-@dataclasses.dataclass
-class OperatorState:
-    """What the handlers share: settings, and the API client made at login."""
-
-    login: Callable[..., kopf.ConnectionInfo | None]
-    bundle_secret: str = "sidegate-bundle"  # noqa: S105 - a Secret object's name, not a secret
-    credentials_secret: str = "sidegate-credentials"  # noqa: S105 - likewise
-    namespace: str = "sidegate-system"  # where the source credential Secrets live
-    source_label: tuple[str, str] = ("sidegate.io/credentials", "source")
-    overlap: float = 300.0  # seconds a rotated-out key stays as <key>.previous
-    client: SecretsClient | None = None
-
-
-def plain(value: Any) -> Any:
-    """kopf's bodies are mapping views; pydantic's strict mode wants plain dicts and lists."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
+from sidegate.operator.state import RESOURCE, OperatorState
+from sidegate.policy import models
 
 
 def validate(body: Mapping[str, Any]) -> models.RBACPolicy:
-    return models.RBACPolicy.model_validate(plain(body))
+    return models.RBACPolicy.model_validate(objects.plain(body))
 
 
 def describe(exc: ValidationError) -> str:
@@ -85,6 +61,7 @@ async def write_bundle(
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     credentials.register(registry, state)
+    admin_tokens.register(registry, state)
 
     @kopf.on.login(registry=registry, id="login")
     async def login(

@@ -1,0 +1,215 @@
+"""The injection webhook: AdmissionReview requests over HTTPS to the operator's kopf webhook
+server (the operator running on kmock), answered with a JSON patch that makes a valid pod."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import socket
+import ssl
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jsonpatch
+import kubernetes_validate
+import pytest
+import trustme
+import yaml
+
+from sidegate.operator import injection, running
+from sidegate.operator.handlers import webhook
+from tests.helpers.kubernetes import cluster, eventually, operator
+
+KUBERNETES = "1.35"
+SIDECAR_CONFIG = """
+listen: {port: 4000}
+credentials: {directory: /var/run/sidegate/credentials}
+policy: {bundle_file: /var/run/sidegate/bundle/bundle.json}
+providers: {openai: {kind: openai}}
+routes: [{model: "gpt-*", provider: openai}]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pod(annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "app-7d9f", "namespace": "team-a", "annotations": annotations or {}},
+        "spec": {
+            "serviceAccountName": "app",
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.invalid/app:1",
+                    "env": [{"name": "LOG_LEVEL", "value": "debug"}],
+                }
+            ],
+        },
+    }
+
+
+def review(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+@pytest.fixture
+def listener(tmp_path: Path, server_cert: trustme.LeafCert) -> running.WebhookListener:
+    certfile, keyfile = tmp_path / "tls.crt", tmp_path / "tls.key"
+    server_cert.cert_chain_pems[0].write_to_path(str(certfile))
+    server_cert.private_key_pem.write_to_path(str(keyfile))
+    return running.WebhookListener(free_port(), certfile, keyfile, addr="127.0.0.1")
+
+
+async def listening(port: int) -> None:
+    """kopf starts its webhook server once it has looked at the API's resources."""
+
+    async def accepts() -> bool:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    await eventually(accepts, seconds=10)
+
+
+async def admit(
+    listener: running.WebhookListener, ca: trustme.CA, obj: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One admission call as the API server makes it: HTTPS, verified against the CA."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    await listening(listener.port)
+    sent = review(obj)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"https://127.0.0.1:{listener.port}/{webhook.HANDLER_ID}",
+            json=sent,
+            ssl=context,
+        ) as answer,
+    ):
+        assert answer.status == 200
+        response = (await answer.json())["response"]
+    assert response["uid"] == sent["request"]["uid"] and response["allowed"] is True
+    ops = json.loads(base64.b64decode(response["patch"])) if "patch" in response else []
+    if ops:
+        assert response["patchType"] == "JSONPatch"
+    return response, ops
+
+
+def validate(obj: dict[str, Any]) -> None:
+    kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.asyncio
+async def test_an_annotated_pod_gets_the_sidecar_once(
+    listener: running.WebhookListener, ca: trustme.CA, native: bool
+) -> None:
+    spec = injection.SidecarSpec(
+        image="ghcr.io/example/sidegate:0.1.0",
+        config=SIDECAR_CONFIG,
+        native=native,
+    )
+    original = pod({injection.ANNOTATION: "true"})
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+        _response, ops = await admit(listener, ca, original)
+        patched = jsonpatch.apply_patch(copy.deepcopy(original), ops)
+        validate(patched)
+
+        sidecars = patched["spec"]["initContainers" if native else "containers"]
+        sidecar = next(c for c in sidecars if c["name"] == "sidegate")
+        assert sidecar["image"] == spec.image
+        assert (sidecar.get("restartPolicy") == "Always") is native
+        assert sidecar["args"] == ["sidecar", "--config-env", "SIDEGATE_CONFIG"]
+        env = {e["name"]: e for e in sidecar["env"]}
+        assert yaml.safe_load(env["SIDEGATE_CONFIG"]["value"])["listen"]["port"] == 4000
+        assert env["SIDEGATE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+            "metadata.namespace"
+        )
+        assert env["SIDEGATE_SERVICE_ACCOUNT"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+            "spec.serviceAccountName"
+        )
+        assert env["SIDEGATE_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        hardened = sidecar["securityContext"]
+        assert hardened["runAsNonRoot"] and hardened["readOnlyRootFilesystem"]
+        assert hardened["capabilities"] == {"drop": ["ALL"]}
+        assert hardened["allowPrivilegeEscalation"] is False
+        assert hardened["seccompProfile"] == {"type": "RuntimeDefault"}
+
+        volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
+        projected = {
+            source["secret"]["name"]
+            for volume in volumes.values()
+            for source in volume.get("projected", {}).get("sources", [])
+        }
+        assert projected == {"sidegate-bundle", "sidegate-credentials", "sidegate-admin"}
+
+        app = next(c for c in patched["spec"]["containers"] if c["name"] == "app")
+        app_env = {e["name"]: e.get("value") for e in app["env"]}
+        assert app_env == {
+            "LOG_LEVEL": "debug",
+            "OPENAI_BASE_URL": "http://127.0.0.1:4000/v1",
+            "ANTHROPIC_BASE_URL": "http://127.0.0.1:4000",
+        }
+        assert patched["metadata"]["annotations"][injection.INJECTED] == "true"
+
+        # Injecting twice changes nothing: the second answer carries no patch at all.
+        _response, again = await admit(listener, ca, patched)
+        assert again == []
+
+
+@pytest.mark.asyncio
+async def test_pods_not_asking_are_admitted_untouched(
+    listener: running.WebhookListener, ca: trustme.CA
+) -> None:
+    spec = injection.SidecarSpec(image="ghcr.io/example/sidegate:0.1.0", config="{}")
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+        for annotations in (None, {injection.ANNOTATION: "false"}, {"other": "true"}):
+            _response, ops = await admit(listener, ca, pod(annotations))
+            assert ops == []
+
+
+@pytest.mark.asyncio
+async def test_an_app_setting_its_own_base_url_keeps_it(
+    listener: running.WebhookListener, ca: trustme.CA
+) -> None:
+    spec = injection.SidecarSpec(image="ghcr.io/example/sidegate:0.1.0", config="{}")
+    original = pod({injection.ANNOTATION: "true"})
+    original["spec"]["containers"][0]["env"].append(
+        {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1/custom"}
+    )
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+        _response, ops = await admit(listener, ca, original)
+    app = jsonpatch.apply_patch(original, ops)["spec"]["containers"][0]
+    values = [e["value"] for e in app["env"] if e["name"] == "OPENAI_BASE_URL"]
+    assert values == ["http://127.0.0.1:4000/v1/custom"]
