@@ -161,6 +161,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         namespace=args.own_namespace,
         overlap=args.overlap,
         admin_rotation=args.admin_token_rotation,
+        source_label=args.credential_source_label,
         sidecar=sidecar,
     )
     return running.run(
@@ -169,6 +170,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         listener=listener,
     )
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not (key and equals and value):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=86400.0,
         metavar="SECONDS",
         help="rotate each namespace's sidecar admin token this often (default 86400)",
+    )
+    operator.add_argument(
+        "--credential-source-label",
+        type=_label,
+        default=("sidegate.io/credentials", "source"),
+        metavar="KEY=VALUE",
+        help="label marking provider key Secrets in --own-namespace as sources "
+        "(default sidegate.io/credentials=source)",
     )
     webhook = operator.add_argument_group("injection webhook (off unless --webhook-port is set)")
     webhook.add_argument("--webhook-port", type=int, help="HTTPS port of the webhook, e.g. 8443")

@@ -27,10 +27,13 @@ SPOOL = "/var/lib/sidegate"
 UID = 65532  # the image's non-root user (Dockerfile)
 
 # The sidecar listens on loopback only, so the kubelet cannot reach it over HTTP: the probes
-# run inside the container and ask /readyz on 127.0.0.1.
+# run inside the container and ask /healthz on 127.0.0.1. Not /readyz: that one is false
+# while any configured provider lacks a key or no bundle has arrived yet, and neither should
+# keep the pod from starting (the sidecar denies, or answers 503 for that provider, and
+# says so in its log, /readyz and metrics).
 _PROBE = (
     "import sys, urllib.request; "
-    "sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=2).status != 200)"
+    "sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=2).status != 200)"
 )
 
 
@@ -119,18 +122,25 @@ def container(spec: SidecarSpec) -> dict[str, Any]:
         # Native sidecars gate the app containers on the startup probe: the app never
         # starts before its proxy answers.
         "startupProbe": {**probe, "periodSeconds": 1, "failureThreshold": 30},
-        "readinessProbe": {**probe, "periodSeconds": 10},
+        "livenessProbe": {**probe, "periodSeconds": 30},
     }
     if spec.native:
         built["restartPolicy"] = "Always"
     return built
 
 
+# Not a key: the official SDKs refuse to start without one, and the sidecar replaces
+# whatever the app sends with the real key.
+PLACEHOLDER_KEY = "sidegate-adds-the-key"
+
+
 def app_environment(spec: SidecarSpec) -> list[dict[str, str]]:
-    """What the official SDKs read for their base URL. An app that sets its own keeps it."""
+    """What the official SDKs read: base URL and key. An app that sets its own keeps it."""
     return [
         {"name": "OPENAI_BASE_URL", "value": f"http://127.0.0.1:{spec.port}/v1"},
         {"name": "ANTHROPIC_BASE_URL", "value": f"http://127.0.0.1:{spec.port}"},
+        {"name": "OPENAI_API_KEY", "value": PLACEHOLDER_KEY},
+        {"name": "ANTHROPIC_API_KEY", "value": PLACEHOLDER_KEY},
     ]
 
 

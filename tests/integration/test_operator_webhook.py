@@ -136,7 +136,7 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
     listener: running.WebhookListener, ca: trustme.CA, native: bool
 ) -> None:
     spec = injection.SidecarSpec(
-        image="ghcr.io/example/sidegate:0.1.0",
+        image="registry.invalid/sidegate:0.1.0",
         config=SIDECAR_CONFIG,
         native=native,
     )
@@ -180,6 +180,8 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
             "LOG_LEVEL": "debug",
             "OPENAI_BASE_URL": "http://127.0.0.1:4000/v1",
             "ANTHROPIC_BASE_URL": "http://127.0.0.1:4000",
+            "OPENAI_API_KEY": injection.PLACEHOLDER_KEY,
+            "ANTHROPIC_API_KEY": injection.PLACEHOLDER_KEY,
         }
         assert patched["metadata"]["annotations"][injection.INJECTED] == "true"
 
@@ -192,7 +194,7 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
 async def test_pods_not_asking_are_admitted_untouched(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
-    spec = injection.SidecarSpec(image="ghcr.io/example/sidegate:0.1.0", config="{}")
+    spec = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
     async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
         for annotations in (None, {injection.ANNOTATION: "false"}, {"other": "true"}):
             _response, ops = await admit(listener, ca, pod(annotations))
@@ -203,7 +205,7 @@ async def test_pods_not_asking_are_admitted_untouched(
 async def test_an_app_setting_its_own_base_url_keeps_it(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
-    spec = injection.SidecarSpec(image="ghcr.io/example/sidegate:0.1.0", config="{}")
+    spec = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
     original = pod({injection.ANNOTATION: "true"})
     original["spec"]["containers"][0]["env"].append(
         {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1/custom"}

@@ -27,7 +27,7 @@ def test_injecting_is_a_fixed_point(native: bool) -> None:
     assert injection.apply(once, injection.inject(once, spec)) == once
     every = [*once["spec"].get("initContainers", []), *once["spec"]["containers"]]
     assert [c["name"] for c in every].count("sidegate") == 1
-    assert [v["name"] for v in once["spec"]["volumes"]][0] == "data"
+    assert once["spec"]["volumes"][0]["name"] == "data"
     for app in (c for c in once["spec"]["containers"] if c["name"] != "sidegate"):
         assert {"OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"} <= {e["name"] for e in app["env"]}
     if native:
@@ -45,5 +45,5 @@ def test_a_new_image_or_mode_replaces_the_old_sidecar() -> None:
 
 def test_only_true_asks_for_injection() -> None:
     assert injection.wants_injection({injection.ANNOTATION: "True"})
-    for annotations in (None, {}, {injection.ANNOTATION: "yes"}, {injection.ANNOTATION: "false"}):
-        assert not injection.wants_injection(annotations)
+    for asked in (None, {}, {injection.ANNOTATION: "yes"}, {injection.ANNOTATION: "false"}):
+        assert not injection.wants_injection(asked)
