@@ -3,17 +3,10 @@ server (the operator running on kmock), answered with a JSON patch that makes a 
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import copy
-import json
-import socket
-import ssl
-import uuid
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import jsonpatch
 import kubernetes_validate
 import pytest
@@ -21,8 +14,8 @@ import trustme
 import yaml
 
 from sidegate.operator import injection, running
-from sidegate.operator.handlers import webhook
-from tests.helpers.kubernetes import cluster, eventually, operator
+from tests.helpers import admission
+from tests.helpers.kubernetes import cluster, operator
 
 KUBERNETES = "1.35"
 SIDECAR_CONFIG = """
@@ -34,96 +27,9 @@ routes: [{model: "gpt-*", provider: openai}]
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pod(annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "app-7d9f", "namespace": "team-a", "annotations": annotations or {}},
-        "spec": {
-            "serviceAccountName": "app",
-            "containers": [
-                {
-                    "name": "app",
-                    "image": "registry.invalid/app:1",
-                    "env": [{"name": "LOG_LEVEL", "value": "debug"}],
-                }
-            ],
-        },
-    }
-
-
-def review(obj: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": obj,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
-
-
 @pytest.fixture
 def listener(tmp_path: Path, server_cert: trustme.LeafCert) -> running.WebhookListener:
-    certfile, keyfile = tmp_path / "tls.crt", tmp_path / "tls.key"
-    server_cert.cert_chain_pems[0].write_to_path(str(certfile))
-    server_cert.private_key_pem.write_to_path(str(keyfile))
-    return running.WebhookListener(free_port(), certfile, keyfile, addr="127.0.0.1")
-
-
-async def listening(port: int) -> None:
-    """kopf starts its webhook server once it has looked at the API's resources."""
-
-    async def accepts() -> bool:
-        try:
-            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return False
-        writer.close()
-        return True
-
-    await eventually(accepts, seconds=10)
-
-
-async def admit(
-    listener: running.WebhookListener, ca: trustme.CA, obj: dict[str, Any]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One admission call as the API server makes it: HTTPS, verified against the CA."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    await listening(listener.port)
-    sent = review(obj)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"https://127.0.0.1:{listener.port}/{webhook.HANDLER_ID}",
-            json=sent,
-            ssl=context,
-        ) as answer,
-    ):
-        assert answer.status == 200
-        response = (await answer.json())["response"]
-    assert response["uid"] == sent["request"]["uid"] and response["allowed"] is True
-    ops = json.loads(base64.b64decode(response["patch"])) if "patch" in response else []
-    if ops:
-        assert response["patchType"] == "JSONPatch"
-    return response, ops
+    return admission.listener_for(tmp_path, server_cert)
 
 
 def validate(obj: dict[str, Any]) -> None:
@@ -140,9 +46,9 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
         config=SIDECAR_CONFIG,
         native=native,
     )
-    original = pod({injection.ANNOTATION: "true"})
+    original = admission.pod({injection.ANNOTATION: "true"})
     async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
-        _response, ops = await admit(listener, ca, original)
+        _response, ops = await admission.admit(listener, ca, original)
         patched = jsonpatch.apply_patch(copy.deepcopy(original), ops)
         validate(patched)
 
@@ -186,7 +92,7 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
         assert patched["metadata"]["annotations"][injection.INJECTED] == "true"
 
         # Injecting twice changes nothing: the second answer carries no patch at all.
-        _response, again = await admit(listener, ca, patched)
+        _response, again = await admission.admit(listener, ca, patched)
         assert again == []
 
 
@@ -197,7 +103,7 @@ async def test_pods_not_asking_are_admitted_untouched(
     spec = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
     async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
         for annotations in (None, {injection.ANNOTATION: "false"}, {"other": "true"}):
-            _response, ops = await admit(listener, ca, pod(annotations))
+            _response, ops = await admission.admit(listener, ca, admission.pod(annotations))
             assert ops == []
 
 
@@ -206,12 +112,12 @@ async def test_an_app_setting_its_own_base_url_keeps_it(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
     spec = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
-    original = pod({injection.ANNOTATION: "true"})
+    original = admission.pod({injection.ANNOTATION: "true"})
     original["spec"]["containers"][0]["env"].append(
         {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1/custom"}
     )
     async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
-        _response, ops = await admit(listener, ca, original)
+        _response, ops = await admission.admit(listener, ca, original)
     app = jsonpatch.apply_patch(original, ops)["spec"]["containers"][0]
     values = [e["value"] for e in app["env"] if e["name"] == "OPENAI_BASE_URL"]
     assert values == ["http://127.0.0.1:4000/v1/custom"]

@@ -1,0 +1,111 @@
+"""Admission calls as the API server makes them: an AdmissionReview over verified HTTPS to
+the operator's webhook server, answered with a base64 JSON patch."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import ssl
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import trustme
+
+from sidegate.operator import running
+from sidegate.operator.handlers import webhook
+from tests.helpers.kubernetes import eventually
+
+
+def listener_for(directory: Path, cert: trustme.LeafCert) -> running.WebhookListener:
+    certfile, keyfile = directory / "tls.crt", directory / "tls.key"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    return running.WebhookListener(free_port(), certfile, keyfile, addr="127.0.0.1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pod(annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "app-7d9f", "namespace": "team-a", "annotations": annotations or {}},
+        "spec": {
+            "serviceAccountName": "app",
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "registry.invalid/app:1",
+                    "env": [{"name": "LOG_LEVEL", "value": "debug"}],
+                }
+            ],
+        },
+    }
+
+
+def review(obj: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": obj,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }
+
+
+async def listening(port: int) -> None:
+    """kopf starts its webhook server once it has looked at the API's resources."""
+
+    async def accepts() -> bool:
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    await eventually(accepts, seconds=10)
+
+
+async def admit(
+    listener: running.WebhookListener, ca: trustme.CA, obj: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One admission call as the API server makes it: HTTPS, verified against the CA."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    await listening(listener.port)
+    sent = review(obj)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"https://127.0.0.1:{listener.port}/{webhook.HANDLER_ID}",
+            json=sent,
+            ssl=context,
+        ) as answer,
+    ):
+        assert answer.status == 200
+        response = (await answer.json())["response"]
+    assert response["uid"] == sent["request"]["uid"] and response["allowed"] is True
+    ops = json.loads(base64.b64decode(response["patch"])) if "patch" in response else []
+    if ops:
+        assert response["patchType"] == "JSONPatch"
+    return response, ops
