@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -150,6 +152,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
             port=args.sidecar_port,
             image_pull_policy=args.sidecar_pull_policy,
         )
+        if args.sidecar_resources is not None:
+            sidecar = dataclasses.replace(sidecar, resources=args.sidecar_resources)
     listener = None
     if args.webhook_port:
         listener = running.WebhookListener(
@@ -170,6 +174,22 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         listener=listener,
     )
+
+
+def _resources(text: str) -> dict[str, dict[str, str]]:
+    try:
+        found = json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not JSON") from None
+    valid = isinstance(found, dict) and all(
+        kind in ("requests", "limits")
+        and isinstance(amounts, dict)
+        and all(isinstance(k, str) and isinstance(v, str | int) for k, v in amounts.items())
+        for kind, amounts in found.items()
+    )
+    if not valid:
+        raise argparse.ArgumentTypeError('expected {"requests"|"limits": {"cpu": "50m", ...}}')
+    return {kind: {k: str(v) for k, v in amounts.items()} for kind, amounts in found.items()}
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -291,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     webhook.add_argument("--sidecar-port", type=int, default=4000)
     webhook.add_argument(
         "--sidecar-pull-policy", choices=["Always", "IfNotPresent", "Never"], default="IfNotPresent"
+    )
+    webhook.add_argument(
+        "--sidecar-resources",
+        type=_resources,
+        metavar="JSON",
+        help='the sidecar\'s requests and limits, e.g. {"requests": {"cpu": "50m"}} '
+        "(default: 50m CPU and 64Mi requested, 256Mi memory limit)",
     )
     operator.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -106,6 +106,11 @@ def test_operator_args_are_flags_the_cli_accepts(render: Render) -> None:
         if not sets:
             assert parsed.webhook_port == 8443 and parsed.sidecar_mode == "native"
             assert parsed.credential_source_label == ("sidegate.io/credentials", "source")
+            assert parsed.sidecar_resources == {
+                "requests": {"cpu": "50m", "memory": "64Mi"},
+                "limits": {"memory": "256Mi"},
+            }
+            assert parsed.sidecar_port == 4000
 
 
 def test_the_default_sidecar_config_is_valid(render: Render) -> None:

@@ -3,7 +3,7 @@ interval with the same overlap as provider keys (``token.previous`` until it exp
 client holding the old token keeps working while the kubelet projects the new one.
 
 A timer per RBACPolicy drives it; a lock per namespace keeps two policies of one namespace
-from rotating twice at once. Only lengths and counts are ever logged.
+from rotating twice at once. A token is never logged, only that it rotated.
 """
 
 from __future__ import annotations
