@@ -14,7 +14,9 @@ from typing import Literal
 from sidegate import redact
 
 LogFormat = Literal["json", "text"]
-_STANDARD = redact.STANDARD_RECORD_ATTRIBUTES
+# kopf adds its whole OperatorSettings and a flag of its own to every object log record:
+# noise in a log line, so both are left out (its object reference, k8s_ref, stays).
+_STANDARD = redact.STANDARD_RECORD_ATTRIBUTES | {"settings", "k8s_skip"}
 
 
 class JsonFormatter(logging.Formatter):

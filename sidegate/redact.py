@@ -130,6 +130,20 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
         for key, value in list(vars(record).items()):
-            if key not in STANDARD_RECORD_ATTRIBUTES and isinstance(value, str):
-                setattr(record, key, scrub(value))
+            if key not in STANDARD_RECORD_ATTRIBUTES:
+                setattr(record, key, self._scrub_value(value))
         return True
+
+    def _scrub_value(self, value: object) -> object:
+        """Every extra, whatever its type: strings inside mappings and lists are scrubbed,
+        and any other object is logged as its scrubbed ``str`` (a library's extra, such as
+        kopf's object references, can hold anything)."""
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str):
+            return self._redactor.scrub(value)
+        if isinstance(value, dict):
+            return {str(k): self._scrub_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub_value(v) for v in value]
+        return self._redactor.scrub(str(value))

@@ -83,3 +83,40 @@ def test_log_filter_scrubs_message_args_extras_and_tracebacks() -> None:
     lines = [json.loads(line) for line in output.splitlines()]
     assert lines[0]["msg"] == f"key is {redact.MASK}"
     assert "ValueError: upstream said" in lines[1]["exc"]
+
+
+def test_extras_of_any_type_are_scrubbed() -> None:
+    """Libraries (kopf) log with dict and object extras; none of them escapes the filter."""
+
+    class Holder:
+        def __str__(self) -> str:
+            return f"Holder(token={key})"
+
+    redactor = redact.Redactor()
+    key = "plain" + secrets.token_hex(12)
+    redactor.remember([redact.Secret(key)])
+    stream = io.StringIO()
+    logger = logging.getLogger("test.redaction.extras")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logs.make_handler(redactor, "json", stream=stream)
+    logger.addHandler(handler)
+    try:
+        logger.info(
+            "object event",
+            extra={
+                "k8s_ref": {"name": "llm-keys", "data": {"openai": key}, "keys": [key, 3]},
+                "holder": Holder(),
+                "count": 2,
+                "settings": "kopf's settings are left out",
+            },
+        )
+    finally:
+        logger.removeHandler(handler)
+    output = stream.getvalue()
+    assert key not in output and key[-8:] not in output
+    (line,) = [json.loads(text) for text in output.splitlines()]
+    assert line["k8s_ref"]["data"]["openai"] == redact.MASK
+    assert line["k8s_ref"]["keys"] == [redact.MASK, 3]
+    assert line["holder"] == f"Holder(token={redact.MASK})"
+    assert line["count"] == 2 and "settings" not in line
