@@ -247,8 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
         "operator",
         help="run the Kubernetes operator",
         description="Run the operator (kopf): RBACPolicy objects become a bundle Secret per "
-        "namespace, with status conditions and Events for invalid policies. Logs in with the "
-        "pod's service account, or the kubeconfig outside a cluster.",
+        "namespace, with status conditions and Events for invalid policies; labelled provider "
+        "key Secrets fan out to every served namespace; each namespace gets a rotated admin "
+        "token; with --webhook-port, annotated pods get the sidecar injected. Logs in with the "
+        "pod's service account, or the kubeconfig outside a cluster. The Helm chart "
+        "(charts/sidegate) sets all of this.",
     )
     operator.add_argument(
         "--namespace",
@@ -308,9 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="native: an init container with restartPolicy Always (Kubernetes 1.29+); "
         "container: a plain container",
     )
-    webhook.add_argument("--sidecar-port", type=int, default=4000)
     webhook.add_argument(
-        "--sidecar-pull-policy", choices=["Always", "IfNotPresent", "Never"], default="IfNotPresent"
+        "--sidecar-port",
+        type=int,
+        default=4000,
+        help="the sidecar's listen.port: where OPENAI_BASE_URL/ANTHROPIC_BASE_URL point",
+    )
+    webhook.add_argument(
+        "--sidecar-pull-policy",
+        choices=["Always", "IfNotPresent", "Never"],
+        default="IfNotPresent",
+        help="imagePullPolicy of the injected sidecar",
     )
     webhook.add_argument(
         "--sidecar-resources",

@@ -33,9 +33,10 @@ class OperatorState:
     )
 
     @property
-    def admin_check_interval(self) -> float:
-        """How often each policy's timer looks: often enough to honour both the rotation
-        interval and the overlap's expiry, without polling the API server hard."""
+    def upkeep_interval(self) -> float:
+        """How often each policy's upkeep timer looks: often enough to honour the rotation
+        interval and the overlap's expiry (a `.previous` outlives its overlap by at most
+        this), without polling the API server hard."""
         return max(1.0, min(60.0, self.admin_rotation / 4, self.overlap / 4))
 
     def lock(self, namespace: str) -> asyncio.Lock:

@@ -199,6 +199,12 @@ async def test_credentials_fan_out_keep_previous_then_expire_it(
         )
         # ...and goes when the overlap is over.
         assert await eventually(lambda: _equal(credentials, {"openai": second}), seconds=6)
+        # The sources are not the operator's: no finalizer, no annotation of its own on them.
+        source = await get(k8s, sources + "/llm-keys")
+        assert source is not None and not source["metadata"].get("finalizers")
+        assert not any(
+            k.startswith("sidegate.io") for k in source["metadata"].get("annotations", {})
+        )
     assert first not in caplog.text and second not in caplog.text
 
 
@@ -223,7 +229,7 @@ async def test_admin_tokens_are_generated_rotated_and_overlap(
         cluster() as (k8s, url),
         operator(url, overlap=1.0, admin_rotation=3.0) as state,
     ):
-        assert state.admin_check_interval == 1.0
+        assert state.upkeep_interval == 1.0
         await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))
         first = await eventually(tokens)
         assert set(first) == {"token"} and len(first["token"]) >= 40

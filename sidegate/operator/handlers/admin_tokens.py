@@ -2,8 +2,9 @@
 interval with the same overlap as provider keys (``token.previous`` until it expires), so a
 client holding the old token keeps working while the kubelet projects the new one.
 
-A timer per RBACPolicy drives it; a lock per namespace keeps two policies of one namespace
-from rotating twice at once. A token is never logged, only that it rotated.
+The namespace upkeep timer (``upkeep.py``) calls ``ensure``; the namespace's lock keeps two
+policies of one namespace from rotating twice at once. A token is never logged, only that
+it rotated.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import kopf
 
 from sidegate.operator import fanout
-from sidegate.operator.state import RESOURCE, OperatorState
+from sidegate.operator.state import OperatorState
 
 KEY = "token"
 ROTATED_ANNOTATION = "sidegate.io/rotated-at"
@@ -55,16 +56,3 @@ async def ensure(state: OperatorState, namespace: str, logger: kopf.Logger) -> N
         logger.info(
             "admin token %s/%s %s", namespace, state.admin_secret, "rotated" if due else "tidied"
         )
-
-
-def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
-    @kopf.timer(
-        *RESOURCE,
-        registry=registry,
-        id="admin-token",
-        interval=state.admin_check_interval,
-        initial_delay=0,
-    )
-    async def admin_token(namespace: str | None, logger: kopf.Logger, **_: Any) -> None:
-        assert namespace is not None  # RBACPolicy is namespaced
-        await ensure(state, namespace, logger)

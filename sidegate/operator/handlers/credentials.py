@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from sidegate.operator import fanout
+from sidegate.operator.kube import SecretsClient
 from sidegate.operator.state import OperatorState
 
 SOURCES = "credential_sources"
@@ -36,32 +37,43 @@ async def fan_out(
     sources: kopf.Index[str, Source],
     logger: kopf.Logger,
 ) -> None:
+    """Bring each namespace's credentials Secret up to the sources: new keys in, rotated
+    ones kept as ``.previous`` until their overlap ends, then out. Writes only on change."""
     if state.client is None:
         raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
     wanted = merged(sources)
     if not wanted:
         return
-    now = time.time()
     for namespace in sorted(set(namespaces)):
-        current_secret = await state.client.get(namespace, state.credentials_secret)
-        current = fanout.decode(current_secret)
-        current_expiries = fanout.expiries(current_secret)
-        data, expires = fanout.desired_data(
-            current, current_expiries, wanted, now=now, overlap=state.overlap
-        )
-        if data == current and expires == current_expiries:
-            continue
-        removed = set(current) - set(data)
-        await state.client.apply(
-            fanout.target_secret(namespace, state.credentials_secret, data, expires, removed)
-        )
-        logger.info(
-            "credentials %s/%s written: %d keys, %d in overlap",  # counts, never values
-            namespace,
-            state.credentials_secret,
-            len(wanted),
-            len(expires),
-        )
+        async with state.lock(namespace):
+            await _fan_out_to(state, state.client, namespace, wanted, logger)
+
+
+async def _fan_out_to(
+    state: OperatorState,
+    client: SecretsClient,
+    namespace: str,
+    wanted: dict[str, str],
+    logger: kopf.Logger,
+) -> None:
+    secret = await client.get(namespace, state.credentials_secret)
+    current, current_expiries = fanout.decode(secret), fanout.expiries(secret)
+    data, expires = fanout.desired_data(
+        current, current_expiries, wanted, now=time.time(), overlap=state.overlap
+    )
+    if data == current and expires == current_expiries:
+        return
+    removed = set(current) - set(data)
+    await client.apply(
+        fanout.target_secret(namespace, state.credentials_secret, data, expires, removed)
+    )
+    logger.info(
+        "credentials %s/%s written: %d keys, %d in overlap",  # counts, never values
+        namespace,
+        state.credentials_secret,
+        len(wanted),
+        len(expires),
+    )
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
@@ -75,24 +87,17 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             return None  # only the operator's own namespace is trusted as a source
         return {"sources": (name, fanout.decode(body))}
 
-    async def follow(
+    # A change at a source fans out at once. An event handler, not a timer: kopf puts a
+    # finalizer on whatever a timer runs for, and the source Secrets are not ours to hold
+    # (External Secrets may own them). Expiring `.previous` is the namespace upkeep timer's.
+    # kopf's handler protocols cannot name index kwargs (credential_sources) for mypy.
+    @kopf.on.event(  # type: ignore[arg-type]
+        "v1", "secrets", labels={label: value}, registry=registry, id="follow-sources"
+    )
+    async def follow_sources(
         logger: kopf.Logger,
         valid_policies: kopf.Index[str, Any],
         credential_sources: kopf.Index[str, Source],
         **_: Any,
     ) -> None:
         await fan_out(state, valid_policies.keys(), credential_sources, logger)
-
-    # A change at a source fans out at once; a timer expires overlap keys (and repairs
-    # anything edited by hand). Both are idempotent.
-    kopf.on.event("v1", "secrets", labels={label: value}, registry=registry, id="follow-sources")(
-        follow  # type: ignore[arg-type]
-    )
-    kopf.timer(
-        "v1",
-        "secrets",
-        labels={label: value},
-        registry=registry,
-        id="expire-overlap",
-        interval=max(1.0, state.overlap / 4),
-    )(follow)  # type: ignore[arg-type]

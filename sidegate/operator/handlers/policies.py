@@ -15,7 +15,7 @@ import kopf
 from pydantic import ValidationError
 
 from sidegate.operator import bundles, objects
-from sidegate.operator.handlers import admin_tokens, credentials
+from sidegate.operator.handlers import credentials, upkeep
 from sidegate.operator.kube import SecretsClient
 from sidegate.operator.state import RESOURCE, OperatorState
 from sidegate.policy import models
@@ -61,7 +61,7 @@ async def write_bundle(
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     credentials.register(registry, state)
-    admin_tokens.register(registry, state)
+    upkeep.register(registry, state)
 
     @kopf.on.login(registry=registry, id="login")
     async def login(
