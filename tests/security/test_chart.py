@@ -200,3 +200,12 @@ def test_checkov_finds_nothing_in_the_rendered_chart(helm: Helm, tmp_path: Path)
 def test_checkov_finds_nothing_in_the_dockerfile() -> None:
     scan = checkov("-f", str(ROOT / "Dockerfile"), "--framework", "dockerfile")
     assert scan.returncode == 0 and "Failed checks: 0" in scan.stdout, scan.stdout + scan.stderr
+
+
+def test_notes_tell_the_next_steps(helm: Helm) -> None:
+    result = helm("install", "sidegate", str(CHART), "-n", "sidegate-system", "--dry-run=client")
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout[result.stdout.index("NOTES:") :]
+    assert "label secret llm-keys sidegate.io/credentials=source" in notes
+    assert "kubectl label namespace team-a sidegate.io/injection=enabled\n" in notes
+    assert "http://127.0.0.1:4000/v1" in notes
