@@ -28,7 +28,18 @@ from tests.conftest import fake_key
 from tests.helpers import admission
 from tests.helpers.http import call
 from tests.helpers.kubelet import ProjectedVolume
-from tests.helpers.kubernetes import Emulator, cluster, eventually, get, operator, send
+from tests.helpers.kubernetes import (
+    POLICIES,
+    SOURCES,
+    Emulator,
+    cluster,
+    eventually,
+    get,
+    operator,
+    policy,
+    send,
+    source_secret,
+)
 
 ROOTS = ("/var/run/sidegate", "/var/lib/sidegate")  # the injector's mount points
 
@@ -124,35 +135,14 @@ def test_an_injected_pod_serves_its_app_with_keys_it_never_sees(
     )
     listener = admission.listener_for(tmp_path, server_cert)
     root = tmp_path / "pod"
-    sources = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "llm-keys",
-            "namespace": "sidegate-system",
-            "labels": {"sidegate.io/credentials": "source"},
-        },
-        "data": {"openai": base64.b64encode(key.encode()).decode()},
-    }
-    policy = {
-        "apiVersion": "sidegate.io/v1alpha1",
-        "kind": "RBACPolicy",
-        "metadata": {"name": "gpt", "namespace": "team-a"},
-        "spec": {
-            "subjects": [{"kind": "ServiceAccount", "name": "app"}],
-            "rules": [{"effect": "Allow", "models": ["gpt-4o-mini"]}],
-        },
-    }
 
     async def in_the_cluster() -> tuple[dict[str, Any], str]:
         """The operator writes the Secrets and injects the pod; the kubelet mounts them."""
         async with cluster() as (k8s, url), operator(url, listener, sidecar=spec):
-            assert (
-                await send(k8s, "POST", "/api/v1/namespaces/sidegate-system/secrets", sources) < 300
-            )
+            assert await send(k8s, "POST", SOURCES, source_secret(openai=key)) < 300
             assert (
                 await send(
-                    k8s, "POST", "/apis/sidegate.io/v1alpha1/namespaces/team-a/rbacpolicies", policy
+                    k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-4o-mini"])
                 )
                 < 300
             )

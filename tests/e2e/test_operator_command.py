@@ -4,7 +4,6 @@ kubeconfig (here pointing at kmock's emulator), serving its probe and the webhoo
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import signal
@@ -19,7 +18,16 @@ import yaml
 from sidegate.operator import injection
 from tests.conftest import fake_key
 from tests.helpers import admission
-from tests.helpers.kubernetes import cluster, eventually, get, send
+from tests.helpers.kubernetes import (
+    POLICIES,
+    SOURCES,
+    cluster,
+    eventually,
+    get,
+    policy,
+    send,
+    source_secret,
+)
 
 
 def kubeconfig(path: Path, server: str) -> Path:
@@ -69,32 +77,11 @@ async def test_the_operator_command_reconciles_injects_and_stops(
             stderr=asyncio.subprocess.PIPE,
         )
         try:
-            await send(
-                k8s,
-                "POST",
-                "/api/v1/namespaces/sidegate-system/secrets",
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {
-                        "name": "keys",
-                        "namespace": "sidegate-system",
-                        "labels": {"sidegate.io/credentials": "source"},
-                    },
-                    "data": {"openai": base64.b64encode(key.encode()).decode()},
-                },
+            assert await send(k8s, "POST", SOURCES, source_secret(openai=key)) < 300
+            created = await send(
+                k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"])
             )
-            policy = {
-                "apiVersion": "sidegate.io/v1alpha1",
-                "kind": "RBACPolicy",
-                "metadata": {"name": "gpt", "namespace": "team-a"},
-                "spec": {
-                    "subjects": [{"kind": "ServiceAccount", "name": "app"}],
-                    "rules": [{"effect": "Allow", "models": ["gpt-*"]}],
-                },
-            }
-            path = "/apis/sidegate.io/v1alpha1/namespaces/team-a/rbacpolicies"
-            assert await send(k8s, "POST", path, policy) < 300
+            assert created < 300
             for name in ("sidegate-bundle", "sidegate-credentials", "sidegate-admin"):
                 await eventually(
                     lambda n=name: get(k8s, f"/api/v1/namespaces/team-a/secrets/{n}"), seconds=20

@@ -4,6 +4,7 @@ running against it."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import json
@@ -20,6 +21,8 @@ from sidegate.operator import running
 from sidegate.operator.state import OperatorState
 
 _versions = itertools.count(1)
+POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
+SOURCES = "/api/v1/namespaces/sidegate-system/secrets"
 
 
 class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
@@ -115,3 +118,30 @@ async def send(k8s: Emulator, method: str, path: str, body: Any = None) -> int:
         method, path, data=json.dumps(body) if body is not None else None, headers=headers
     ) as answer:
         return answer.status
+
+
+def policy(name: str, models: list[str], namespace: str = "team-a") -> dict[str, Any]:
+    """An RBACPolicy granting ServiceAccount app these models."""
+    return {
+        "apiVersion": "sidegate.io/v1alpha1",
+        "kind": "RBACPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "subjects": [{"kind": "ServiceAccount", "name": "app"}],
+            "rules": [{"effect": "Allow", "models": models}],
+        },
+    }
+
+
+def source_secret(**keys: str) -> dict[str, Any]:
+    """A provider key Secret as the operator finds it: labelled, in its namespace."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "llm-keys",
+            "namespace": "sidegate-system",
+            "labels": {"sidegate.io/credentials": "source"},
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()},
+    }

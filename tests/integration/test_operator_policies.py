@@ -14,21 +14,18 @@ from sidegate.policy import bundle
 from tests.conftest import Stack, fake_key
 from tests.helpers.http import call, chat_body
 from tests.helpers.kubelet import ProjectedVolume
-from tests.helpers.kubernetes import Emulator, cluster, eventually, get, operator, send
-
-POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
-
-
-def policy(name: str, models: list[str], namespace: str = "team-a") -> dict[str, Any]:
-    return {
-        "apiVersion": "sidegate.io/v1alpha1",
-        "kind": "RBACPolicy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "subjects": [{"kind": "ServiceAccount", "name": "app"}],
-            "rules": [{"effect": "Allow", "models": models}],
-        },
-    }
+from tests.helpers.kubernetes import (
+    POLICIES,
+    SOURCES,
+    Emulator,
+    cluster,
+    eventually,
+    get,
+    operator,
+    policy,
+    send,
+    source_secret,
+)
 
 
 async def bundle_of(k8s: Emulator, namespace: str = "team-a") -> bundle.PolicyBundle | None:
@@ -160,25 +157,11 @@ async def test_operator_to_kubelet_volume_to_sidecar_within_a_second(
         await within_a_second(403)
 
 
-def source_secret(**keys: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": "llm-keys",
-            "namespace": "sidegate-system",
-            "labels": {"sidegate.io/credentials": "source"},
-        },
-        "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()},
-    }
-
-
 @pytest.mark.asyncio
 async def test_credentials_fan_out_keep_previous_then_expire_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     first, second = fake_key(), fake_key()
-    sources = "/api/v1/namespaces/sidegate-system/secrets"
     target = "/api/v1/namespaces/team-a/secrets/sidegate-credentials"
 
     async def credentials() -> dict[str, str]:
@@ -188,11 +171,11 @@ async def test_credentials_fan_out_keep_previous_then_expire_it(
 
     async with cluster() as (k8s, url), operator(url, overlap=1.5):
         await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))  # served
-        await send(k8s, "POST", sources, source_secret(openai=first))
+        await send(k8s, "POST", SOURCES, source_secret(openai=first))
         assert await eventually(lambda: _equal(credentials, {"openai": first}))
         # Rotation at the source: the old key stays as openai.previous for the overlap.
         await send(
-            k8s, "PATCH", sources + "/llm-keys", {"data": source_secret(openai=second)["data"]}
+            k8s, "PATCH", SOURCES + "/llm-keys", {"data": source_secret(openai=second)["data"]}
         )
         assert await eventually(
             lambda: _equal(credentials, {"openai": second, "openai.previous": first})
@@ -200,7 +183,7 @@ async def test_credentials_fan_out_keep_previous_then_expire_it(
         # ...and goes when the overlap is over.
         assert await eventually(lambda: _equal(credentials, {"openai": second}), seconds=6)
         # The sources are not the operator's: no finalizer, no annotation of its own on them.
-        source = await get(k8s, sources + "/llm-keys")
+        source = await get(k8s, SOURCES + "/llm-keys")
         assert source is not None and not source["metadata"].get("finalizers")
         assert not any(
             k.startswith("sidegate.io") for k in source["metadata"].get("annotations", {})
