@@ -61,6 +61,18 @@ def wants_injection(annotations: Mapping[str, str] | None) -> bool:
     return (annotations or {}).get(ANNOTATION, "").lower() == "true"
 
 
+def refusal(pod: Mapping[str, Any]) -> str | None:
+    """Why a pod that asks for the sidecar must not get it, if it must not."""
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        # The sidecar's 127.0.0.1 would be the node's: every host-network process on the node
+        # could spend the provider keys through it.
+        return (
+            "sidegate: a hostNetwork pod cannot have the sidecar (its loopback port would be "
+            "the node's); remove hostNetwork or the sidegate.io/inject annotation"
+        )
+    return None
+
+
 def volumes(spec: SidecarSpec) -> list[dict[str, Any]]:
     def projected(name: str, secret: str) -> dict[str, Any]:
         return {

@@ -45,7 +45,9 @@ def build_registry(
     """Every handler of the operator, in a registry of its own (nothing at import time)."""
     registry = kopf.OperatorRegistry()
     policies.register(registry, state)
-    webhook.register(registry, state)
+    if listener is not None:
+        # Only with a server: kopf refuses to start with a mutating handler and no server.
+        webhook.register(registry, state)
 
     @kopf.on.startup(registry=registry, id="configure")
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:

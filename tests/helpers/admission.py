@@ -87,7 +87,7 @@ async def listening(port: int) -> None:
 
 
 async def admit(
-    listener: running.WebhookListener, ca: trustme.CA, obj: dict[str, Any]
+    listener: running.WebhookListener, ca: trustme.CA, obj: dict[str, Any], allowed: bool = True
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One admission call as the API server makes it: HTTPS, verified against the CA."""
     context = ssl.create_default_context()
@@ -104,7 +104,7 @@ async def admit(
     ):
         assert answer.status == 200
         response = (await answer.json())["response"]
-    assert response["uid"] == sent["request"]["uid"] and response["allowed"] is True
+    assert response["uid"] == sent["request"]["uid"] and response["allowed"] is allowed
     ops = json.loads(base64.b64decode(response["patch"])) if "patch" in response else []
     if ops:
         assert response["patchType"] == "JSONPatch"

@@ -121,3 +121,18 @@ async def test_an_app_setting_its_own_base_url_keeps_it(
     app = jsonpatch.apply_patch(original, ops)["spec"]["containers"][0]
     values = [e["value"] for e in app["env"] if e["name"] == "OPENAI_BASE_URL"]
     assert values == ["http://127.0.0.1:4000/v1/custom"]
+
+
+@pytest.mark.asyncio
+async def test_a_host_network_pod_asking_for_the_sidecar_is_refused(
+    listener: running.WebhookListener, ca: trustme.CA
+) -> None:
+    """Its sidecar would listen on the node's loopback: refused, not created without it."""
+    spec = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
+    original = admission.pod({injection.ANNOTATION: "true"})
+    original["spec"]["hostNetwork"] = True
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+        response, ops = await admission.admit(listener, ca, original, allowed=False)
+    assert ops == []
+    assert response["status"]["code"] == 400
+    assert "hostNetwork" in response["status"]["message"]

@@ -30,7 +30,11 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     def inject(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         if not injection.wants_injection(body.metadata.annotations):
             return  # "false", or any value but "true": opted out explicitly
-        changes = injection.inject(objects.plain(body), spec)
+        pod = objects.plain(body)
+        reason = injection.refusal(pod)
+        if reason is not None:
+            raise kopf.AdmissionError(reason, code=400)  # refused, not created without it
+        changes = injection.inject(pod, spec)
         for section, fields in changes.items():
             patch.setdefault(section, {}).update(fields)
         logger.debug("sidecar injected (%s)", "native" if spec.native else "container")
