@@ -1,9 +1,11 @@
-"""Provider credentials: source Secrets → each served namespace's credentials Secret.
+"""Secrets whose values rotate with an overlap: the credentials Secret (from the sources)
+and the admin token Secret (generated).
 
-Pure functions. When a key changes at the source, the target keeps the old value as
-``<key>.previous`` for an overlap window: the sidecar retries a 401 with it while the
-kubelet's projection of the new value is still on its way (up to a minute or so). After
-the window, ``.previous`` goes. Nothing here logs or returns a value in a message.
+When a value changes, the target keeps the old one as ``<key>.previous`` for an overlap
+window: the sidecar retries a 401 (or accepts an admin call) with it while the kubelet's
+projection of the new value is still on its way (up to a minute or so). After the window,
+``.previous`` goes. Pure functions, and ``converge``, the one write they lead to. Nothing
+here logs or returns a value in a message.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sidegate.operator import objects
+from sidegate.operator.kube import SecretsClient
 
 PREVIOUS = ".previous"
 EXPIRY_ANNOTATION = "sidegate.io/previous-expires"
@@ -71,3 +74,25 @@ def target_secret(
     encoded.update({key: None for key in removed})
     merged = {**(annotations or {}), EXPIRY_ANNOTATION: json.dumps(expires, sort_keys=True)}
     return objects.managed_secret(namespace, name, merged, encoded)
+
+
+async def converge(
+    client: SecretsClient,
+    secret: Mapping[str, Any] | None,
+    namespace: str,
+    name: str,
+    wanted: Mapping[str, str],
+    *,
+    now: float,
+    overlap: float,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, float] | None:
+    """Write ``secret`` (as read) with the ``wanted`` values, rotated-out ones kept for the
+    overlap. Writes only on change; returns the expiries written, or None if nothing was."""
+    current, current_expiries = decode(secret), expiries(secret)
+    data, expires = desired_data(current, current_expiries, wanted, now=now, overlap=overlap)
+    if data == current and expires == current_expiries:
+        return None
+    removed = set(current) - set(data)
+    await client.apply(target_secret(namespace, name, data, expires, removed, annotations))
+    return expires

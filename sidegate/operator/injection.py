@@ -177,13 +177,14 @@ def inject(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any]:
         init = [ours, *init]  # first, so later init containers can call the API too
     else:
         apps = [*apps, ours]
-    names = {v["name"] for v in volumes(spec)}
+    ours_volumes = volumes(spec)
+    names = {v["name"] for v in ours_volumes}
     kept = [v for v in pod_spec.get("volumes") or [] if v.get("name") not in names]
     annotations = dict((pod.get("metadata") or {}).get("annotations") or {})
     annotations[INJECTED] = "true"
     changed: dict[str, Any] = {
         "metadata": {"annotations": annotations},
-        "spec": {"containers": apps, "volumes": [*kept, *volumes(spec)]},
+        "spec": {"containers": apps, "volumes": [*kept, *ours_volumes]},
     }
     if init:
         changed["spec"]["initContainers"] = init

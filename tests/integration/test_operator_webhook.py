@@ -18,6 +18,7 @@ from tests.helpers import admission
 from tests.helpers.kubernetes import cluster, operator
 
 KUBERNETES = "1.35"
+PLAIN = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
 SIDECAR_CONFIG = """
 listen: {port: 4000}
 credentials: {directory: /var/run/sidegate/credentials}
@@ -100,8 +101,7 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
 async def test_pods_not_asking_are_admitted_untouched(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
-    spec = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
-    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
         for annotations in (None, {injection.ANNOTATION: "false"}, {"other": "true"}):
             _response, ops = await admission.admit(listener, ca, admission.pod(annotations))
             assert ops == []
@@ -111,12 +111,11 @@ async def test_pods_not_asking_are_admitted_untouched(
 async def test_an_app_setting_its_own_base_url_keeps_it(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
-    spec = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
     original = admission.pod({injection.ANNOTATION: "true"})
     original["spec"]["containers"][0]["env"].append(
         {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1/custom"}
     )
-    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
         _response, ops = await admission.admit(listener, ca, original)
     app = jsonpatch.apply_patch(original, ops)["spec"]["containers"][0]
     values = [e["value"] for e in app["env"] if e["name"] == "OPENAI_BASE_URL"]
@@ -128,10 +127,9 @@ async def test_a_host_network_pod_asking_for_the_sidecar_is_refused(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
     """Its sidecar would listen on the node's loopback: refused, not created without it."""
-    spec = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
     original = admission.pod({injection.ANNOTATION: "true"})
     original["spec"]["hostNetwork"] = True
-    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
         response, ops = await admission.admit(listener, ca, original, allowed=False)
     assert ops == []
     assert response["status"]["code"] == 400

@@ -42,17 +42,17 @@ async def ensure(state: OperatorState, namespace: str, logger: kopf.Logger) -> N
         last = rotated_at(secret)
         due = KEY not in current or last is None or now - last >= state.admin_rotation
         token = secrets.token_urlsafe(32) if due else current[KEY]
-        data, expires = fanout.desired_data(
-            current, fanout.expiries(secret), {KEY: token}, now=now, overlap=state.overlap
+        written = await fanout.converge(
+            state.client,
+            secret,
+            namespace,
+            state.admin_secret,
+            {KEY: token},
+            now=now,
+            overlap=state.overlap,
+            annotations={ROTATED_ANNOTATION: str(now if due else last)},
         )
-        if not due and data == current and expires == fanout.expiries(secret):
-            return
-        stamp = {ROTATED_ANNOTATION: str(now if due else last)}
-        await state.client.apply(
-            fanout.target_secret(
-                namespace, state.admin_secret, data, expires, set(current) - set(data), stamp
-            )
-        )
+    if written is not None:
         logger.info(
             "admin token %s/%s %s", namespace, state.admin_secret, "rotated" if due else "tidied"
         )

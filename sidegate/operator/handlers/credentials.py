@@ -13,7 +13,6 @@ from typing import Any
 import kopf
 
 from sidegate.operator import fanout
-from sidegate.operator.kube import SecretsClient
 from sidegate.operator.state import OperatorState
 
 SOURCES = "credential_sources"
@@ -46,34 +45,24 @@ async def fan_out(
         return
     for namespace in sorted(set(namespaces)):
         async with state.lock(namespace):
-            await _fan_out_to(state, state.client, namespace, wanted, logger)
-
-
-async def _fan_out_to(
-    state: OperatorState,
-    client: SecretsClient,
-    namespace: str,
-    wanted: dict[str, str],
-    logger: kopf.Logger,
-) -> None:
-    secret = await client.get(namespace, state.credentials_secret)
-    current, current_expiries = fanout.decode(secret), fanout.expiries(secret)
-    data, expires = fanout.desired_data(
-        current, current_expiries, wanted, now=time.time(), overlap=state.overlap
-    )
-    if data == current and expires == current_expiries:
-        return
-    removed = set(current) - set(data)
-    await client.apply(
-        fanout.target_secret(namespace, state.credentials_secret, data, expires, removed)
-    )
-    logger.info(
-        "credentials %s/%s written: %d keys, %d in overlap",  # counts, never values
-        namespace,
-        state.credentials_secret,
-        len(wanted),
-        len(expires),
-    )
+            secret = await state.client.get(namespace, state.credentials_secret)
+            written = await fanout.converge(
+                state.client,
+                secret,
+                namespace,
+                state.credentials_secret,
+                wanted,
+                now=time.time(),
+                overlap=state.overlap,
+            )
+        if written is not None:
+            logger.info(
+                "credentials %s/%s written: %d keys, %d in overlap",  # counts, never values
+                namespace,
+                state.credentials_secret,
+                len(wanted),
+                len(written),
+            )
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
