@@ -3,6 +3,15 @@
 Imported by the sidecar and the operator; imports neither.
 """
 
-from sidegate.policy import bundle, caching, crd, documents, explaining, models, rules
+from sidegate.policy import (
+    bundle,
+    caching,
+    crd,
+    documents,
+    explaining,
+    models,
+    rules,
+    signing,
+)
 
-__all__ = ["bundle", "caching", "crd", "documents", "explaining", "models", "rules"]
+__all__ = ["bundle", "caching", "crd", "documents", "explaining", "models", "rules", "signing"]
