@@ -27,10 +27,7 @@ def make_policy(index: int, namespace: str, account: str) -> models.RBACPolicy:
             "kind": "RBACPolicy",
             "metadata": {"name": f"policy-{index}", "namespace": namespace},
             "spec": {
-                "subjects": [
-                    {"kind": "ServiceAccount", "name": account},
-                    {"kind": "Tenant", "name": f"tenant-{index % 7}"},
-                ],
+                "subjects": [{"kind": "ServiceAccount", "name": account}],
                 "rules": [
                     {
                         "effect": "Allow",
@@ -40,6 +37,7 @@ def make_policy(index: int, namespace: str, account: str) -> models.RBACPolicy:
                         "effect": "Deny",
                         "models": ["*-preview", f"gpt-4o-{index}"],
                         "actions": ["chat", "messages"],
+                        "tenants": [f"tenant-{index % 7}"],
                     },
                 ],
                 "rateLimits": {

@@ -32,6 +32,7 @@ class BundlePolicy(BaseModel):
     name: str
     subjects: list[models.Subject] = Field(default_factory=list)
     rules: list[models.Rule] = Field(default_factory=list)
+    allowed_tenants: list[models.TenantName] | None = Field(None, alias="allowedTenants")
     rate_limits: models.RateLimits | None = Field(None, alias="rateLimits")
 
     @property
@@ -53,6 +54,7 @@ def to_bundle_policy(policy: models.RBACPolicy) -> BundlePolicy:
         name=policy.metadata.name,
         subjects=policy.spec.subjects,
         rules=policy.spec.rules,
+        allowed_tenants=policy.spec.allowed_tenants,
         rate_limits=policy.spec.rate_limits,
     )
 

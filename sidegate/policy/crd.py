@@ -75,7 +75,7 @@ def _tagged_union(schema: dict[str, Any]) -> dict[str, Any]:
             narrowed[name] = limits
         narrowing.append({"properties": narrowed, "required": branch.get("required", [])})
     properties[tag]["enum"] = [b["properties"][tag]["const"] for b in branches]
-    properties["name"]["description"] = "The service account, namespace or tenant."
+    properties["name"]["description"] = "The service account or namespace."
     properties["name"]["maxLength"] = max(
         b["properties"]["name"].get("maxLength", 0) for b in branches
     )
@@ -130,8 +130,8 @@ def crd() -> dict[str, Any]:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "RBACPolicy grants service accounts, namespaces "
-                            "and tenants access to LLM models, with rate limits.",
+                            "description": "RBACPolicy grants service accounts and namespaces "
+                            "access to LLM models, with rate limits.",
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string"},

@@ -18,7 +18,6 @@ def explain(
     index: rules.PolicyIndex, caller: rules.Caller, model: str, action: str
 ) -> dict[str, Any]:
     decision = index.decide(caller, model, action, explain=True)
-    sources = dict(decision.limits.sources)
     return {
         "caller": {
             "namespace": caller.namespace,
@@ -35,12 +34,18 @@ def explain(
             {"policy": m.policy, "rule": m.rule, "effect": m.effect, "pattern": m.pattern}
             for m in decision.matches
         ],
-        "limits": {
-            name: {"value": getattr(decision.limits, dimension), "policy": sources[dimension]}
-            for dimension, name in _LIMIT_NAMES.items()
-            if dimension in sources
-        },
+        "limits": _limits(decision.limits),
+        "tenantLimits": _limits(decision.tenant_limits),
         "bundleHash": index.hash,
+    }
+
+
+def _limits(limits: rules.EffectiveLimits) -> dict[str, Any]:
+    sources = dict(limits.sources)
+    return {
+        name: {"value": getattr(limits, dimension), "policy": sources[dimension]}
+        for dimension, name in _LIMIT_NAMES.items()
+        if dimension in sources
     }
 
 
@@ -49,6 +54,7 @@ _REASONS = {
     rules.DENIED_BY_RULE: "a Deny rule matches (a Deny wins over every Allow)",
     rules.NO_MATCHING_ALLOW: "no Allow rule of the caller's policies matches (deny by default)",
     rules.NO_POLICY: "no policy applies to this caller (deny by default)",
+    rules.TENANT_NOT_ALLOWED: "a policy of the caller lists allowedTenants without this tenant",
 }
 
 
@@ -71,10 +77,16 @@ def as_text(answer: dict[str, Any]) -> str:
             for m in answer["matchingRules"]
         ]
     if answer["limits"]:
-        lines.append("  limits in force:")
+        lines.append("  limits in force (the service account's, over all its tenants):")
         lines += [
             f"    {name}: {v['value']} (from {v['policy']})" for name, v in answer["limits"].items()
         ]
     else:
         lines.append("  limits in force: none")
+    if answer["tenantLimits"]:
+        lines.append(f"  tenant {caller['tenant']} sub-budget (inside the limits above):")
+        lines += [
+            f"    {name}: {v['value']} (from {v['policy']})"
+            for name, v in answer["tenantLimits"].items()
+        ]
     return "\n".join(lines)

@@ -52,19 +52,18 @@ class NamespaceSubject(_Model):
     )
 
 
-class TenantSubject(_Model):
-    kind: Literal["Tenant"]
-    name: str = Field(
-        max_length=63,
-        pattern=TENANT_PATTERN,
-        description="Callers in the policy's namespace that send this tenant in the tenant "
-        "header (case-sensitive).",
-    )
+Subject = Annotated[ServiceAccountSubject | NamespaceSubject, Field(discriminator="kind")]
 
+# A tenant is a claim the application makes about its own customer; it is never a subject
+# (v1alpha1 had a Tenant subject: any caller that sent the header got the policy's grant).
+_TENANT_SUBJECT_REMOVED = (
+    "subjects of kind Tenant were removed: a tenant is a claim the application makes, so it "
+    "cannot grant access. Name the service account (or namespace) as the subject, and use "
+    "rules[].tenants to scope a rule to tenants and allowedTenants to restrict the claims "
+    "(docs/policies.md, CHANGELOG.md)"
+)
 
-Subject = Annotated[
-    ServiceAccountSubject | NamespaceSubject | TenantSubject, Field(discriminator="kind")
-]
+TenantName = Annotated[str, Field(max_length=63, pattern=TENANT_PATTERN)]
 
 
 class Rule(_Model):
@@ -80,6 +79,14 @@ class Rule(_Model):
         default_factory=lambda: list(ACTIONS),
         min_length=1,
         description="API actions the rule covers; all of them when omitted.",
+    )
+    tenants: list[TenantName] | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="Only requests claiming one of these tenants (case-sensitive) match the "
+        "rule; every request of the policy's subjects when omitted. Narrows, never widens: "
+        "the policy still applies only to its subjects.",
     )
 
 
@@ -101,7 +108,9 @@ class Limits(_Model):
 
 class TenantOverride(Limits):
     tenant: str = Field(
-        max_length=63, pattern=TENANT_PATTERN, description="The tenant these limits apply to."
+        max_length=63,
+        pattern=TENANT_PATTERN,
+        description="The tenant this sub-budget applies to, inside the service account's own.",
     )
 
 
@@ -110,8 +119,9 @@ class RateLimits(Limits):
         default_factory=list,
         alias="tenantOverrides",
         max_length=10_000,
-        description="Per-tenant limits that replace this policy's defaults for that tenant; "
-        "a field left out keeps the default.",
+        description="Per-tenant sub-budgets: requests claiming the tenant must also fit "
+        "these limits. They never add to the caller's own limits, which hold in aggregate "
+        "over every tenant it claims; a field left out sets no sub-limit.",
     )
 
     @field_validator("tenant_overrides")
@@ -134,9 +144,29 @@ class RBACPolicySpec(_Model):
     rules: list[Rule] = Field(
         default_factory=list, max_length=1000, description="Allow and deny rules."
     )
-    rate_limits: RateLimits | None = Field(
-        None, alias="rateLimits", description="Limits for every caller the policy applies to."
+    allowed_tenants: list[TenantName] | None = Field(
+        None,
+        alias="allowedTenants",
+        max_length=10_000,
+        description="The tenants the subjects may claim in the tenant header; a request "
+        "claiming any other is refused (tenant_not_allowed). Requests that claim no tenant "
+        "are unaffected. Every applicable policy's list applies. Any tenant when omitted.",
     )
+    rate_limits: RateLimits | None = Field(
+        None,
+        alias="rateLimits",
+        description="Limits for each caller (service account) the policy applies to, in "
+        "aggregate over every tenant it claims.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_tenant_subjects(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for subject in data.get("subjects") or ():
+                if isinstance(subject, dict) and subject.get("kind") == "Tenant":
+                    raise ValueError(_TENANT_SUBJECT_REMOVED)
+        return data
 
 
 class ObjectMeta(_Model):

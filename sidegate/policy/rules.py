@@ -5,9 +5,15 @@ Semantics (docs/policies.md has the long form):
 * Deny by default: without a matching Allow there is no access.
 * A matching Deny wins over any number of Allows.
 * A policy applies to a caller when one of its subjects matches: the caller's service
-  account, its namespace, or its tenant (all within the policy's namespace).
+  account or its namespace (within the policy's namespace). A tenant is a claim the
+  application makes about its own customer: it never makes a policy apply, so it can
+  neither grant access nor escape a limit.
+* A tenant claim can only narrow: a policy's ``allowedTenants`` refuses other claims
+  (``tenant_not_allowed``), and a rule with ``tenants`` matches only those claims (so a
+  tenant Deny denies that tenant).
 * Limits: every applicable policy's limits count; for each dimension the tightest applies.
-  A tenant override replaces its own policy's default for that tenant.
+  They bind the service account in aggregate, whatever tenant it claims. A tenant override
+  is a sub-budget inside that aggregate: a request claiming the tenant must fit both.
 * Nothing depends on the order of policies or rules.
 
 ``PolicyIndex`` compiles a bundle once: subjects into dict indexes, each rule's globs into
@@ -32,7 +38,8 @@ ALLOWED = "allowed"
 DENIED_BY_RULE = "denied_by_rule"
 NO_MATCHING_ALLOW = "no_matching_allow"
 NO_POLICY = "no_policy_for_caller"
-DENIALS = frozenset({DENIED_BY_RULE, NO_MATCHING_ALLOW, NO_POLICY})
+TENANT_NOT_ALLOWED = "tenant_not_allowed"
+DENIALS = frozenset({DENIED_BY_RULE, NO_MATCHING_ALLOW, NO_POLICY, TENANT_NOT_ALLOWED})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,8 +78,10 @@ class Decision:
     allowed: bool
     reason: str
     policy: str | None  # the deciding policy: the first deny, else the first allow
-    limits: EffectiveLimits
+    limits: EffectiveLimits  # the service account's, in aggregate over its tenants
     matches: tuple[RuleMatch, ...] = ()
+    # The claimed tenant's sub-budget (its overrides), checked as well as ``limits``.
+    tenant_limits: EffectiveLimits = NO_LIMITS
 
 
 _GLOB_SPECIALS = frozenset("*?[")
@@ -101,9 +110,10 @@ class _CompiledRule(NamedTuple):
     prefixes: tuple[str, ...]  # "gpt-4o*"
     suffixes: tuple[str, ...]  # "*-preview"
     others: tuple[str, ...]  # anything else ("claude-*-opus*", "gpt-?"): a regex
+    tenants: frozenset[str] | None  # the claims the rule is scoped to; None: every request
 
-    def matches(self, folded_model: str) -> bool:
-        return (
+    def matches(self, folded_model: str, tenant: str | None) -> bool:
+        return (self.tenants is None or (tenant is not None and tenant in self.tenants)) and (
             self.everything
             or folded_model in self.exact
             or (bool(self.prefixes) and folded_model.startswith(self.prefixes))
@@ -144,6 +154,7 @@ def _compile_rule(index: int, rule: models.Rule) -> _CompiledRule:
         tuple(prefixes),
         tuple(suffixes),
         tuple(others),
+        frozenset(rule.tenants) if rule.tenants is not None else None,
     )
 
 
@@ -155,6 +166,7 @@ class _CompiledPolicy(NamedTuple):
     # of objects the garbage collector would otherwise rescan on every full collection.
     limits: _LimitTuple | None
     overrides: dict[str, _LimitTuple]
+    allowed_tenants: frozenset[str] | None
 
 
 def _limit_tuple(limits: models.Limits) -> _LimitTuple:
@@ -170,24 +182,22 @@ def _compile(policy: bundles.BundlePolicy) -> _CompiledPolicy:
         allows=tuple(r for r in compiled if r.effect == "Allow"),
         limits=_limit_tuple(limits) if limits else None,
         overrides={o.tenant: _limit_tuple(o) for o in limits.tenant_overrides} if limits else {},
+        allowed_tenants=frozenset(policy.allowed_tenants)
+        if policy.allowed_tenants is not None
+        else None,
     )
 
 
 _DIMENSIONS = ("requests_per_minute", "tokens_per_minute", "max_concurrent")
 
 
-def _limits_for(policies: Iterable[_CompiledPolicy], tenant: str | None) -> EffectiveLimits:
+def _tightest(limits: Iterable[tuple[_LimitTuple, str]]) -> EffectiveLimits:
     best: dict[str, tuple[int, str]] = {}
-    for policy in policies:
-        if policy.limits is None:
-            continue
-        override = policy.overrides.get(tenant) if tenant is not None else None
+    for values, source in limits:
         for position, dimension in enumerate(_DIMENSIONS):
-            value = override[position] if override else None
-            if value is None:
-                value = policy.limits[position]
+            value = values[position]
             if value is not None and (dimension not in best or value < best[dimension][0]):
-                best[dimension] = (value, policy.key)
+                best[dimension] = (value, source)
     if not best:
         return NO_LIMITS
     return EffectiveLimits(
@@ -196,6 +206,18 @@ def _limits_for(policies: Iterable[_CompiledPolicy], tenant: str | None) -> Effe
         max_concurrent=best.get("max_concurrent", (None, ""))[0],
         sources=tuple((dimension, source) for dimension, (_, source) in sorted(best.items())),
     )
+
+
+def _limits_for(policies: Iterable[_CompiledPolicy]) -> EffectiveLimits:
+    """The caller's own limits: the same whatever tenant it claims."""
+    return _tightest((p.limits, p.key) for p in policies if p.limits is not None)
+
+
+def _tenant_limits_for(policies: Iterable[_CompiledPolicy], tenant: str | None) -> EffectiveLimits:
+    """The claimed tenant's sub-budget: its overrides, tightest per dimension."""
+    if tenant is None:
+        return NO_LIMITS
+    return _tightest((p.overrides[tenant], p.key) for p in policies if tenant in p.overrides)
 
 
 class PolicyIndex:
@@ -218,7 +240,6 @@ class PolicyIndex:
         self.size = 0
         self._by_service_account: dict[tuple[str, str], list[_CompiledPolicy]] = {}
         self._by_namespace: dict[str, list[_CompiledPolicy]] = {}
-        self._by_tenant: dict[tuple[str, str], list[_CompiledPolicy]] = {}
         for policy in policies:  # sorted by namespace/name in every bundle
             self.size += 1
             compiled = _compile(policy)
@@ -227,10 +248,8 @@ class PolicyIndex:
                     index = self._by_service_account.setdefault(
                         (policy.namespace, subject.name), []
                     )
-                elif isinstance(subject, models.NamespaceSubject):
-                    index = self._by_namespace.setdefault(policy.namespace, [])
                 else:
-                    index = self._by_tenant.setdefault((policy.namespace, subject.name), [])
+                    index = self._by_namespace.setdefault(policy.namespace, [])
                 if not index or index[-1] is not compiled:  # a subject listed twice
                     index.append(compiled)
 
@@ -238,18 +257,17 @@ class PolicyIndex:
         """Empty the index a policy at a time. Freeing a large index in one go is a single
         deallocation cascade that holds the interpreter for tens of milliseconds; popping
         entries in a Python loop lets other threads (the event loop) run in between."""
-        for table in (self._by_service_account, self._by_namespace, self._by_tenant):
+        for table in (self._by_service_account, self._by_namespace):
             while table:
                 table.popitem()
 
     def applicable(self, caller: Caller) -> list[_CompiledPolicy]:
-        """The caller's policies, in namespace/name order, each once."""
+        """The caller's policies, in namespace/name order, each once. The tenant plays no
+        part: which policies apply is decided by who the caller is, not what it claims."""
         found = [
             *self._by_service_account.get((caller.namespace, caller.service_account), ()),
             *self._by_namespace.get(caller.namespace, ()),
         ]
-        if caller.tenant is not None:
-            found += self._by_tenant.get((caller.namespace, caller.tenant), ())
         if len(found) > 1:
             unique = {id(p): p for p in found}
             found = sorted(unique.values(), key=lambda p: p.key)
@@ -258,24 +276,34 @@ class PolicyIndex:
     def decide(self, caller: Caller, model: str, action: str, *, explain: bool = False) -> Decision:
         policies = self.applicable(caller)
         folded = model.casefold()
-        limits = _limits_for(policies, caller.tenant)
+        tenant = caller.tenant
+        limits = _limits_for(policies)
+        tenant_limits = _tenant_limits_for(policies, tenant)
         if not policies:
             return Decision(False, NO_POLICY, None, limits)
+        if tenant is not None:
+            for policy in policies:
+                if policy.allowed_tenants is not None and tenant not in policy.allowed_tenants:
+                    return Decision(
+                        False, TENANT_NOT_ALLOWED, policy.key, limits, (), tenant_limits
+                    )
         matches: list[RuleMatch] = []
         deciding_deny: str | None = None
         deciding_allow: str | None = None
         for policy in policies:
             for rule in policy.denies:
-                if action in rule.actions and rule.matches(folded):
+                if action in rule.actions and rule.matches(folded, tenant):
                     deciding_deny = deciding_deny or policy.key
                     if not explain:
-                        return Decision(False, DENIED_BY_RULE, policy.key, limits)
+                        return Decision(
+                            False, DENIED_BY_RULE, policy.key, limits, (), tenant_limits
+                        )
                     matches.append(
                         RuleMatch(policy.key, rule.position, "Deny", rule.matching_pattern(model))
                     )
             if deciding_allow is None or explain:
                 for rule in policy.allows:
-                    if action in rule.actions and rule.matches(folded):
+                    if action in rule.actions and rule.matches(folded, tenant):
                         deciding_allow = deciding_allow or policy.key
                         if explain:
                             matches.append(
@@ -285,8 +313,9 @@ class PolicyIndex:
                             )
                         else:
                             break
+        found = tuple(matches)
         if deciding_deny is not None:
-            return Decision(False, DENIED_BY_RULE, deciding_deny, limits, tuple(matches))
+            return Decision(False, DENIED_BY_RULE, deciding_deny, limits, found, tenant_limits)
         if deciding_allow is not None:
-            return Decision(True, ALLOWED, deciding_allow, limits, tuple(matches))
-        return Decision(False, NO_MATCHING_ALLOW, None, limits, tuple(matches))
+            return Decision(True, ALLOWED, deciding_allow, limits, found, tenant_limits)
+        return Decision(False, NO_MATCHING_ALLOW, None, limits, found, tenant_limits)

@@ -154,15 +154,15 @@ class Pipeline:
         if credential is None:
             raise errors.NotReady(f"no credential loaded for provider {target.provider}")
         assert self.proxy is not None  # set by the client_session context
-        if not decision.limits.any:
+        budgets = limiting.budgets(caller, decision)
+        if not budgets:
             return await self.proxy.forward(
                 request, upstream, endpoint, data, payload, target, credential, record.outcome
             )
         reservation = await self.limiter.acquire(
-            limit_key(caller),
-            decision.limits,
+            budgets,
             estimate_tokens(data, payload, self._default_output_tokens),
-            record.request_id,
+            self.new_request_id(),  # the concurrency slot's id: never a client-chosen one
         )
         outcome = record.outcome
         try:
@@ -221,11 +221,6 @@ class Pipeline:
                 ],
             }
         )
-
-
-def limit_key(caller: rules.Caller) -> str:
-    """Budgets are per caller: namespace, service account and tenant."""
-    return f"{caller.namespace}/{caller.service_account}/{caller.tenant or '-'}"
 
 
 def estimate_tokens(data: bytes, payload: payloads.Body, default_output: int) -> int:

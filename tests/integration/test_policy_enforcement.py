@@ -111,20 +111,20 @@ def test_models_list_shows_only_granted_models(make_stack: Callable[..., Stack])
     assert [m.id for m in stack.openai().models.list()] == ["gpt-4o-mini", "azure-chat"]
 
 
-def test_tenant_policies_and_hostile_tenant_headers(make_stack: Callable[..., Stack]) -> None:
+def test_tenant_scoped_rules_and_hostile_tenant_headers(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
         with_policies(
             policy_yaml(
                 "t",
                 {
-                    "subjects": [{"kind": "Tenant", "name": "acme"}],
-                    "rules": [{"effect": "Allow", "models": ["*"]}],
+                    "subjects": SA,
+                    "rules": [{"effect": "Allow", "models": ["*"], "tenants": ["acme"]}],
                 },
             )
         )
     )
     status, _, _ = call(stack.origin, CHAT, chat_body())
-    assert status == 403  # no tenant: the policy does not apply
+    assert status == 403  # no tenant: the scoped rule does not match
     status, _, _ = call(stack.origin, CHAT, chat_body(), {"x-sidegate-tenant": "acme"})
     assert status == 200
     assert "x-sidegate-tenant" not in stack.state.received[-1].headers
@@ -207,21 +207,23 @@ def test_concurrency_limit(make_stack: Callable[..., Stack]) -> None:
     assert call(stack.origin, CHAT, chat_body())[0] == 200  # the slot was released
 
 
-def test_tenant_override_replaces_the_default(make_stack: Callable[..., Stack]) -> None:
+def test_tenant_override_is_a_sub_budget(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(
         allow_all_limited(
             {
-                "requestsPerMinute": 1,
-                "tenantOverrides": [{"tenant": "big", "requestsPerMinute": 5}],
+                "requestsPerMinute": 3,
+                "tenantOverrides": [{"tenant": "small", "requestsPerMinute": 1}],
             }
         )
     )
-    big = [call(stack.origin, CHAT, chat_body(), {"x-sidegate-tenant": "big"})[0] for _ in range(6)]
-    assert big == [200] * 5 + [429]
     small = [
         call(stack.origin, CHAT, chat_body(), {"x-sidegate-tenant": "small"})[0] for _ in range(2)
     ]
-    assert small == [200, 429]  # each tenant its own budget, at the default
+    assert small == [200, 429]
+    others = [
+        call(stack.origin, CHAT, chat_body(), {"x-sidegate-tenant": f"t{i}"})[0] for i in range(3)
+    ]
+    assert others == [200, 200, 429]  # one budget for the account, whatever it claims
 
 
 def test_bad_policy_file_keeps_the_last_good_policy(stack: Stack) -> None:

@@ -8,14 +8,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidegate import errors
 from sidegate.policy import bundle, models, rules
-from sidegate.sidecar import policies
+from sidegate.sidecar import limiting, policies
 from sidegate.sidecar.metrics import Metrics
 from tests.policies import policy
 
 NAMESPACES = ["team-a", "team-b"]
 ACCOUNTS = ["app", "batch"]
-TENANTS = ["acme", "globex"]
+TENANTS = ["acme", "globex", "free-tier"]
 MODELS = ["gpt-4o", "gpt-4o-mini", "GPT-4O", "claude-3", "text-embedding-3", "llama"]
 PATTERNS = ["*", "gpt-*", "gpt-4o", "GPT-4*", "claude-*", "*-mini", "text-?mbedding-*", "nomatch"]
 
@@ -23,16 +24,19 @@ subjects = st.lists(
     st.one_of(
         st.builds(lambda n: {"kind": "ServiceAccount", "name": n}, st.sampled_from(ACCOUNTS)),
         st.just({"kind": "Namespace", "name": "NS"}),
-        st.builds(lambda n: {"kind": "Tenant", "name": n}, st.sampled_from(TENANTS)),
     ),
     max_size=3,
 )
+tenant_lists = st.lists(st.sampled_from(TENANTS), min_size=1, max_size=2, unique=True)
 rule = st.fixed_dictionaries(
     {
         "effect": st.sampled_from(["Allow", "Deny"]),
         "models": st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3),
     },
-    optional={"actions": st.lists(st.sampled_from(list(models.ACTIONS)), min_size=1, max_size=3)},
+    optional={
+        "actions": st.lists(st.sampled_from(list(models.ACTIONS)), min_size=1, max_size=3),
+        "tenants": tenant_lists,
+    },
 )
 limits = st.none() | st.fixed_dictionaries(
     {},
@@ -62,16 +66,39 @@ def policy_sets(draw: st.DrawFn) -> list[models.RBACPolicy]:
         chosen = [
             {**s, "name": namespace} if s["kind"] == "Namespace" else s for s in draw(subjects)
         ]
-        found.append(
-            policy(
-                f"p{index}",
-                namespace=namespace,
-                subjects=chosen,
-                rules=draw(st.lists(rule, max_size=4)),
-                limits=draw(limits),
-            )
+        made = policy(
+            f"p{index}",
+            namespace=namespace,
+            subjects=chosen,
+            rules=draw(st.lists(rule, max_size=4)),
+            limits=draw(limits),
         )
+        allowed = draw(st.none() | st.lists(st.sampled_from(TENANTS), max_size=2, unique=True))
+        if allowed is not None:
+            made = with_allowed_tenants(made, allowed)
+        found.append(made)
     return found
+
+
+def with_allowed_tenants(made: models.RBACPolicy, allowed: list[str]) -> models.RBACPolicy:
+    return made.model_copy(
+        update={"spec": made.spec.model_copy(update={"allowed_tenants": allowed})}
+    )
+
+
+def with_rule(made: models.RBACPolicy, extra: dict[str, Any]) -> models.RBACPolicy:
+    rebuilt = policy(
+        made.metadata.name,
+        namespace=made.metadata.namespace,
+        subjects=[s.model_dump(by_alias=True) for s in made.spec.subjects],
+        rules=[*(r.model_dump(by_alias=True, exclude_none=True) for r in made.spec.rules), extra],
+        limits=made.spec.rate_limits.model_dump(by_alias=True, exclude_none=True)
+        if made.spec.rate_limits
+        else None,
+    )
+    if made.spec.allowed_tenants is not None:
+        rebuilt = with_allowed_tenants(rebuilt, made.spec.allowed_tenants)
+    return rebuilt
 
 
 callers = st.builds(
@@ -106,13 +133,7 @@ def test_adding_a_deny_rule_never_grants(
     )
     assert not (after_new_policy.allowed and not before.allowed)
     if found:  # the deny added to an existing policy instead
-        first = found[0]
-        changed = policy(
-            first.metadata.name,
-            namespace=first.metadata.namespace,
-            subjects=[s.model_dump(by_alias=True) for s in first.spec.subjects],
-            rules=[*(r.model_dump(by_alias=True) for r in first.spec.rules), deny],
-        )
+        changed = with_rule(found[0], deny)
         after_same_policy = decide([changed, *found[1:]], question)
         assert not (after_same_policy.allowed and not before.allowed)
 
@@ -125,7 +146,13 @@ def test_order_of_policies_never_changes_a_decision(
     shuffled = list(found)
     shuffler.shuffle(shuffled)
     a, b = decide(found, question), decide(shuffled, question)
-    assert (a.allowed, a.reason, a.policy, a.limits) == (b.allowed, b.reason, b.policy, b.limits)
+    assert (a.allowed, a.reason, a.policy, a.limits, a.tenant_limits) == (
+        b.allowed,
+        b.reason,
+        b.policy,
+        b.limits,
+        b.tenant_limits,
+    )
 
 
 @settings(max_examples=100, deadline=None)
@@ -152,3 +179,110 @@ def test_no_cached_decision_outlives_its_bundle(
             assert holder.decide(*question) == fresh.decide(*question)
 
     asyncio.run(scenario())
+
+
+# -- tenants: a claim never grants, never adds budget ------------------------------------
+
+CLAIMS = [*TENANTS, "initech", "free-tierX1", "zz"]
+claims = st.none() | st.sampled_from(CLAIMS)
+
+
+@settings(max_examples=300)
+@given(policy_sets(), callers, st.sampled_from(MODELS), st.sampled_from(list(models.ACTIONS)))
+def test_a_caller_granted_by_no_policy_gets_nothing_whatever_tenant(
+    found: list[models.RBACPolicy], caller: rules.Caller, model: str, action: str
+) -> None:
+    index = rules.PolicyIndex(bundle.to_bundle(found))
+    unclaimed = rules.Caller(caller.namespace, caller.service_account)
+    for tenant in CLAIMS:
+        claimed = rules.Caller(caller.namespace, caller.service_account, tenant)
+        decision = index.decide(claimed, model, action)
+        if not index.applicable(unclaimed):
+            assert (decision.allowed, decision.reason) == (False, rules.NO_POLICY)
+        # Which policies apply never depends on the claim.
+        assert [p.key for p in index.applicable(claimed)] == [
+            p.key for p in index.applicable(unclaimed)
+        ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(policy_sets(), callers, st.lists(claims, min_size=1, max_size=40))
+def test_claiming_tenants_never_adds_budget(
+    found: list[models.RBACPolicy], caller: rules.Caller, sequence: list[str | None]
+) -> None:
+    """However a burst of requests spreads over claimed tenants, the service account gets no
+    more requests than its own limits admit, and no more than the same burst unclaimed."""
+    index = rules.PolicyIndex(bundle.to_bundle(found))
+    base = rules.Caller(caller.namespace, caller.service_account)
+    aggregate = index.decide(base, "gpt-4o", "chat").limits
+
+    def admitted(tenants: list[str | None]) -> int:
+        limiter = limiting.LocalLimiter(max_keys=1000, metrics=Metrics(), clock=lambda: 0.0)
+
+        async def run() -> int:
+            count = 0
+            for number, tenant in enumerate(tenants):
+                claimed = rules.Caller(base.namespace, base.service_account, tenant)
+                decision = index.decide(claimed, "gpt-4o", "chat")
+                assert decision.limits == aggregate  # the aggregate is the claim's too
+                try:
+                    await limiter.acquire(
+                        limiting.budgets(claimed, decision), 10, f"request-{number}"
+                    )
+                except errors.RateLimited:
+                    continue
+                count += 1
+            return count
+
+        return asyncio.run(run())
+
+    with_claims = admitted(sequence)
+    for ceiling in (aggregate.requests_per_minute, aggregate.max_concurrent):
+        if ceiling is not None:
+            assert with_claims <= ceiling
+    assert with_claims <= admitted([None] * len(sequence))
+
+
+@settings(max_examples=300)
+@given(policy_sets(), questions, st.sampled_from(CLAIMS))
+def test_a_claim_outside_allowed_tenants_is_refused(
+    found: list[models.RBACPolicy], question: Any, tenant: str
+) -> None:
+    caller, model, action = question
+    claimed = rules.Caller(caller.namespace, caller.service_account, tenant)
+    index = rules.PolicyIndex(bundle.to_bundle(found))
+    listing = [
+        p
+        for p in found
+        if p.spec.allowed_tenants is not None
+        and tenant not in p.spec.allowed_tenants
+        and f"{p.metadata.namespace}/{p.metadata.name}"
+        in {q.key for q in index.applicable(claimed)}
+    ]
+    decision = index.decide(claimed, model, action)
+    if listing:
+        assert (decision.allowed, decision.reason) == (False, rules.TENANT_NOT_ALLOWED)
+    else:
+        assert decision.reason != rules.TENANT_NOT_ALLOWED
+
+
+@settings(max_examples=300)
+@given(policy_sets(), questions, st.sampled_from(TENANTS), st.data())
+def test_a_tenant_deny_denies_that_tenant(
+    found: list[models.RBACPolicy], question: Any, tenant: str, data: st.DataObject
+) -> None:
+    caller, model, action = question
+    claimed = rules.Caller(caller.namespace, caller.service_account, tenant)
+    keys = {p.key for p in rules.PolicyIndex(bundle.to_bundle(found)).applicable(claimed)}
+    mine = [i for i, p in enumerate(found) if f"{p.metadata.namespace}/{p.metadata.name}" in keys]
+    if not mine:
+        return  # nothing applies: denied anyway (the property above)
+    target = data.draw(st.sampled_from(mine))
+    deny = {"effect": "Deny", "models": ["*"], "tenants": [tenant]}
+    changed = [with_rule(p, deny) if i == target else p for i, p in enumerate(found)]
+    index = rules.PolicyIndex(bundle.to_bundle(changed))
+    assert not index.decide(claimed, model, action).allowed
+    other = next(t for t in TENANTS if t != tenant)
+    unrelated = rules.Caller(caller.namespace, caller.service_account, other)
+    before = rules.PolicyIndex(bundle.to_bundle(found)).decide(unrelated, model, action)
+    assert index.decide(unrelated, model, action).allowed == before.allowed  # others untouched

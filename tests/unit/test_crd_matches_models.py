@@ -74,8 +74,16 @@ CORPUS: list[dict[str, Any]] = [
     {},
     {"subjects": [SA], "rules": [{"effect": "Allow", "models": ["gpt-*"]}]},
     {
-        "subjects": [{"kind": "Tenant", "name": "Acme_Corp.1"}],
-        "rules": [{"effect": "Deny", "models": ["*"], "actions": ["chat", "models.list"]}],
+        "subjects": [SA],
+        "allowedTenants": ["Acme_Corp.1", "globex"],
+        "rules": [
+            {
+                "effect": "Deny",
+                "models": ["*"],
+                "actions": ["chat", "models.list"],
+                "tenants": ["Acme_Corp.1"],
+            }
+        ],
     },
     {
         "subjects": [{"kind": "Namespace", "name": "team-a"}],
@@ -87,7 +95,10 @@ CORPUS: list[dict[str, Any]] = [
     {"rateLimits": {"requestsPerMinute": None}},
     # rejected by both:
     {"subjects": [{"kind": "ServiceAccount", "name": "Chatbot"}]},
-    {"subjects": [{"kind": "Tenant", "name": "bad tenant"}]},
+    {"subjects": [{"kind": "Tenant", "name": "acme"}]},  # removed: a claim never grants
+    {"rules": [{"effect": "Allow", "models": ["x"], "tenants": ["bad tenant"]}]},
+    {"rules": [{"effect": "Allow", "models": ["x"], "tenants": []}]},
+    {"allowedTenants": ["a\r\nb"]},
     {"subjects": [{"kind": "Group", "name": "x"}]},
     {"subjects": [{"kind": "Namespace", "name": "a.b"}]},
     {"subjects": [{"kind": "ServiceAccount"}]},

@@ -82,8 +82,8 @@ kind: RBACPolicy
 metadata: {name: bad, namespace: team-a}
 spec:
   subjects:
-    - kind: Tenant
-      name: "bad tenant"
+    - kind: ServiceAccount
+      name: "bad account"
   rules:
     - effect: Permit
       models: ["x"]

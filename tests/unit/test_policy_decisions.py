@@ -63,21 +63,58 @@ def test_empty_subjects_apply_to_no_one() -> None:
     assert decision.reason == rules.NO_POLICY
 
 
-def test_subjects_service_account_namespace_and_tenant() -> None:
+def test_subjects_service_account_and_namespace() -> None:
     policies = index(
         policy("sa", subjects=[{"kind": "ServiceAccount", "name": "app"}], rules=[allow("a")]),
         policy("ns", subjects=[{"kind": "Namespace", "name": "team-a"}], rules=[allow("b")]),
-        policy("t", subjects=[{"kind": "Tenant", "name": "acme"}], rules=[allow("c")]),
     )
     other_sa = rules.Caller("team-a", "batch")
-    acme = rules.Caller("team-a", "batch", "acme")
     other_ns = rules.Caller("team-b", "app", "acme")
     assert policies.decide(APP, "a", "chat").allowed
     assert not policies.decide(other_sa, "a", "chat").allowed
     assert policies.decide(other_sa, "b", "chat").allowed
-    assert not policies.decide(other_sa, "c", "chat").allowed
-    assert policies.decide(acme, "c", "chat").allowed
-    assert not any(policies.decide(other_ns, m, "chat").allowed for m in "abc")
+    assert not any(policies.decide(other_ns, m, "chat").allowed for m in "ab")
+
+
+def test_a_tenant_subject_is_refused_with_the_migration() -> None:
+    with pytest.raises(ValidationError, match="subjects of kind Tenant were removed"):
+        policy("t", subjects=[{"kind": "Tenant", "name": "acme"}], rules=[allow("c")])
+
+
+def test_a_tenant_claim_neither_grants_nor_widens() -> None:
+    policies = index(
+        policy("app", rules=[allow("a"), {**allow("b"), "tenants": ["acme"]}]),
+    )
+    stranger = rules.Caller("team-a", "batch", "acme")  # no policy of its own
+    assert policies.decide(stranger, "b", "chat").reason == rules.NO_POLICY
+    assert policies.decide(rules.Caller("team-a", "app", "acme"), "b", "chat").allowed
+    assert not policies.decide(rules.Caller("team-a", "app", "other"), "b", "chat").allowed
+    assert not policies.decide(APP, "b", "chat").allowed  # a scoped rule needs the claim
+    assert policies.decide(rules.Caller("team-a", "app", "other"), "a", "chat").allowed
+
+
+def test_a_tenant_deny_denies_that_tenant() -> None:
+    policies = index(policy("app", rules=[allow("*"), {**deny("gpt-*"), "tenants": ["acme"]}]))
+    acme = policies.decide(rules.Caller("team-a", "app", "acme"), "gpt-4o", "chat")
+    assert (acme.allowed, acme.reason) == (False, rules.DENIED_BY_RULE)
+    assert policies.decide(rules.Caller("team-a", "app", "globex"), "gpt-4o", "chat").allowed
+    assert policies.decide(APP, "gpt-4o", "chat").allowed
+
+
+def test_allowed_tenants_refuse_other_claims() -> None:
+    listed = policy("app", rules=[allow("*")])
+    listed = listed.model_copy(
+        update={"spec": listed.spec.model_copy(update={"allowed_tenants": ["acme", "globex"]})}
+    )
+    policies = index(listed, policy("ns", subjects=[{"kind": "Namespace", "name": "team-a"}]))
+    assert policies.decide(rules.Caller("team-a", "app", "acme"), "m", "chat").allowed
+    assert policies.decide(APP, "m", "chat").allowed  # no claim: the service account itself
+    refused = policies.decide(rules.Caller("team-a", "app", "initech"), "m", "chat")
+    assert (refused.allowed, refused.reason, refused.policy) == (
+        False,
+        rules.TENANT_NOT_ALLOWED,
+        "team-a/app",
+    )
 
 
 def test_a_policy_cannot_name_another_namespace() -> None:
@@ -85,7 +122,7 @@ def test_a_policy_cannot_name_another_namespace() -> None:
         policy("p", subjects=[{"kind": "Namespace", "name": "team-b"}])
 
 
-def test_tightest_limit_applies_and_an_override_replaces_its_own_default() -> None:
+def test_tightest_limit_applies_and_overrides_are_sub_budgets() -> None:
     policies = index(
         policy(
             "base",
@@ -100,24 +137,33 @@ def test_tightest_limit_applies_and_an_override_replaces_its_own_default() -> No
                 ],
             },
         ),
-        policy("sa", limits={"requestsPerMinute": 500, "maxConcurrent": 3}),
+        policy(
+            "sa",
+            limits={
+                "requestsPerMinute": 500,
+                "maxConcurrent": 3,
+                "tenantOverrides": [{"tenant": "small", "requestsPerMinute": 7}],
+            },
+        ),
     )
-    plain = policies.decide(APP, "m", "chat").limits
-    assert (plain.requests_per_minute, plain.tokens_per_minute, plain.max_concurrent) == (
-        100,
-        10_000,
-        3,
-    )
-    assert dict(plain.sources) == {
+    plain = policies.decide(APP, "m", "chat")
+    expected = (100, 10_000, 3)
+    limits = plain.limits
+    assert (limits.requests_per_minute, limits.tokens_per_minute, limits.max_concurrent) == expected
+    assert dict(limits.sources) == {
         "requests_per_minute": "team-a/base",
         "tokens_per_minute": "team-a/base",
         "max_concurrent": "team-a/sa",
     }
-    big = policies.decide(rules.Caller("team-a", "app", "big"), "m", "chat").limits
-    assert big.requests_per_minute == 500  # override lifts base to 1000; sa's 500 is tighter
-    assert big.tokens_per_minute == 10_000  # not overridden: base default stays
-    small = policies.decide(rules.Caller("team-a", "app", "small"), "m", "chat").limits
-    assert small.requests_per_minute == 5
+    assert not plain.tenant_limits.any
+    for tenant in ("big", "small", "anything"):  # a claim never changes the aggregate
+        assert policies.decide(rules.Caller("team-a", "app", tenant), "m", "chat").limits == limits
+    big = policies.decide(rules.Caller("team-a", "app", "big"), "m", "chat").tenant_limits
+    assert (big.requests_per_minute, big.tokens_per_minute) == (1000, None)
+    small = policies.decide(rules.Caller("team-a", "app", "small"), "m", "chat").tenant_limits
+    assert small.requests_per_minute == 5 and dict(small.sources) == {
+        "requests_per_minute": "team-a/base"
+    }
 
 
 @pytest.mark.parametrize(
@@ -126,7 +172,7 @@ def test_tightest_limit_applies_and_an_override_replaces_its_own_default() -> No
 def test_hostile_tenant_names_are_rejected(tenant: str) -> None:
     assert not rules.models.is_valid_tenant(tenant)
     with pytest.raises(ValidationError):
-        policy("p", subjects=[{"kind": "Tenant", "name": tenant}])
+        policy("p", rules=[{**allow("*"), "tenants": [tenant]}])
 
 
 def test_same_name_twice_is_refused() -> None:
