@@ -189,11 +189,12 @@ class Pipeline:
 
     async def committed(self, record: RequestRecord, status: int) -> bool:
         """Emit the request's audit event before its final bytes and wait until it is on
-        disk (acknowledged mode). False: it could not be recorded, so do not answer."""
+        disk (acknowledged mode). False: it could not be recorded and the spool fails
+        closed, so do not answer (failing open, the drop is counted and the answer goes)."""
         ticket = _audit(self, record, status, time.perf_counter() - record.started)
         if ticket is None or self.audit is None:
             return True
-        return await self.audit.durable(ticket)
+        return await self.audit.durable(ticket) or self.audit.fail_open
 
     async def _end_stream(self, request: web.Request, record: RequestRecord) -> None:
         if not await self.committed(record, record.outcome.status):
