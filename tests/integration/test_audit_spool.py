@@ -141,3 +141,24 @@ def test_audit_verify_command(tmp_path: Path) -> None:
         [sys.executable, "-m", "sidegate", "audit", "schema"], capture_output=True, text=True
     )
     assert json.loads(schema.stdout)["title"] == "AuditEvent"
+
+
+def test_digests_keep_coming_when_idle_so_a_cut_tail_shows(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        trail = make_spool(tmp_path, digest_interval=0.2)
+        trail.open()
+        writer = asyncio.create_task(trail.run())
+        trail.emit(trail.system_event("test.event", "ok"))
+        await asyncio.sleep(1.0)  # idle: no events, no segment to seal
+        writer.cancel()  # a crash: no final digest
+
+    asyncio.run(scenario())
+    written = sorted((tmp_path / "sealed").glob("digest-*.json"))
+    documents = [json.loads(path.read_bytes()) for path in written]
+    idle = [d for d in documents if d["segment"] is None]
+    assert len(idle) >= 3 and not any(d["final"] for d in documents)
+    files = verifying.directory_files(tmp_path / "sealed")
+    created = verifying._created(documents[-1]["created"])
+    assert verifying.verify_trail(None, files, now=created + 0.3).ok  # still live
+    late = verifying.verify_trail(None, files, now=created + 10)
+    assert [p.check for p in late.problems] == ["tail"]
