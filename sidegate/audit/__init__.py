@@ -1,8 +1,9 @@
-"""Audit: the event schema and hash chain, the durable spool, the S3 export, verification.
+"""Audit: the event schema and hash chain, the durable spool, signed digests, the S3 export,
+verification.
 
 Imported by the sidecar; imports neither the sidecar nor the operator.
 """
 
-from sidegate.audit import events, exporting, metrics, spool, verifying
+from sidegate.audit import digests, events, exporting, metrics, signing, spool, verifying
 
-__all__ = ["events", "exporting", "metrics", "spool", "verifying"]
+__all__ = ["digests", "events", "exporting", "metrics", "signing", "spool", "verifying"]

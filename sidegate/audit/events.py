@@ -1,10 +1,12 @@
-"""The audit event: its schema, its id, and its place in the hash chain.
+"""The audit event: its schema, its id, its sequence number and its place in the hash chain.
 
-Every event carries ``prev_hash`` (the previous event's ``hash``) and ``hash``: SHA-256 over
-the canonical JSON of the event without ``hash`` (sorted keys, no spaces, UTF-8). Altering,
-removing or reordering an event breaks the chain at that line; ``sidegate audit verify``
-finds it. Prompts and completions are never recorded, and nothing here holds a secret:
-an event says who called which model with what outcome, not what was said.
+Every event carries a ``sequence`` number (1, 2, 3, ... over the trail's whole life, across
+restarts), ``prev_hash`` (the previous event's ``hash``) and ``hash``: SHA-256 over the
+canonical JSON of the event without ``hash`` (sorted keys, no spaces, UTF-8). Altering,
+removing or reordering an event breaks the chain at that line; the signed digests
+(``digests``) make the same true against someone who recomputes every hash, since only
+the sidecar holds the key. Prompts and completions are never recorded, and nothing here
+holds a secret: an event says who called which model with what outcome, not what was said.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION: Literal[1] = 1
+SCHEMA_VERSION: Literal[2] = 2  # 2: sequence numbers and signed digests
 GENESIS = "0" * 64  # prev_hash of the first event a spool ever writes
 
 Result = Literal["allowed", "denied", "rate_limited", "error", "ok", "rejected"]
@@ -59,8 +61,11 @@ class Usage(_Strict):
 class AuditEvent(_Strict):
     """One line of the audit trail (JSON Schema: `sidegate audit schema`)."""
 
-    version: Literal[1] = SCHEMA_VERSION
+    version: Literal[2] = SCHEMA_VERSION
     id: str = Field(description="ULID: unique, and sorts in the order events were written.")
+    sequence: int = Field(
+        ge=1, description="1, 2, 3, ... over the trail's life: a gap means events are missing."
+    )
     timestamp: str = Field(description="UTC, RFC 3339 with microseconds.")
     actor: Actor
     action: str = Field(

@@ -1,9 +1,12 @@
-"""Shipping sealed spool segments to S3, and deleting them only once S3 has them.
+"""Shipping sealed spool segments, their signed digests and the run's public key to S3, and
+deleting them only once S3 has them.
 
 Each segment goes up gzip-compressed (deterministically: the same segment always makes the
 same bytes) to ``s3://BUCKET/PREFIX/yyyy/mm/dd/NAMESPACE/POD/SEGMENT.jsonl.gz``, the date
-being the segment's first event's. The key is a function of the segment alone, so an upload
-repeated after a crash overwrites the same object: no duplicates. Every upload carries a
+being the segment's first event's; digests (``digest-N.json``) and public keys
+(``key-ID.pem``) go beside them as they are, dated by the upload. The key is a function of
+the file alone, so an upload repeated after a crash writes the same bytes to the same
+object: no duplicates, and (under versioning) only identical versions. Every upload carries a
 SHA-256 checksum S3 verifies, and optionally SSE-KMS and Object Lock retention.
 
 Failures back off exponentially with full jitter (a random wait up to
@@ -40,12 +43,13 @@ def ulid_time(ulid: str) -> datetime.datetime:
 
 
 def object_key(prefix: str, namespace: str, pod: str, segment: Path) -> str:
-    day = ulid_time(segment.stem).strftime("%Y/%m/%d")
-    parts = [
-        p
-        for p in (prefix.strip("/"), day, namespace, pod or "unknown-pod", segment.name + ".gz")
-        if p
-    ]
+    if segment.name.endswith(".jsonl"):
+        day = ulid_time(segment.stem).strftime("%Y/%m/%d")
+        name = segment.name + ".gz"
+    else:  # a digest or a public key
+        day = datetime.datetime.now(datetime.UTC).strftime("%Y/%m/%d")
+        name = segment.name
+    parts = [p for p in (prefix.strip("/"), day, namespace, pod or "unknown-pod", name) if p]
     return "/".join(parts)
 
 
@@ -113,7 +117,7 @@ class S3Exporter:
         """Upload sealed segments, oldest first, until cancelled."""
         attempt = 0
         while True:
-            segments = self._spool.sealed_segments()
+            segments = self._spool.sealed_files()
             if not segments:
                 self._spool.sealed.clear()
                 with contextlib.suppress(TimeoutError):
@@ -144,7 +148,12 @@ class S3Exporter:
 
     async def upload(self, segment: Path) -> None:
         data = await asyncio.to_thread(segment.read_bytes)
-        body = await asyncio.to_thread(compress, data)
+        if segment.name.endswith(".jsonl"):
+            body, content_type = await asyncio.to_thread(compress, data), "application/x-ndjson"
+        elif segment.name.endswith(".pem"):
+            body, content_type = data, "application/x-pem-file"
+        else:
+            body, content_type = data, "application/json"
         checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
         extra: dict[str, Any] = {}
         if self._sse_kms_key_id:
@@ -160,7 +169,7 @@ class S3Exporter:
             Bucket=self._bucket,
             Key=key,
             Body=body,
-            ContentType="application/x-ndjson",
+            ContentType=content_type,
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=checksum,
             **extra,
@@ -172,7 +181,7 @@ class S3Exporter:
     async def drain(self, grace: float) -> bool:
         """Upload everything sealed within ``grace`` seconds (SIGTERM). True if all went."""
         deadline = time.monotonic() + grace
-        while (segments := self._spool.sealed_segments()) and time.monotonic() < deadline:
+        while (segments := self._spool.sealed_files()) and time.monotonic() < deadline:
             try:
                 await asyncio.wait_for(
                     self.upload(segments[0]), max(0.1, deadline - time.monotonic())
@@ -180,7 +189,7 @@ class S3Exporter:
             except Exception as exc:
                 logger.warning("audit upload at shutdown failed", extra={"error": _describe(exc)})
                 await asyncio.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        left = self._spool.sealed_segments()
+        left = self._spool.sealed_files()
         if left:
             logger.warning(
                 "audit segments left in the spool at shutdown; uploaded at next start",

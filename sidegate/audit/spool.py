@@ -1,21 +1,31 @@
-"""The durable local spool: append-only JSONL segments, group commit, crash recovery.
+"""The durable local spool: append-only JSONL segments, group commit, signed digests,
+crash recovery.
 
-Events wait in memory for ``flush_interval`` (a few milliseconds), then the whole batch is
-chained, written and fsync'd in one go: only then is an event written (acknowledged). A
-request never waits for that; it only asks, before it starts, whether the spool is
-accepting (fail-closed refuses requests while it is full or unwritable).
+Events are chained, numbered, written and fsync'd in batches (group commit): only then is
+an event written. Two modes (``acknowledged``):
+
+* async: events gather for ``flush_interval`` (a few milliseconds) and the request does not
+  wait; a crash can lose the events of the last few milliseconds' answers.
+* acknowledged: ``emit`` returns a ticket and ``durable(ticket)`` resolves once the batch
+  holding the event is on disk; the caller holds the response's final bytes until then.
+  There is no gathering delay: every event that arrives while one fsync runs goes into the
+  next, so concurrent requests share one fsync.
 
 Layout under the spool directory::
 
     active/<first event id>.jsonl    the segment being written (one at a time)
     sealed/<first event id>.jsonl    closed segments, waiting for the exporter
-    tail.json                        hash and id of the last sealed event (chain continuity
-                                     across restarts, even after every segment was uploaded)
+    sealed/digest-<n>.json           signed digests (``digests``), waiting for the exporter
+    sealed/key-<key id>.pem          this run's public key, exported before its digests
+    digests/digest-<n>.json          the last digest written: where the chain goes on
+    tail.json                        id, hash and sequence of the last sealed event (chain
+                                     continuity across restarts after every upload)
 
-Segments are sealed when they reach ``segment_max_bytes`` or ``segment_max_age``. At start,
-a torn last line (a crash in the middle of a write; never acknowledged) is cut off and
-counted, leftover active segments are sealed, and the chain goes on with an
-``audit.restart`` event whose ``prev_hash`` is the last good hash.
+Segments are sealed when they reach ``segment_max_bytes`` or ``segment_max_age``, and each
+sealed segment gets a digest; with nothing to seal a digest is still written every
+``digest_interval``. At start, a torn last line (a crash in the middle of a write; never
+acknowledged) is cut off and counted, leftover active segments are sealed and signed with
+the new run's key, and the chain goes on with an ``audit.restart`` event.
 """
 
 from __future__ import annotations
@@ -32,13 +42,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sidegate.audit import events
+from sidegate.audit import digests, events, signing
 from sidegate.audit.metrics import AuditMetrics
 
 logger = logging.getLogger(__name__)
 
 _MAX_PENDING = 100_000  # events waiting in memory; past it they are dropped (and counted)
 _PROBE_INTERVAL = 1.0  # seconds between retries of an unwritable spool
+_RESULTS_KEPT = 1024  # batch outcomes remembered for late durable() calls
+DROPPED = -1  # the ticket of an event that was never queued
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +58,11 @@ class Identity:
     namespace: str
     service_account: str
     pod: str
+
+    @property
+    def trail(self) -> str:
+        """NAMESPACE/POD: one trail per sidecar, as the exporter lays it out in S3."""
+        return f"{self.namespace}/{self.pod or 'unknown-pod'}"
 
 
 class Spool:
@@ -60,18 +77,26 @@ class Spool:
         segment_max_age: float,
         flush_interval: float,
         fail_open: bool,
+        signer: signing.Signer,
+        digest_interval: float,
+        acknowledged: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.directory = directory
         self.active_dir = directory / "active"
         self.sealed_dir = directory / "sealed"
+        self.digests_dir = directory / "digests"
         self._tail_file = directory / "tail.json"
+        self.signer = signer
+        self.acknowledged = acknowledged
+        self._digest_interval = digest_interval
         self._identity = identity
         self._metrics = metrics
         self._max_bytes = max_bytes
         self._segment_max_bytes = segment_max_bytes
         self._segment_max_age = segment_max_age
-        self._flush_interval = flush_interval
+        # Acknowledged: no gathering delay, the fsync in progress is what groups requests.
+        self._flush_interval = 0.0 if acknowledged else flush_interval
         self.fail_open = fail_open
         self._clock = clock
         self._ulids = events.Ulids()
@@ -85,8 +110,16 @@ class Spool:
         self._write_lock = threading.Lock()
         self._stopping = False
         self._spool_bytes = 0
+        # Tickets: the batch now gathering, the last one finished, and how recent ones went.
+        self._batch = 0
+        self._done_through = -1
+        self._results: dict[int, bool] = {}
+        self._waiters: dict[int, list[asyncio.Future[bool]]] = {}
         # Writer state, touched only by one batch at a time:
         self._last_hash = events.GENESIS
+        self._sequence = 0  # of the last event written
+        self._head = digests.Head()
+        self._last_digest_at = time.monotonic()
         self._segment: Path | None = None
         self._segment_fd: int | None = None
         self._segment_bytes = 0
@@ -106,24 +139,51 @@ class Spool:
         """Whether new LLM requests may be served (fail-closed: only while healthy)."""
         return self.healthy or self.fail_open
 
-    def emit(self, record: dict[str, Any]) -> None:
-        """Queue an event (without id, timestamp or hashes). Cheap: no I/O, no encoding."""
+    def emit(self, record: dict[str, Any]) -> int:
+        """Queue an event (without id, timestamp or hashes). Cheap: no I/O, no encoding.
+        Returns the ticket ``durable`` takes."""
         if len(self._pending) >= _MAX_PENDING:
             self._drop(1, "too many events waiting for the spool")
-            return
+            return DROPPED
         record.setdefault("at", self._clock())
         self._pending.append(record)
         if not self._wake.is_set():
             self._wake.set()
+        return self._batch
+
+    def durable(self, ticket: int) -> asyncio.Future[bool]:
+        """Resolves once the batch holding the ticket's event is fsync'd (True) or was
+        dropped (False: the spool is full or unwritable)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if ticket == DROPPED:
+            future.set_result(False)
+        elif ticket <= self._done_through:
+            future.set_result(self._results.get(ticket, False))
+        else:
+            self._waiters.setdefault(ticket, []).append(future)
+        return future
+
+    def _take_batch(self) -> tuple[int, list[dict[str, Any]]]:
+        number, batch = self._batch, self._pending
+        self._batch, self._pending = number + 1, []
+        return number, batch
+
+    def _finish(self, number: int) -> None:
+        """On the loop, after batch ``number`` was written or dropped: wake its requests."""
+        self._done_through = max(self._done_through, number)
+        for future in self._waiters.pop(number, ()):
+            if not future.done():
+                future.set_result(self._results.get(number, False))
 
     # -- start-up -----------------------------------------------------------------------
 
     def open(self) -> None:
-        """Recover from whatever the last run left, then chain on with a restart event."""
-        self.active_dir.mkdir(parents=True, exist_ok=True)
-        self.sealed_dir.mkdir(parents=True, exist_ok=True)
+        """Recover from whatever the last run left, publish this run's key, sign what the
+        last run left unsigned, then chain on with a restart event."""
+        for directory in (self.active_dir, self.sealed_dir, self.digests_dir):
+            directory.mkdir(parents=True, exist_ok=True)
         torn = 0
-        last_id, last_hash = self._read_tail()
+        last_id, last_hash, last_sequence = self._read_tail()
         for segment in sorted(self.active_dir.glob("*.jsonl")):
             dropped = _cut_torn_tail(segment)
             torn += dropped
@@ -135,11 +195,24 @@ class Spool:
         for segment in sorted(self.sealed_dir.glob("*.jsonl")):
             found = _last_event(segment)
             if found is not None and found[0] > last_id:
-                last_id, last_hash = found
+                last_id, last_hash, last_sequence = found
+        self._last_hash, self._sequence = last_hash, last_sequence
+        self._recover_head()
+        self._publish_key()
+        for segment in self.sealed_segments():  # sealed by the last run but never signed
+            try:
+                summary = _summary(segment)
+            except (KeyError, ValueError):
+                logger.warning(
+                    "audit segment without sequence numbers (an older version's): not signed",
+                    extra={"segment": segment.name},
+                )
+                continue
+            if summary is not None and summary.last_sequence > self._head.last_sequence:
+                self._publish_digest(self._write_digest(summary, final=False))
         if torn:
             self._metrics.torn_lines.inc(torn)
             logger.warning("audit spool: dropped torn lines left by a crash", extra={"lines": torn})
-        self._last_hash = last_hash
         self._spool_bytes = sum(p.stat().st_size for p in self._segments())
         self._metrics.spool_bytes.set(self._spool_bytes)
         self._metrics.spool_healthy.set(1)
@@ -152,12 +225,68 @@ class Spool:
             )
         )
 
-    def _read_tail(self) -> tuple[str, str]:
+    def _read_tail(self) -> tuple[str, str, int]:
         try:
             tail = json.loads(self._tail_file.read_text())
-            return str(tail["id"]), str(tail["hash"])
+            return str(tail["id"]), str(tail["hash"]), int(tail.get("sequence", 0))
         except (OSError, ValueError, KeyError, TypeError):
-            return "", events.GENESIS
+            return "", events.GENESIS, 0
+
+    def _recover_head(self) -> None:
+        """The last digest written is where the chain goes on. It is linked into sealed/
+        again in case the crash came before the exporter saw it (an upload repeated with
+        the same bytes is harmless: the verifier accepts identical object versions)."""
+        written = sorted(self.digests_dir.glob("digest-*.json"))
+        if not written:
+            return
+        last = written[-1]
+        self._head = digests.Head.of(last.read_bytes())
+        self._publish_digest(last.name)
+
+    def _publish_key(self) -> None:
+        """This run's public key, exported ahead of the digests it signs."""
+        name = digests.key_file_name(self.signer.key_id)
+        _write_atomically(self.sealed_dir / name, self.signer.public_key_pem.decode())
+        logger.info(
+            "audit signing key for this run",
+            extra={
+                "key_id": self.signer.key_id,
+                "trail": self._identity.trail,
+                "public_key": self.signer.public_key_pem.decode(),
+            },
+        )
+
+    def _write_digest(self, segment: digests.SegmentSummary | None, *, final: bool) -> str:
+        """Sign and write the next digest to digests/ (the chain's head); returns its name.
+        The caller links it into sealed/ once what it covers is there."""
+        head = self._head
+        data = digests.make(
+            self.signer,
+            trail=self._identity.trail,
+            sequence=head.sequence + 1,
+            previous=head.hash,
+            created=self._clock(),
+            interval=self._digest_interval,
+            last_sequence=segment.last_sequence if segment else head.last_sequence,
+            segment=segment,
+            final=final,
+        )
+        name = digests.file_name(head.sequence + 1)
+        _write_atomically(self.digests_dir / name, data)
+        for older in self.digests_dir.glob("digest-*.json"):
+            if older.name < name:
+                older.unlink()
+        self._head = digests.Head.of(data)
+        self._last_digest_at = time.monotonic()
+        return name
+
+    def _publish_digest(self, name: str) -> None:
+        target = self.sealed_dir / name
+        if not target.exists():
+            os.link(self.digests_dir / name, target)
+            _fsync_directory(self.sealed_dir)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.sealed.set)
 
     def system_event(
         self,
@@ -190,40 +319,65 @@ class Spool:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
-            await asyncio.sleep(self._flush_interval)  # let a group gather
+            if self._flush_interval:
+                await asyncio.sleep(self._flush_interval)  # let a group gather
             self._wake.clear()
-            batch, self._pending = self._pending, []
-            await asyncio.to_thread(self._write, batch)
+            number, batch = self._take_batch()
+            await asyncio.to_thread(self._write, number, batch)
+            self._finish(number)
 
     def _next_deadline(self) -> float | None:
         if not self.healthy:
             return _PROBE_INTERVAL
+        now = time.monotonic()
+        deadline = self._last_digest_at + self._digest_interval - now
         if self._segment is not None:
-            return max(0.0, self._segment_opened + self._segment_max_age - time.monotonic())
-        return None
+            deadline = min(deadline, self._segment_opened + self._segment_max_age - now)
+        return max(0.0, deadline)
 
     async def close(self) -> None:
-        """Write what is queued and seal the active segment (on shutdown)."""
+        """Write what is queued, seal the active segment and sign a final digest (on
+        shutdown): a verifier then knows the trail ends here on purpose."""
         self._stopping = True
-        batch, self._pending = self._pending, []
-        await asyncio.to_thread(self._write, batch)
+        number, batch = self._take_batch()
+        await asyncio.to_thread(self._write, number, batch)
         await asyncio.to_thread(self._locked_seal)
+        for waiting in list(self._waiters):  # a cancelled writer's batch: its outcome is known
+            self._finish(waiting)
 
     def _locked_seal(self) -> None:
         with self._write_lock:
-            self._seal()
+            if not self.healthy:
+                return
+            if self._segment is not None:
+                self._seal(final=True)
+            else:
+                self._idle_digest(final=True)
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, number: int, batch: list[dict[str, Any]]) -> None:
         with self._write_lock:
-            self._write_locked(batch)
+            written = self._write_locked(batch)
+            self._results[number] = written
+            self._results.pop(number - _RESULTS_KEPT, None)
+            if self.healthy and time.monotonic() - self._last_digest_at >= self._digest_interval:
+                if self._segment is not None:
+                    self._seal()
+                else:
+                    self._idle_digest(final=False)
 
-    def _write_locked(self, batch: list[dict[str, Any]]) -> None:
+    def _idle_digest(self, *, final: bool) -> None:
+        try:
+            self._publish_digest(self._write_digest(None, final=final))
+        except OSError as exc:
+            self._fail(f"unwritable ({exc.strerror})", 0)
+
+    def _write_locked(self, batch: list[dict[str, Any]]) -> bool:
         if not self.healthy:
             self._probe()  # the only way back: it also seals what a failure left in active/
             if not self.healthy:
                 if batch:
                     self._drop(len(batch), self._problem)
-                return
+                return False
         if self._segment is not None and (
             time.monotonic() - self._segment_opened >= self._segment_max_age
         ):
@@ -231,16 +385,19 @@ class Spool:
         if not batch or not self.healthy:
             if batch:
                 self._drop(len(batch), self._problem)
-            return
+            return False
         started = time.perf_counter()
         previous = self._last_hash
+        sequence = self._sequence
         lines = []
         first_id = ""
         for record in batch:
             at = record.pop("at")
+            sequence += 1
             event = {
                 "version": events.SCHEMA_VERSION,
                 "id": self._ulids.new(at),
+                "sequence": sequence,
                 "timestamp": events.rfc3339(at),
                 **record,
                 "prev_hash": previous,
@@ -253,7 +410,7 @@ class Spool:
             full = self._spool_bytes + len(data) > self._max_bytes
         if full:
             self._fail("full", len(batch))
-            return
+            return False
         try:
             fd = self._segment_fd if self._segment_fd is not None else self._open_segment(first_id)
             os.write(fd, data)
@@ -261,8 +418,9 @@ class Spool:
         except OSError as exc:
             self._close_segment()
             self._fail(f"unwritable ({exc.strerror})", len(batch))
-            return
-        self._last_hash = previous  # the chain moves on only once the batch is on disk
+            return False
+        # The chain moves on only once the batch is on disk.
+        self._last_hash, self._sequence = previous, sequence
         self._segment_bytes += len(data)
         with self._size_lock:
             self._spool_bytes += len(data)
@@ -271,6 +429,7 @@ class Spool:
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         if self._segment_bytes >= self._segment_max_bytes:
             self._seal()
+        return True
 
     def _open_segment(self, first_id: str) -> int:
         # Named after the first event it holds: segments sort in chain order.
@@ -288,22 +447,29 @@ class Spool:
                 os.close(self._segment_fd)
         self._segment_fd = None
 
-    def _seal(self) -> None:
+    def _seal(self, *, final: bool = False) -> None:
+        """Sign the segment, move it to sealed/, then publish its digest. Whichever step a
+        crash interrupts, the next start finds the segment covered exactly once."""
         segment = self._segment
         self._close_segment()
         self._segment = None
         if segment is None:
             return
         try:
-            if segment.stat().st_size == 0:
+            summary = _summary(segment)
+            if summary is None:
                 segment.unlink()
                 return
+            name = self._write_digest(summary, final=final)
             target = self.sealed_dir / segment.name
             os.replace(segment, target)
             _fsync_directory(self.sealed_dir)
+            self._publish_digest(name)
             found = _last_event(target)
             if found is not None:
-                _write_atomically(self._tail_file, json.dumps({"id": found[0], "hash": found[1]}))
+                last_id, last_hash, last_sequence = found
+                tail = {"id": last_id, "hash": last_hash, "sequence": last_sequence}
+                _write_atomically(self._tail_file, json.dumps(tail))
         except OSError as exc:
             self._fail(f"unwritable ({exc.strerror})", 0)
             return
@@ -320,19 +486,29 @@ class Spool:
                 handle.flush()
                 os.fsync(handle.fileno())
             probe.unlink()
-            (self.active_dir).mkdir(parents=True, exist_ok=True)
-            (self.sealed_dir).mkdir(parents=True, exist_ok=True)
+            for directory in (self.active_dir, self.sealed_dir, self.digests_dir):
+                directory.mkdir(parents=True, exist_ok=True)
         except OSError:
             return
         with self._size_lock:
             if self._spool_bytes >= self._max_bytes:
                 return
-        # A segment whose sealing failed is still in active/: seal it now, or its events
-        # would wait for the next restart to be shipped.
+        # A segment whose sealing failed is still in active/: sign and seal it now, or its
+        # events would wait for the next restart to be shipped.
         try:
             for orphan in sorted(self.active_dir.glob("*.jsonl")):
+                _cut_torn_tail(orphan)  # a failed write's half line was never acknowledged
+                summary = _summary(orphan)
+                if summary is None:
+                    orphan.unlink()
+                    continue
+                if summary.last_sequence > self._head.last_sequence:
+                    name = self._write_digest(summary, final=False)
+                else:  # signed before the failure
+                    name = digests.file_name(self._head.sequence)
                 os.replace(orphan, self.sealed_dir / orphan.name)
-            _fsync_directory(self.sealed_dir)
+                _fsync_directory(self.sealed_dir)
+                self._publish_digest(name)
         except OSError:
             return
         self.healthy = True
@@ -372,10 +548,18 @@ class Spool:
     def sealed_segments(self) -> list[Path]:
         return sorted(self.sealed_dir.glob("*.jsonl"))
 
+    def sealed_files(self) -> list[Path]:
+        """Everything waiting for export, in the order to send it: keys before the digests
+        they verify, segments (named by first event id) in chain order, then digests."""
+        found = [p for p in self.sealed_dir.iterdir() if not p.name.endswith(".tmp")]
+        return sorted(found, key=lambda p: (not digests.is_key_name(p.name), p.name))
+
     def release(self, segment: Path) -> None:
-        """The exporter confirmed the segment: delete it and give its bytes back."""
+        """The exporter confirmed the file: delete it and give its bytes back."""
         size = segment.stat().st_size
         segment.unlink()
+        if not segment.name.endswith(".jsonl"):
+            return  # keys and digests are not counted against the spool's bound
         with self._size_lock:
             self._spool_bytes = max(0, self._spool_bytes - size)
             self._metrics.spool_bytes.set(self._spool_bytes)
@@ -396,10 +580,10 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, content: str | bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    with open(temporary, "wb") as handle:
+        handle.write(content.encode() if isinstance(content, str) else content)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -430,9 +614,17 @@ def _cut_torn_tail(segment: Path) -> int:
     return dropped
 
 
-def _last_event(segment: Path) -> tuple[str, str] | None:
+def _last_event(segment: Path) -> tuple[str, str, int] | None:
     data = segment.read_bytes().rstrip(b"\n")
     if not data:
         return None
     event = json.loads(data[data.rfind(b"\n") + 1 :])
-    return str(event["id"]), str(event["hash"])
+    return str(event["id"]), str(event["hash"]), int(event.get("sequence", 0))
+
+
+def _summary(segment: Path) -> digests.SegmentSummary | None:
+    """What a digest says of the segment; None when it is empty."""
+    data = segment.read_bytes()
+    if not data.strip():
+        return None
+    return digests.summarize(segment.name, data)

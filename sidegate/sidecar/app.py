@@ -24,7 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidegate import errors
-from sidegate.audit import exporting, spool
+from sidegate.audit import exporting, signing, spool
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
 from sidegate.redact import Redactor
@@ -68,6 +68,8 @@ class RequestRecord:
     decision: rules.Decision | None = None
     requested_model: str | None = None  # as the client sent it, scrubbed, for audit
     error_code: str | None = None
+    started: float = 0.0  # perf_counter when the request arrived
+    audited: bool = False  # its audit event is emitted (exactly once)
 
 
 RECORD = web.RequestKey("sidegate.record", RequestRecord)
@@ -155,6 +157,8 @@ class Pipeline:
         if credential is None:
             raise errors.NotReady(f"no credential loaded for provider {target.provider}")
         assert self.proxy is not None  # set by the client_session context
+        if self.acknowledged:  # a stream's last event waits for its audit event
+            record.outcome.before_end = functools.partial(self._end_stream, request, record)
         budgets = limiting.budgets(caller, decision)
         if not budgets:
             return await self.proxy.forward(
@@ -179,6 +183,26 @@ class Pipeline:
                 else (0 if not outcome.status else None)
             )
             await self.limiter.settle(reservation, used)
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.audit is not None and self.audit.acknowledged
+
+    async def committed(self, record: RequestRecord, status: int) -> bool:
+        """Emit the request's audit event before its final bytes and wait until it is on
+        disk (acknowledged mode). False: it could not be recorded and the spool fails
+        closed, so do not answer (failing open, the drop is counted and the answer goes)."""
+        ticket = _audit(self, record, status, time.perf_counter() - record.started)
+        if ticket is None or self.audit is None:
+            return True
+        return await self.audit.durable(ticket) or self.audit.fail_open
+
+    async def _end_stream(self, request: web.Request, record: RequestRecord) -> None:
+        if not await self.committed(record, record.outcome.status):
+            # Not recorded, so not answered: the stream is cut before its last event.
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("the audit event could not be written")
 
     def identify(self, request: web.Request) -> rules.Caller:
         tenant = request.headers.get(self._tenant_header)
@@ -300,9 +324,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     pipeline = request.app[PIPELINE]
     request_id = incoming if _REQUEST_ID.match(incoming) else pipeline.new_request_id()
     route = request.match_info.route.name or "other"
-    record = RequestRecord(request_id, route)
+    record = RequestRecord(request_id, route, started=time.perf_counter())
     request[RECORD] = record
-    started = time.perf_counter()
     status = 499  # if the client goes away (the handler is cancelled), that is what it was
     try:
         response = await _answer(request, handler, record, pipeline)
@@ -311,12 +334,25 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             if response.prepared and record.outcome.status
             else response.status
         )
+        # Acknowledged audit: a whole body is written only once its event is on disk.
+        if (
+            pipeline.acknowledged
+            and not response.prepared
+            and not await pipeline.committed(record, status)
+        ):
+            status, response = 503, _unrecorded(request, record, pipeline)
         return response
     finally:
         # Exactly once per request, whatever happened, cancellation included.
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - record.started
         _observe(pipeline.metrics, record, status, seconds)
         _audit(pipeline, record, status, seconds)
+
+
+def _unrecorded(request: web.Request, record: RequestRecord, pipeline: Pipeline) -> web.Response:
+    error = AuditUnavailable("the audit event could not be written; the request is not answered")
+    record.error_code = error.code
+    return error_response(error, dialect_of(request.path), record.request_id, pipeline.redactor)
 
 
 async def _answer(
@@ -373,14 +409,16 @@ def _result(status: int, code: str | None) -> str:
     return "error"
 
 
-def _audit(pipeline: Pipeline, record: RequestRecord, status: int, seconds: float) -> None:
+def _audit(pipeline: Pipeline, record: RequestRecord, status: int, seconds: float) -> int | None:
+    """Emit the request's event unless it already was; the spool's ticket for it."""
     spool = pipeline.audit
-    if spool is None or record.route not in AUDITED:
-        return
+    if spool is None or record.route not in AUDITED or record.audited:
+        return None
+    record.audited = True
     caller, decision, usage = record.caller, record.decision, record.outcome.usage
     identity = pipeline.config.identity
     code = record.error_code or (decision.reason if decision else None)
-    spool.emit(
+    return spool.emit(
         {
             "actor": {
                 "kind": "workload",
@@ -572,6 +610,9 @@ def build_spool(config: settings.SidecarSettings, metrics: Metrics) -> spool.Spo
         segment_max_age=audit.segment_max_age_seconds,
         flush_interval=audit.flush_interval_ms / 1000,
         fail_open=audit.fail_mode == "open",
+        signer=signing.Signer(),  # in memory only, a new key for every run
+        digest_interval=audit.digest_interval_seconds,
+        acknowledged=audit.durability == "acknowledged",
     )
 
 

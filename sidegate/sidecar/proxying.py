@@ -12,9 +12,10 @@ import contextlib
 import dataclasses
 import json
 import logging
+import re
 import ssl
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -66,6 +67,13 @@ class Outcome:
     status: int = 0
     usage: usage.Usage = dataclasses.field(default_factory=usage.Usage)
     upstream_seconds: float = 0.0
+    # Acknowledged audit: awaited before a stream's last event and its end are written.
+    before_end: Callable[[], Awaitable[None]] | None = None
+
+
+# The event that ends a stream (OpenAI's [DONE], Anthropic's message_stop): held back until
+# ``before_end`` returns, so no client sees a complete answer before its audit event is on disk.
+_LAST_EVENT = re.compile(rb"^(?:data: ?\[DONE\]|event: ?message_stop)")
 
 
 def upstream_body(
@@ -251,14 +259,22 @@ class Proxy:
         await response.prepare(request)
         splitter = usage.EventSplitter()
         meter = usage.StreamMeter(upstream.dialect, hide_usage_chunk=hide_usage_chunk)
+        held: bytes | None = None  # the last event, while before_end has not returned
         try:
             async for chunk in answer.content.iter_any():
                 kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
+                if held is not None and kept:
+                    kept.insert(0, held)
+                    held = None
+                if outcome.before_end is not None and kept and _LAST_EVENT.match(kept[-1]):
+                    held = kept.pop()
                 if kept:
                     await response.write(kept[0] if len(kept) == 1 else b"".join(kept))
             rest = splitter.rest()
-            if rest:
-                await response.write(rest)
+            if outcome.before_end is not None:
+                await outcome.before_end()
+            if held is not None or rest:
+                await response.write((held or b"") + rest)
             await response.write_eof()
         except ConnectionResetError:
             # First: aiohttp's ClientConnectionResetError is also a ClientError, and a client

@@ -398,7 +398,24 @@ class AuditSettings(_Strict):
     segment_max_bytes: int = Field(8 * 1024**2, ge=1024, description="Seal a segment at this size.")
     segment_max_age_seconds: float = Field(60.0, gt=0, le=86400, description="...or at this age.")
     flush_interval_ms: float = Field(
-        5.0, ge=0, le=1000, description="Group commit: how long events gather before one fsync."
+        5.0,
+        ge=0,
+        le=1000,
+        description="Group commit in async mode: how long events gather before one fsync.",
+    )
+    durability: Literal["acknowledged", "async"] = Field(
+        "async",
+        description="acknowledged: no response completes (its whole body, or its stream's "
+        "last event) before its audit event is fsync'd; a request whose event cannot be "
+        "written is not answered. async: the response does not wait; a crash may lose the "
+        "events of the last few milliseconds.",
+    )
+    digest_interval_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="A signed digest is written at least this often, even when idle: a "
+        "verifier sees a trail whose last digest is older (and not final) as cut short.",
     )
     fail_mode: Literal["open", "closed"] = Field(
         "closed",

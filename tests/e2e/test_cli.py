@@ -203,11 +203,18 @@ def test_policy_explain_and_bundle(tmp_path: Path) -> None:
         and "default/chat-models rules[2]: Deny claude-*-opus*" in denied.stdout
     )
     allowed = subprocess.run(
-        [*base, "-m", "gpt-4o", "-t", "free-tier", "--json"], capture_output=True, text=True
+        [*base, "-m", "gpt-4o-mini", "-t", "free-tier", "--json"], capture_output=True, text=True
     )
     assert allowed.returncode == 0
     answer = json.loads(allowed.stdout)
-    assert answer["limits"]["requestsPerMinute"] == {"value": 30, "policy": "default/chat-models"}
+    # The service account's own limit, whatever it claims; the tenant's sub-budget inside it.
+    assert answer["limits"]["requestsPerMinute"] == {"value": 600, "policy": "default/chat-models"}
+    assert answer["tenantLimits"]["requestsPerMinute"] == {
+        "value": 30,
+        "policy": "default/chat-models",
+    }
+    refused = subprocess.run([*base, "-m", "gpt-4o-mini", "-t", "initech"], capture_output=True)
+    assert refused.returncode == 3 and b"tenant_not_allowed" in refused.stdout
     output = tmp_path / "bundle.json"
     assert (
         subprocess.run([*SIDEGATE, "policy", "bundle", examples, "-o", str(output)]).returncode == 0

@@ -44,9 +44,12 @@ class S3:
         return sorted(found)
 
     def events(self) -> list[dict[str, Any]]:
+        """Every event in every segment (digests and keys sit beside them)."""
         client = self.client()
         found = []
         for key in self.keys():
+            if not key.endswith(".jsonl.gz"):
+                continue
             body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
             found += [json.loads(line) for line in gzip.decompress(body).splitlines()]
         return found

@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from sidegate.audit import events, spool, verifying
+from sidegate.audit import events, signing, spool, verifying
 from sidegate.audit.metrics import AuditMetrics
 
 
-def make_spool(directory: Path) -> spool.Spool:
+def make_spool(directory: Path, pod: str = "pod-0", **options: Any) -> spool.Spool:
     return spool.Spool(
         directory,
-        spool.Identity("team-a", "app", "pod-0"),
+        spool.Identity("team-a", "app", pod),
         AuditMetrics(CollectorRegistry()),
         max_bytes=10 * 1024 * 1024,
-        segment_max_bytes=2000,
+        segment_max_bytes=options.pop("segment_max_bytes", 2000),
         segment_max_age=60,
         flush_interval=0,
         fail_open=False,
+        signer=options.pop("signer", None) or signing.Signer(),
+        digest_interval=options.pop("digest_interval", 60),
+        **options,
     )
 
 
-def write(directory: Path, count: int) -> None:
+def write(directory: Path, count: int, **options: Any) -> None:
     async def scenario() -> None:
-        trail = make_spool(directory)
+        trail = make_spool(directory, **options)
         trail.open()
         writer = asyncio.create_task(trail.run())
         for index in range(count):
@@ -41,18 +46,21 @@ def write(directory: Path, count: int) -> None:
 
 
 def segments(directory: Path) -> list[tuple[str, bytes]]:
-    return list(verifying.directory_segments(directory))
+    return verifying.directory_files(directory).segments
 
 
 def test_chain_verifies_across_segments_and_restarts(tmp_path: Path) -> None:
     write(tmp_path, 30)
     write(tmp_path, 5)
-    report = verifying.verify_trail("t", segments(tmp_path))
+    report = verifying.verify_trail(None, verifying.directory_files(tmp_path))
     assert report.ok, [str(p) for p in report.problems]
     assert report.events == 37 and report.segments > 2  # two restart events, rotation by size
+    assert report.trail == "team-a/pod-0" and len(report.keys) == 2  # a key per run
+    sequences = []
     for _, data in segments(tmp_path):
         for line in data.splitlines():
-            events.AuditEvent.model_validate_json(line)
+            sequences.append(events.AuditEvent.model_validate_json(line).sequence)
+    assert sequences == list(range(1, 38))
 
 
 def test_torn_last_line_is_dropped_counted_and_linked_past(tmp_path: Path) -> None:
@@ -77,20 +85,34 @@ def test_torn_last_line_is_dropped_counted_and_linked_past(tmp_path: Path) -> No
     assert not list((tmp_path / "active").iterdir())
 
 
-def test_verify_names_gaps_reordering_and_tampering(tmp_path: Path) -> None:
+def test_verify_names_gaps_reordering_and_tampering_inside_a_segment(tmp_path: Path) -> None:
     write(tmp_path, 6)
-    (name, data), *_rest = segments(tmp_path)
+    files = verifying.directory_files(tmp_path)
+    (name, data), *rest = files.segments
     lines = data.splitlines()
-    gap = verifying.verify_trail("t", [(name, b"\n".join(lines[:2] + lines[3:]))])
-    assert [(p.line, p.message.split(":")[0]) for p in gap.problems] == [(3, "gap")]
-    swapped = verifying.verify_trail(
-        "t", [(name, b"\n".join([lines[0], lines[2], lines[1], *lines[3:]]))]
-    )
-    assert [p.line for p in swapped.problems] == [2, 3, 3, 4]
-    assert "out of order" in swapped.problems[1].message
+
+    def verify(changed: list[bytes]) -> list[tuple[str, int]]:
+        changed_bytes = b"\n".join(changed) + b"\n"
+        edited = dataclasses.replace(files, segments=[(name, changed_bytes), *rest])
+        return [(p.check, p.line) for p in verifying.verify_trail(None, edited).problems]
+
+    assert verify(lines[:2] + lines[3:]) == [
+        ("segment-hash", 0),
+        ("sequence", 3),
+        ("event-chain", 3),
+    ]
+    assert verify([lines[0], lines[2], lines[1], *lines[3:]]) == [
+        ("segment-hash", 0),
+        ("sequence", 2),
+        ("event-chain", 2),
+        ("sequence", 3),
+        ("event-chain", 3),
+        ("event-chain", 3),
+        ("sequence", 4),
+        ("event-chain", 4),
+    ]
     edited = lines[1].replace(b'"reason":"0"', b'"reason":"X"')
-    tampered = verifying.verify_trail("t", [(name, b"\n".join([lines[0], edited, *lines[2:]]))])
-    assert [(p.line, "altered" in p.message) for p in tampered.problems] == [(2, True)]
+    assert verify([lines[0], edited, *lines[2:]]) == [("segment-hash", 0), ("event-hash", 2)]
 
 
 def test_ulids_sort_in_creation_order() -> None:
@@ -106,14 +128,37 @@ def test_audit_verify_command(tmp_path: Path) -> None:
     write(tmp_path, 8)
     command = [sys.executable, "-m", "sidegate", "audit", "verify", str(tmp_path)]
     ok = subprocess.run(command, capture_output=True, text=True)
-    assert ok.returncode == 0 and ": OK: 9 events" in ok.stdout
+    assert ok.returncode == 0 and "team-a/pod-0: OK: 9 events" in ok.stdout, ok.stdout
     segment = sorted((tmp_path / "sealed").glob("*.jsonl"))[0]
     lines = segment.read_bytes().splitlines()
     lines[2] = lines[2].replace(b'"result":"ok"', b'"result":"rejected"')
     segment.write_bytes(b"\n".join(lines) + b"\n")
     bad = subprocess.run(command, capture_output=True, text=True)
-    assert bad.returncode == 1 and f"{segment}:3: hash does not match" in bad.stdout
+    assert bad.returncode == 1, bad.stdout
+    assert f"[segment-hash] {segment}: differs from the SHA-256 signed in" in bad.stdout
+    assert f"[event-hash] {segment}:3: hash does not match" in bad.stdout
     schema = subprocess.run(
         [sys.executable, "-m", "sidegate", "audit", "schema"], capture_output=True, text=True
     )
     assert json.loads(schema.stdout)["title"] == "AuditEvent"
+
+
+def test_digests_keep_coming_when_idle_so_a_cut_tail_shows(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        trail = make_spool(tmp_path, digest_interval=0.2)
+        trail.open()
+        writer = asyncio.create_task(trail.run())
+        trail.emit(trail.system_event("test.event", "ok"))
+        await asyncio.sleep(1.0)  # idle: no events, no segment to seal
+        writer.cancel()  # a crash: no final digest
+
+    asyncio.run(scenario())
+    written = sorted((tmp_path / "sealed").glob("digest-*.json"))
+    documents = [json.loads(path.read_bytes()) for path in written]
+    idle = [d for d in documents if d["segment"] is None]
+    assert len(idle) >= 3 and not any(d["final"] for d in documents)
+    files = verifying.directory_files(tmp_path / "sealed")
+    created = verifying._created(documents[-1]["created"])
+    assert verifying.verify_trail(None, files, now=created + 0.3).ok  # still live
+    late = verifying.verify_trail(None, files, now=created + 10)
+    assert [p.check for p in late.problems] == ["tail"]
