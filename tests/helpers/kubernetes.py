@@ -22,7 +22,10 @@ from sidegate.operator.state import OperatorState
 
 _versions = itertools.count(1)
 POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
-SOURCES = "/api/v1/namespaces/sidegate-system/secrets"
+RELEASE = "sidegate-system"
+SOURCES = f"/api/v1/namespaces/{RELEASE}/secrets"
+# The operator's bearer token in these tests: it tells its requests from the test's own.
+OPERATOR_TOKEN = "operator-test"
 
 
 class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
@@ -64,11 +67,17 @@ async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
 async def operator(
     url: str,
     listener: running.WebhookListener | None = None,
+    namespaces: list[str] | None = None,
     **settings: Any,
 ) -> AsyncIterator[OperatorState]:
     """The registry `sidegate operator` runs, logged in to the emulator instead; ``settings``
-    are OperatorState fields (overlap, admin_rotation, sidecar, ...)."""
-    state = OperatorState(login=lambda **_: kopf.ConnectionInfo(server=url), **settings)
+    are OperatorState fields (overlap, admin_rotation, sidecar, ...); ``namespaces`` as
+    `--namespace` gives them (RBACPolicies served only there)."""
+    state = OperatorState(
+        login=lambda **_: kopf.ConnectionInfo(server=url, token=OPERATOR_TOKEN),
+        namespace=RELEASE,
+        **settings,
+    )
     registry = running.build_registry(state, listener)
 
     @kopf.on.startup(registry=registry)
@@ -80,7 +89,12 @@ async def operator(
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         kopf.operator(
-            registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces or [],
+            standalone=True,
+            stop_flag=stop,
+            ready_flag=ready,
         )
     )
     await asyncio.wait_for(ready.wait(), 10)
@@ -103,6 +117,19 @@ async def eventually(check: Any, seconds: float = 5.0) -> Any:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def operator_requests(k8s: Emulator) -> list[tuple[str | None, str | None, str]]:
+    """What the operator asked the API server: (resource plural, namespace, action)."""
+    return [
+        (
+            request.resource.plural if request.resource is not None else None,
+            request.namespace,
+            str(request.action),
+        )
+        for request in k8s
+        if request.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}"
+    ]
 
 
 async def get(k8s: Emulator, path: str) -> dict[str, Any] | None:
