@@ -2,6 +2,7 @@
 
 sidegate sidecar --config FILE   run the proxy (standalone: a YAML file is all it needs)
 sidegate demo                    run the proxy in front of a local stand-in provider
+sidegate operator | broker       the cluster's control plane (see docs/)
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                     settings.format_validation_error(exc, "command line")
                 ) from None
             config = config.model_copy(update={"listen": listen})
-        if not config.credentials.directory.is_dir():
+        if config.credentials is not None and not config.credentials.directory.is_dir():
             raise errors.ConfigError(
                 f"credentials.directory {config.credentials.directory} is not a directory"
             )
@@ -184,6 +185,36 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         listener=listener,
     )
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from sidegate.broker import kube, running
+
+    redactor = redact.Redactor()
+    logs.configure(redactor, args.log_level, args.log_format)
+    namespace = args.namespace or running.own_namespace(os.environ)
+    if not namespace:
+        print("sidegate: --namespace is required outside a pod", file=sys.stderr)
+        return 2
+    login = kube.in_cluster() or kube.from_kubeconfig()
+    if login is None:
+        print("sidegate: no service account and no kubeconfig to log in with", file=sys.stderr)
+        return 2
+    options = running.Options(
+        namespace=namespace,
+        certfile=Path(args.certfile),
+        keyfile=Path(args.keyfile),
+        sidecar_image=args.sidecar_image,
+        listen_port=args.listen_port,
+        probe_port=args.probe_port,
+        audience=args.audience,
+        max_wait=args.max_wait,
+    )
+    try:
+        return _run(running.serve(options, login))
+    except OSError as exc:
+        logger.error("cannot serve: %s", exc.strerror or exc)
+        return 1
 
 
 def _resources(text: str) -> dict[str, dict[str, str]]:
@@ -366,6 +397,39 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument(
         "--timeout", type=float, default=300.0, metavar="SECONDS", help="longest wait (300)"
     )
+    broker = commands.add_parser(
+        "broker",
+        help="run the credential broker",
+        description="Run the broker: injected sidecars call it over TLS with their projected "
+        "ServiceAccount token and receive their namespace's provider keys, signed bundle, admin "
+        "token and Redis settings, in memory. It checks each token with TokenReview and the "
+        "caller's pod spec, and reads only the Secrets and ConfigMaps of its own namespace. "
+        "See docs/broker.md.",
+    )
+    broker.add_argument(
+        "--namespace",
+        help="the release namespace (default: $POD_NAMESPACE, else the service account's)",
+    )
+    broker.add_argument("--listen-port", type=int, default=8443, help="TLS API port (8443)")
+    broker.add_argument(
+        "--certfile", required=True, help="serving certificate (PEM), re-read when it changes"
+    )
+    broker.add_argument("--keyfile", required=True, help="its private key (PEM)")
+    broker.add_argument(
+        "--probe-port", type=int, default=8080, help="plain HTTP /healthz /readyz /metrics (8080)"
+    )
+    broker.add_argument("--audience", default="sidegate", help="expected token audience")
+    broker.add_argument(
+        "--sidecar-image", required=True, help="the image an injected sidecar container runs"
+    )
+    broker.add_argument(
+        "--max-wait", type=float, default=30.0, help="longest long-poll, seconds (30)"
+    )
+    broker.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    broker.add_argument("--log-format", default="json", choices=["json", "text"])
+    broker.set_defaults(func=cmd_broker)
     policy_commands.add_parser(commands)
     audit_commands.add_parser(commands)
     return parser

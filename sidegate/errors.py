@@ -9,6 +9,7 @@ seam where they occur, so nothing below the middleware needs to know about HTTP.
     ├── ConfigError             a config file is missing, unreadable or invalid (start-up only)
     ├── CredentialRejected      a new credential file is empty, unreadable or malformed
     ├── BundleRejected          a policy bundle or policy file failed validation
+    ├── DeliveryRejected        a broker answer is not a valid delivery for this sidecar
     └── RequestError            anything answered to a client, carries status/type/code
         ├── InvalidRequest      400: the body or a header is not acceptable
         │   └── UnknownField    400: a top-level field that is neither known nor allowed
@@ -18,6 +19,7 @@ seam where they occur, so nothing below the middleware needs to know about HTTP.
         ├── PolicyDenied        403
         ├── RateLimited         429
         ├── NotReady            503: a credential or policy has not been loaded yet
+        │   └── BrokerUnreachable 503: the broker's last answer is older than allowed
         └── UpstreamError       502: the provider could not be reached or answered nonsense
             └── UpstreamTimeout 504
 """
@@ -44,6 +46,10 @@ class CredentialRejected(SidegateError):
 
 class BundleRejected(SidegateError):
     """A policy bundle or policy source is invalid; the policy in force stays."""
+
+
+class DeliveryRejected(SidegateError):
+    """A broker answer was received but is not a valid delivery; the last good one stays."""
 
 
 class RequestError(SidegateError):
@@ -114,6 +120,10 @@ class NotReady(RequestError):
     status = 503
     error_type = "api_error"
     code = "not_ready"
+
+
+class BrokerUnreachable(NotReady):
+    code = "broker_unreachable"
 
 
 class UpstreamError(RequestError):

@@ -7,6 +7,7 @@ from sidegate.policy import (
     bundle,
     caching,
     crd,
+    delivery,
     documents,
     explaining,
     models,
@@ -14,4 +15,14 @@ from sidegate.policy import (
     signing,
 )
 
-__all__ = ["bundle", "caching", "crd", "documents", "explaining", "models", "rules", "signing"]
+__all__ = [
+    "bundle",
+    "caching",
+    "crd",
+    "delivery",
+    "documents",
+    "explaining",
+    "models",
+    "rules",
+    "signing",
+]

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sidegate import errors
 from sidegate.audit import spool
 from sidegate.policy import explaining, models, rules
+from sidegate.redact import Secret
 from sidegate.sidecar import credentials, policies, watching
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,16 @@ class AdminToken:
     """The admin bearer token, and ``<file>.previous`` while the operator's rotation overlap
     lasts: a client holding the old token keeps working until the new one reaches it."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.previous_path = path.with_name(path.name + credentials.PREVIOUS_SUFFIX)
+    def __init__(self, path: Path | None) -> None:
+        self.path = path  # None: the broker delivers the tokens (``replace``)
         self._tokens: tuple[str, ...] = ()
 
+    def replace(self, tokens: Sequence[Secret]) -> None:
+        """Take delivered tokens (current first, then the overlap one)."""
+        self._tokens = tuple(t.reveal() for t in tokens)
+
     def reload(self) -> None:
+        assert self.path is not None  # only a file-backed token is reloaded
         try:
             token = credentials.read_key(self.path).reveal()
         except errors.CredentialRejected as exc:
@@ -96,7 +101,8 @@ class AdminToken:
             )
             return
         try:
-            previous = credentials.read_key(self.previous_path).reveal()
+            previous_path = self.path.with_name(self.path.name + credentials.PREVIOUS_SUFFIX)
+            previous = credentials.read_key(previous_path).reveal()
         except errors.CredentialRejected:
             previous = None  # absent (no rotation under way) or unusable: the current one only
         self._tokens = (token,) if previous is None else (token, previous)
@@ -506,6 +512,9 @@ async def openapi_endpoint(request: web.Request) -> web.Response:
 
 async def token_reloader(app: web.Application) -> AsyncIterator[None]:
     token = app[TOKEN]
+    if token.path is None:  # delivered by the broker
+        yield
+        return
     token.reload()
 
     async def reload() -> None:
@@ -521,7 +530,7 @@ async def token_reloader(app: web.Application) -> AsyncIterator[None]:
 def create_admin_app(
     holder: policies.PolicyHolder,
     directory: Path | None,
-    token_file: Path,
+    token_file: Path | None,
     identity: rules.Caller,
     *,
     pod: str = "",
@@ -551,7 +560,7 @@ def for_sidecar(main: web.Application) -> web.Application | None:
     if config.admin is None:
         return None
     identity = config.identity
-    return create_admin_app(
+    admin_app = create_admin_app(
         pipeline.policies,
         config.policy.directory,
         config.admin.token_file,
@@ -559,3 +568,7 @@ def for_sidecar(main: web.Application) -> web.Application | None:
         pod=identity.pod,
         audit=pipeline.audit,
     )
+    broker = main.get(app.BROKER)
+    if broker is not None:
+        broker.on_admin_tokens(admin_app[TOKEN].replace)
+    return admin_app

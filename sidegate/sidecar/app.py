@@ -29,6 +29,7 @@ from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
 from sidegate.redact import Redactor
 from sidegate.sidecar import (
+    brokering,
     credentials,
     endpoints,
     limiting,
@@ -491,8 +492,10 @@ async def file_reloaders(app: web.Application) -> AsyncIterator[None]:
         store.reload()
 
     reloaders: dict[Path, list[Callable[[], Awaitable[object]]]] = {}
-    reloaders.setdefault(store.directory, []).append(reload_credentials)
-    reloaders.setdefault(holder.watch_directory, []).append(holder.reload)
+    if store.directory is not None:  # None: the broker delivers them
+        reloaders.setdefault(store.directory, []).append(reload_credentials)
+    if holder.watch_directory is not None:
+        reloaders.setdefault(holder.watch_directory, []).append(holder.reload)
 
     async def reload_limiter() -> None:
         limiter.reload()
@@ -517,6 +520,30 @@ async def file_reloaders(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await limiter.close()
+
+
+BROKER = web.AppKey("sidegate.broker", brokering.BrokerClient)
+
+
+async def broker_deliveries(app: web.Application) -> AsyncIterator[None]:
+    """With a broker: long-poll it for deliveries until shutdown (memory only)."""
+    client = app.get(BROKER)
+    if client is None:
+        yield
+        return
+    limiter = app[PIPELINE].limiter
+    if hasattr(limiter, "use"):  # the Redis limiter takes its URL and password from deliveries
+        client.on_redis(limiter.use)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=brokering.tls_context(client.config), limit=2),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+    task = asyncio.create_task(client.run(session))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await session.close()
 
 
 def build_limiter(config: settings.SidecarSettings, metrics: Metrics) -> limiting.Limiter:
@@ -612,18 +639,20 @@ def create_app(
             trail.emit(trail.system_event(action, result, reason=reason, resource=resource))
 
     store = credentials.CredentialStore(
-        config.credentials.directory,
+        config.credentials.directory if config.credentials else None,
         {name: p.key_file or name for name, p in config.providers.items()},
         metrics,
         redactor,
         report=report,
     )
+    trusted = config.policy.trusted_keys
     holder = policies.holder_for(
         config.policy.directory,
         config.policy.bundle_file,
         cache_ttl=config.policy.cache_ttl_seconds,
         metrics=metrics,
         report=report,
+        signers=policies.Signers.of(trusted, config.identity.namespace) if trusted else None,
     )
     app = web.Application(
         middlewares=[request_context], client_max_size=config.limits.max_body_bytes
@@ -631,6 +660,10 @@ def create_app(
     app[PIPELINE] = Pipeline(
         config, metrics, redactor, store, holder, build_limiter(config, metrics), trail
     )
+    if config.broker is not None:
+        app[BROKER] = brokering.BrokerClient(
+            config.broker, config.identity.namespace, store, holder, metrics, redactor
+        )
     for endpoint in endpoints.ALL:
         app.router.add_post(
             "/v1" + endpoint.path, _endpoint_handler(endpoint), name=endpoint.action
@@ -643,4 +676,5 @@ def create_app(
     app.cleanup_ctx.append(audit_trail)
     app.cleanup_ctx.append(client_session)
     app.cleanup_ctx.append(file_reloaders)
+    app.cleanup_ctx.append(broker_deliveries)
     return app

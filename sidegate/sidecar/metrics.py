@@ -83,6 +83,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.policy_serial = Gauge(
+            "sidegate_policy_bundle_serial",
+            "Serial of the signed bundle in force (refused bundles count in policy_reloads).",
+            registry=r,
+        )
         self.policies_loaded = Gauge(
             "sidegate_policies_loaded", "Policies in the bundle in force.", registry=r
         )
@@ -102,6 +107,13 @@ class Metrics:
             "sidegate_rate_limiter_errors",
             "Rate-limit backend failures, by the fail mode applied (open, closed).",
             ["mode"],
+            registry=r,
+        )
+        self.broker_polls = Counter(
+            "sidegate_broker_polls",
+            "Long-polls of the credential broker, by result (delivered, not_modified, "
+            "refused, rejected, error).",
+            ["result"],
             registry=r,
         )
         self.auth_retries = Counter(

@@ -1,9 +1,15 @@
 """The policy in force, reloaded from its source without stalling requests.
 
-Two sources: a directory of RBACPolicy YAML files (standalone) or the bundle file the
-operator writes (cluster). A reload reads and compiles in a worker thread, then swaps the
-(index, cache) pair in one assignment on the event loop; a request sees the old pair or the
-new one, never a mix, and never a decision cached under the old bundle.
+Three sources: a directory of RBACPolicy YAML files (standalone, unsigned: whoever runs the
+machine is the admin), a signed bundle file, or signed bundles delivered by the broker
+(cluster). A signed bundle is verified against the trusted keys for this sidecar's
+namespace, and refused when it is unsigned, forged, signed by an untrusted key, meant for
+another namespace, older (a lower serial) than the bundle in force, or a different bundle
+under the same serial; the bundle in force stays, and the refusal is logged and counted.
+
+A reload reads, verifies and compiles in a worker thread, then swaps the (index, cache) pair
+in one assignment on the event loop; a request sees the old pair or the new one, never a
+mix, and never a decision cached under the old bundle.
 """
 
 from __future__ import annotations
@@ -12,14 +18,17 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import hashlib
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
 from sidegate import errors, policy_files
-from sidegate.policy import bundle, caching, models, rules
+from sidegate.policy import bundle, caching, models, rules, signing
 from sidegate.sidecar import credentials
 from sidegate.sidecar.metrics import Metrics
 
@@ -35,6 +44,9 @@ class Loaded:
     # Cluster: the bundle as read. Kept as bytes, not models (the admin API parses it when
     # asked): the garbage collector never has to walk ten thousand policies' objects.
     raw_bundle: bytes | None = None
+    # Signed bundles: the serial and a digest of the envelope, to refuse an older one.
+    serial: int | None = None
+    envelope_digest: bytes | None = None
 
     @property
     def hash(self) -> str:
@@ -81,18 +93,58 @@ def quiet_for_the_event_loop() -> Iterator[None]:
             gc.enable()
 
 
-def read_bundle_file(path: Path) -> Loaded:
+@dataclasses.dataclass(frozen=True)
+class Signers:
+    """Who may sign this sidecar's bundles, and the namespace they must be signed for."""
+
+    keys: dict[str, ed25519.Ed25519PublicKey]
+    namespace: str
+
+    @classmethod
+    def of(cls, texts: list[str], namespace: str) -> Signers:
+        return cls(signing.trusted_keys(texts), namespace)
+
+
+def compile_bundle(data: bytes) -> Loaded:
+    claimed, policies = bundle.read(data)
+    with quiet_for_the_event_loop():  # parsed models die as soon as they are compiled
+        index = rules.PolicyIndex.from_policies(claimed, policies)
+    return Loaded(index, raw_bundle=data)
+
+
+def read_signed(envelope: bytes, signers: Signers) -> Loaded:
+    """Verify a signed envelope, then compile the bundle inside it."""
+    verified = signing.verify(envelope, signers.keys, namespace=signers.namespace)
+    loaded = compile_bundle(verified.bundle)
+    digest = hashlib.sha256(envelope).digest()
+    return dataclasses.replace(loaded, serial=verified.serial, envelope_digest=digest)
+
+
+def read_bundle_file(path: Path, signers: Signers | None = None) -> Loaded:
+    """A bundle file: signed (verified with ``signers``), or plain when no signers are given
+    (the benchmarks and tools that compile a bundle the operator has not signed)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise errors.BundleRejected(f"{path}: unreadable ({exc.strerror})") from None
     try:
-        claimed, policies = bundle.read(data)
-        with quiet_for_the_event_loop():  # parsed models die as soon as they are compiled
-            index = rules.PolicyIndex.from_policies(claimed, policies)
+        return compile_bundle(data) if signers is None else read_signed(data, signers)
     except errors.BundleRejected as exc:
         raise errors.BundleRejected(f"{path}: {exc}") from None
-    return Loaded(index, raw_bundle=data)
+
+
+def check_serial(new: Loaded, in_force: Loaded | None) -> None:
+    """Refuse a signed bundle older than the one in force, or another under its serial."""
+    if in_force is None or in_force.serial is None or new.serial is None:
+        return
+    if new.serial < in_force.serial:
+        raise errors.BundleRejected(
+            f"serial {new.serial} is older than the bundle in force ({in_force.serial})"
+        )
+    if new.serial == in_force.serial and new.envelope_digest != in_force.envelope_digest:
+        raise errors.BundleRejected(
+            f"serial {new.serial} is the bundle in force's, with different content"
+        )
 
 
 class PolicyHolder:
@@ -102,15 +154,17 @@ class PolicyHolder:
         self,
         read: Callable[[], Loaded],
         *,
-        watch_directory: Path,
+        watch_directory: Path | None,
         cache_ttl: float,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
         source: str = "",
         report: credentials.Reporter | None = None,
+        signers: Signers | None = None,
     ) -> None:
         self._report = report or credentials.ignore_reports
         self._read = read
+        self.signers = signers
         self.watch_directory = watch_directory
         self.source = source
         self._ttl = cache_ttl
@@ -138,13 +192,31 @@ class PolicyHolder:
         self._cache = self._new_cache(loaded.index)  # the one atomic swap: index and cache
         self.loaded = loaded
         self._metrics.policies_loaded.set(loaded.index.size)
+        if loaded.serial is not None:
+            self._metrics.policy_serial.set(loaded.serial)
 
     async def reload(self) -> bool:
         """Re-read the source; keep the policy in force if the new one is bad."""
+        return await self._load(self._read)
+
+    async def install_signed(self, envelope: bytes) -> bool:
+        """Verify and install a signed bundle the broker delivered; the same checks and the
+        same last-good rule as a file. The bundle in force again is a no-op."""
+        signers = self.signers
+        assert signers is not None  # broker mode always has trusted keys (settings)
+        if (
+            self.loaded is not None
+            and self.loaded.envelope_digest == hashlib.sha256(envelope).digest()
+        ):
+            return True
+        return await self._load(lambda: read_signed(envelope, signers))
+
+    async def _load(self, read: Callable[[], Loaded]) -> bool:
         async with self._lock:  # two inotify bursts must not race to install
             previous = self.loaded.hash if self.loaded else None
             try:
-                loaded = await asyncio.to_thread(self._read)
+                loaded = await asyncio.to_thread(read)
+                check_serial(loaded, self.loaded)
             except errors.BundleRejected as exc:
                 self._metrics.policy_reloads.labels("failed").inc()
                 self._report("policy.reload", "rejected", str(exc)[:500], {"route": "policy"})
@@ -182,6 +254,10 @@ def _dismantle(cache: caching.DecisionCache) -> None:
         sys.setswitchinterval(interval)
 
 
+def _waiting_for_the_broker() -> Loaded:
+    raise errors.BundleRejected("no bundle delivered by the broker yet")
+
+
 def holder_for(
     directory: Path | None,
     bundle_file: Path | None,
@@ -189,7 +265,20 @@ def holder_for(
     cache_ttl: float,
     metrics: Metrics,
     report: credentials.Reporter | None = None,
+    signers: Signers | None = None,
 ) -> PolicyHolder:
+    """The holder of a policy directory, a signed bundle file, or (neither: broker mode)
+    the bundles the broker delivers (``install_signed``)."""
+    if directory is None and bundle_file is None:
+        return PolicyHolder(
+            _waiting_for_the_broker,
+            watch_directory=None,
+            cache_ttl=cache_ttl,
+            metrics=metrics,
+            source="broker",
+            report=report,
+            signers=signers,
+        )
     if directory is not None:
         return PolicyHolder(
             lambda: read_directory(directory),
@@ -199,12 +288,13 @@ def holder_for(
             source=str(directory),
             report=report,
         )
-    assert bundle_file is not None  # settings validate exactly one source
+    assert bundle_file is not None and signers is not None  # settings: keys with a file
     return PolicyHolder(
-        lambda: read_bundle_file(bundle_file),
+        lambda: read_bundle_file(bundle_file, signers),
         watch_directory=bundle_file.parent,
         cache_ttl=cache_ttl,
         metrics=metrics,
         source=str(bundle_file),
         report=report,
+        signers=signers,
     )

@@ -15,6 +15,7 @@ import redis.exceptions
 
 from sidegate import errors
 from sidegate.policy import rules
+from sidegate.redact import Secret
 from sidegate.sidecar import credentials
 from sidegate.sidecar.limiting import LimiterUnavailable, Reservation, rate_limited
 from sidegate.sidecar.metrics import Metrics
@@ -94,7 +95,7 @@ class RedisLimiter:
     def __init__(
         self,
         *,
-        url_file: Path,
+        url_file: Path | None,
         password_file: Path | None,
         timeout: float,
         key_prefix: str,
@@ -116,22 +117,24 @@ class RedisLimiter:
 
     def reload(self) -> None:
         """Connect with the URL and password in the files; keep the old client if they are bad."""
+        assert self.url_file is not None  # only file-backed settings are reloaded
         try:
-            url = credentials.read_key(self.url_file).reveal()
-            password = (
-                credentials.read_key(self.password_file).reveal() if self.password_file else None
-            )
+            url = credentials.read_key(self.url_file)
+            password = credentials.read_key(self.password_file) if self.password_file else None
         except errors.CredentialRejected as exc:
             logger.error(
                 "redis settings rejected, keeping the connection in force",
                 extra={"reason": str(exc)},
             )
             return
+        self.use(url, password)
+
+    def use(self, url_secret: Secret, password_secret: Secret | None) -> None:
+        """Connect with this URL and password (from the files, or delivered by the broker)."""
+        url = url_secret.reveal()
+        password = password_secret.reveal() if password_secret is not None else None
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            logger.error(
-                "redis url rejected: not redis://, rediss:// or unix://",
-                extra={"file": str(self.url_file)},
-            )
+            logger.error("redis url rejected: not redis://, rediss:// or unix://")
             return
         if self._connection == (url, password):
             return

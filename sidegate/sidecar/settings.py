@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sidegate import errors
+from sidegate.policy import signing
 from sidegate.tls import TLSVersionName
 
 _PROVIDER_NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
@@ -248,22 +249,82 @@ class PolicySettings(_Strict):
         None, description="Standalone: a directory of RBACPolicy YAML files (kubectl style)."
     )
     bundle_file: Path | None = Field(
-        None, description="Cluster: the bundle file the operator writes (a projected Secret)."
+        None, description="A signed bundle file the operator wrote (verified with trusted_keys)."
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="Public keys (`ed25519:<base64>`) a bundle must be signed with; required "
+        "with `broker` and with `bundle_file`.",
     )
     cache_ttl_seconds: float = Field(
         30.0, ge=0, le=3600, description="How long a decision is reused; 0 disables the cache."
     )
 
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_parse(cls, value: list[str]) -> list[str]:
+        for text in value:
+            signing.decode_public_key(text)  # ValueError names what is wrong, not the key
+        return value
+
     @model_validator(mode="after")
-    def _exactly_one_source(self) -> PolicySettings:
-        if (self.directory is None) == (self.bundle_file is None):
+    def _one_source_at_most(self) -> PolicySettings:
+        if self.directory is not None and self.bundle_file is not None:
             raise ValueError("set exactly one of policy.directory and policy.bundle_file")
+        if self.bundle_file is not None and not self.trusted_keys:
+            raise ValueError("policy.bundle_file needs policy.trusted_keys to verify it")
+        return self
+
+
+class BrokerSettings(_Strict):
+    """Where the sidecar gets its keys, bundle, admin token and Redis settings in a cluster."""
+
+    url: str = Field(
+        description="The broker's HTTPS URL, e.g. https://sidegate-broker.sidegate-system.svc:8443."
+    )
+    ca_pem: str | None = Field(
+        None, description="PEM of the CA that signed the broker's certificate."
+    )
+    ca_file: Path | None = Field(None, description="...or a file holding it.")
+    token_file: Path = Field(
+        Path("/var/run/sidegate/token/token"),
+        description="The projected ServiceAccount token (audience sidegate), re-read per call.",
+    )
+    max_staleness_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=86400,
+        description="Serve on the last delivery this long without reaching the broker, then "
+        "answer 503 broker_unreachable.",
+    )
+    wait_seconds: float = Field(
+        25.0, ge=1, le=300, description="How long one long-poll asks the broker to hold."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError("must be an https:// URL")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError("must be a plain https://host:port URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_ca(self) -> BrokerSettings:
+        if self.ca_pem is not None and self.ca_file is not None:
+            raise ValueError("set at most one of broker.ca_pem and broker.ca_file")
         return self
 
 
 class RedisSettings(_Strict):
-    url_file: Path = Field(
-        description="File holding the Redis URL (redis://host:port/db or rediss://...)."
+    url_file: Path | None = Field(
+        None,
+        description="File holding the Redis URL (redis://host:port/db or rediss://...); with "
+        "`broker`, the broker delivers the URL and password instead.",
     )
     password_file: Path | None = Field(None, description="File holding the Redis password.")
     timeout_seconds: float = Field(
@@ -298,7 +359,11 @@ class RateLimitSettings(_Strict):
 
 class AdminSettings(_Strict):
     port: int = Field(4001, ge=0, le=65535, description="Loopback port of the admin API.")
-    token_file: Path = Field(description="File holding the admin bearer token.")
+    token_file: Path | None = Field(
+        None,
+        description="File holding the admin bearer token; with `broker`, the broker delivers "
+        "it instead.",
+    )
 
 
 class ObjectLockSettings(_Strict):
@@ -354,7 +419,12 @@ class LogSettings(_Strict):
 
 class SidecarSettings(_Strict):
     listen: ListenSettings = Field(default_factory=ListenSettings)
-    credentials: CredentialSettings
+    broker: BrokerSettings | None = Field(
+        None, description="Cluster: keys, bundle, admin token and Redis from the broker."
+    )
+    credentials: CredentialSettings | None = Field(
+        None, description="Key files; required without `broker`, refused with it."
+    )
     providers: dict[Annotated[str, Field(pattern=_PROVIDER_NAME)], ProviderSettings] = Field(
         min_length=1
     )
@@ -366,6 +436,39 @@ class SidecarSettings(_Strict):
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     admin: AdminSettings | None = Field(None, description="The admin API; off when absent.")
     audit: AuditSettings | None = Field(None, description="The audit trail; off when absent.")
+
+    @model_validator(mode="after")
+    def _sources(self) -> SidecarSettings:
+        """With a broker, every secret and the bundle come from it (memory only); without
+        one, each comes from its file."""
+        policy, redis = self.policy, self.rate_limits.redis
+        files = {
+            "credentials": self.credentials is not None,
+            "policy.directory": policy.directory is not None,
+            "policy.bundle_file": policy.bundle_file is not None,
+            "admin.token_file": self.admin is not None and self.admin.token_file is not None,
+            "rate_limits.redis.url_file": redis is not None and redis.url_file is not None,
+            "rate_limits.redis.password_file": redis is not None
+            and redis.password_file is not None,
+        }
+        if self.broker is not None:
+            given = [name for name, present in files.items() if present]
+            if given:
+                raise ValueError(
+                    f"with broker, leave out {', '.join(given)}: the broker delivers them"
+                )
+            if not policy.trusted_keys:
+                raise ValueError("broker needs policy.trusted_keys to verify bundles")
+            return self
+        if not files["credentials"]:
+            raise ValueError("credentials: required without broker")
+        if not (files["policy.directory"] or files["policy.bundle_file"]):
+            raise ValueError("set exactly one of policy.directory and policy.bundle_file")
+        if self.admin is not None and not files["admin.token_file"]:
+            raise ValueError("admin.token_file: required without broker")
+        if redis is not None and not files["rate_limits.redis.url_file"]:
+            raise ValueError("rate_limits.redis.url_file: required without broker")
+        return self
 
     @model_validator(mode="after")
     def _routes_name_providers(self) -> SidecarSettings:
@@ -459,9 +562,17 @@ def _resolve_paths(settings: SidecarSettings, base: Path) -> SidecarSettings:
         )
         for name, provider in settings.providers.items()
     }
-    credentials = settings.credentials.model_copy(
-        update={"directory": absolute(settings.credentials.directory)}
-    )
+    credentials = settings.credentials
+    if credentials is not None:
+        credentials = credentials.model_copy(update={"directory": absolute(credentials.directory)})
+    broker = settings.broker
+    if broker is not None:
+        broker = broker.model_copy(
+            update={
+                "token_file": absolute(broker.token_file),
+                "ca_file": absolute(broker.ca_file) if broker.ca_file else None,
+            }
+        )
     policy = settings.policy.model_copy(
         update={
             "directory": absolute(settings.policy.directory) if settings.policy.directory else None,
@@ -477,7 +588,7 @@ def _resolve_paths(settings: SidecarSettings, base: Path) -> SidecarSettings:
             update={
                 "redis": redis.model_copy(
                     update={
-                        "url_file": absolute(redis.url_file),
+                        "url_file": absolute(redis.url_file) if redis.url_file else None,
                         "password_file": absolute(redis.password_file)
                         if redis.password_file
                         else None,
@@ -487,13 +598,16 @@ def _resolve_paths(settings: SidecarSettings, base: Path) -> SidecarSettings:
         )
     admin = settings.admin
     if admin is not None:
-        admin = admin.model_copy(update={"token_file": absolute(admin.token_file)})
+        admin = admin.model_copy(
+            update={"token_file": absolute(admin.token_file) if admin.token_file else None}
+        )
     audit = settings.audit
     if audit is not None:
         audit = audit.model_copy(update={"spool_directory": absolute(audit.spool_directory)})
     return settings.model_copy(
         update={
             "providers": providers,
+            "broker": broker,
             "credentials": credentials,
             "policy": policy,
             "rate_limits": rate_limits,

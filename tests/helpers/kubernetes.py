@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import itertools
 import json
+import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,11 +31,161 @@ SOURCES = f"/api/v1/namespaces/{RELEASE}/secrets"
 OPERATOR_TOKEN = "operator-test"
 
 
+TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+# What a real API server answers for a token without a bound pod or with no audiences asked.
+API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedToken:
+    """A projected ServiceAccount token the emulated API server issued (TokenRequest)."""
+
+    namespace: str
+    service_account: str
+    audiences: tuple[str, ...]
+    expires: float  # unix time
+    pod_name: str | None = None
+    pod_uid: str | None = None
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     """Stamps uid, resourceVersion and creationTimestamp as a real API server does (kopf's
-    patches rely on resourceVersion)."""
+    patches rely on resourceVersion), and answers TokenReview from the tokens it issued."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.tokens: dict[str, IssuedToken] = {}
+        self.token_reviews = 0
+        # (resource plural, namespace, action) of each request the operator made (its token).
+        self.operator_calls: list[tuple[str | None, str | None, str]] = []
+
+    def issue_token(
+        self,
+        namespace: str,
+        service_account: str,
+        *,
+        pod: dict[str, Any] | None = None,
+        audiences: tuple[str, ...] = ("sidegate",),
+        seconds: float = 600,
+    ) -> str:
+        """A JWT-shaped bound token, as the kubelet gets with TokenRequest (boundObjectRef
+        the pod). Its signature is random: only this table makes it valid."""
+        now = time.time()
+        issued = IssuedToken(
+            namespace,
+            service_account,
+            audiences,
+            now + seconds,
+            pod["metadata"]["name"] if pod else None,
+            pod["metadata"]["uid"] if pod else None,
+        )
+        claims: dict[str, Any] = {
+            "aud": list(audiences),
+            "exp": int(issued.expires),
+            "iat": int(now),
+            "nbf": int(now),
+            "iss": API_SERVER_AUDIENCE,
+            "sub": f"system:serviceaccount:{namespace}:{service_account}",
+            "kubernetes.io": {
+                "namespace": namespace,
+                "serviceaccount": {"name": service_account, "uid": str(uuid.uuid4())},
+            },
+        }
+        if pod:
+            claims["kubernetes.io"]["pod"] = {"name": issued.pod_name, "uid": issued.pod_uid}
+        header = _b64url(json.dumps({"alg": "RS256", "kid": "emulated"}).encode())
+        token = ".".join(
+            [header, _b64url(json.dumps(claims).encode()), _b64url(secrets.token_bytes(64))]
+        )
+        self.tokens[token] = issued
+        return token
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        for (resource, found_namespace, found_name), obj in self._objects.items():
+            if (resource.plural, found_namespace, found_name) == ("pods", namespace, name):
+                return None if obj.deleted else dict(obj.raw)
+        return None
+
+    def _review(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The authenticator's verdict, as kube-apiserver gives it for bound service account
+        tokens: unknown, expired, for none of the asked audiences, or bound to a pod that is
+        gone (or has another uid) → not authenticated, with an error and no user."""
+        issued = self.tokens.get(str(spec.get("token") or ""))
+        asked = list(spec.get("audiences") or [API_SERVER_AUDIENCE])
+        if issued is None:
+            return {"authenticated": False, "error": "[invalid bearer token]"}
+        if issued.expires <= time.time():
+            return {"authenticated": False, "error": "[invalid bearer token, Token has expired.]"}
+        audiences = [a for a in asked if a in issued.audiences]
+        if not audiences:
+            return {
+                "authenticated": False,
+                "error": f"[invalid bearer token, token audiences {list(issued.audiences)} is "
+                f"invalid for the target audiences {asked}]",
+            }
+        extra: dict[str, list[str]] = {
+            "authentication.kubernetes.io/credential-id": ["JTI=" + str(uuid.uuid4())]
+        }
+        if issued.pod_name is not None:
+            pod = self.pod(issued.namespace, issued.pod_name)
+            if pod is None or pod["metadata"].get("uid") != issued.pod_uid:
+                return {
+                    "authenticated": False,
+                    "error": "[invalid bearer token, pod not found or uid mismatch]",
+                }
+            extra["authentication.kubernetes.io/pod-name"] = [issued.pod_name]
+            extra["authentication.kubernetes.io/pod-uid"] = [str(issued.pod_uid)]
+        return {
+            "authenticated": True,
+            "audiences": audiences,
+            "user": {
+                "username": f"system:serviceaccount:{issued.namespace}:{issued.service_account}",
+                "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, issued.service_account)),
+                "groups": [
+                    "system:serviceaccounts",
+                    f"system:serviceaccounts:{issued.namespace}",
+                    "system:authenticated",
+                ],
+                "extra": extra,
+            },
+        }
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        # kmock logs every request and matches each new one by scanning that log, so a test
+        # with hundreds of pods and thousands of calls slows down quadratically. No test
+        # reads the log: a request leaves it once answered (streams: once they end).
+        if request.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}":
+            plural = request.resource.plural if request.resource is not None else None
+            self.operator_calls.append((plural, request.namespace, str(request.action)))
+        try:
+            return await self._answer(request)
+        finally:
+            for index in range(len(self._requests) - 1, -1, -1):
+                if self._requests[index] is request:
+                    del self._requests[index]
+                    break
+
+    async def _answer(self, request: Any) -> aiohttp.web.StreamResponse:
+        if request.url.path == TOKENREVIEWS:
+            if str(request.method).upper().endswith("POST"):
+                body = request.data if isinstance(request.data, dict) else {}
+                self.token_reviews += 1
+                spec = body.get("spec") or {}
+                return aiohttp.web.json_response(
+                    {
+                        "apiVersion": "authentication.k8s.io/v1",
+                        "kind": "TokenReview",
+                        "metadata": {"creationTimestamp": None},
+                        "spec": spec,
+                        "status": self._review(spec),
+                    },
+                    status=201,
+                )
+            return aiohttp.web.json_response({"kind": "Status", "code": 405}, status=405)
         data = request.data if isinstance(getattr(request, "data", None), dict) else None
         if data is not None and request.resource is not None:
             meta = data.setdefault("metadata", {})
@@ -121,15 +274,7 @@ async def eventually(check: Any, seconds: float = 5.0) -> Any:
 
 def operator_requests(k8s: Emulator) -> list[tuple[str | None, str | None, str]]:
     """What the operator asked the API server: (resource plural, namespace, action)."""
-    return [
-        (
-            request.resource.plural if request.resource is not None else None,
-            request.namespace,
-            str(request.action),
-        )
-        for request in k8s
-        if request.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}"
-    ]
+    return list(k8s.operator_calls)
 
 
 async def get(k8s: Emulator, path: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sidegate.policy import bundle, documents
+from sidegate.policy import bundle, documents, signing
 from tests.conftest import Stack, wait_for
 from tests.helpers.http import call, chat_body
 from tests.helpers.kubelet import ProjectedVolume
@@ -144,27 +145,36 @@ def test_a_file_with_several_policies_is_not_rewritten(admin_stack: Stack) -> No
 def test_cluster_mode_refuses_writes_and_follows_the_bundle(
     make_stack: Callable[..., Stack], tmp_path: Path
 ) -> None:
+    key = signing.generate_private_key()
+    serials = itertools.count(1)
+
+    def signed(compiled: bundle.PolicyBundle) -> bytes:
+        return signing.sign(
+            bundle.dumps(compiled),
+            namespace="default",
+            serial=next(serials),
+            issued_at="2026-11-23T18:00:00Z",
+            private_key=key,
+        )
+
     volume = ProjectedVolume(tmp_path / "bundle")
-    volume.publish({"bundle.json": bundle.dumps(bundle.empty())})
+    volume.publish({"bundle.json": signed(bundle.empty())})
 
     def cluster(raw: dict[str, Any]) -> None:
-        raw["policy"] = {"bundle_file": str(volume.root / "bundle.json")}
+        raw["policy"] = {
+            "bundle_file": str(volume.root / "bundle.json"),
+            "trusted_keys": [signing.encode_public_key(key.public_key())],
+        }
 
     stack = make_stack(cluster, admin=True)
     status, answer = admin(stack, "PUT", f"{POLICIES}/default/gpt-only", gpt_only())
     assert status == 409 and "kubectl apply" in answer["error"]["message"]
     assert call(stack.origin, CHAT, chat_body())[0] == 403
     grant = bundle.to_bundle(documents.parse(json.dumps(gpt_only()), "x"))
-    volume.publish({"bundle.json": bundle.dumps(grant)})
+    volume.publish({"bundle.json": signed(grant)})
     wait_for(lambda: call(stack.origin, CHAT, chat_body())[0] == 200, timeout=1.0)
     assert admin(stack, "GET", POLICIES)[1]["items"][0]["metadata"]["name"] == "gpt-only"
-    volume.publish(
-        {
-            "bundle.json": b'{"schemaVersion": 1, "policies": [], "hash": "sha256:'
-            + b"0" * 64
-            + b'"}'
-        }
-    )
+    volume.publish({"bundle.json": bundle.dumps(bundle.empty())})  # unsigned
     wait_for(lambda: stack.metric("sidegate_policy_reloads_total", result="failed") >= 1)
     assert call(stack.origin, CHAT, chat_body())[0] == 200  # a tampered bundle is refused
 

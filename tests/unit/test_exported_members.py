@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("package", ["sidegate.policy", "sidegate.audit"])
+@pytest.mark.parametrize("package", ["sidegate.policy", "sidegate.audit", "sidegate.broker"])
 def test_all_names_exist_and_nothing_public_is_missing(package: str) -> None:
     module = importlib.import_module(package)
     exported = set(module.__all__)

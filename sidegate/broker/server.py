@@ -1,0 +1,182 @@
+"""The broker's HTTP API: ``GET /v1/delivery`` over TLS, and the plain probe endpoints.
+
+One request, in order: the broker has read its objects → the bearer token passes
+TokenReview for the broker's audience (cached per token) → the token's namespace is served
+→ the token's pod passes the pod check (``pods.check``, the verdict reused for a short
+while) → the namespace's answer, at once if its version is not ``after``, else when it
+changes, else 304 after ``wait`` seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sidegate.broker import contents, kube, pods, reviews
+from sidegate.broker.metrics import Metrics
+from sidegate.policy import delivery
+
+logger = logging.getLogger(__name__)
+
+# A pod that passed the check is read again after this: an ephemeral container added to it
+# later (the webhook refuses those; this is the second line) is seen within it.
+POD_RECHECK_SECONDS = 30.0
+_MAX_POD_VERDICTS = 50_000
+
+
+@dataclasses.dataclass
+class Broker:
+    """Everything a delivery request needs, built once by ``running``."""
+
+    contents: contents.Contents
+    reviewer: reviews.Reviewer
+    client: kube.Client
+    image: str
+    audience: str
+    max_wait: float
+    metrics: Metrics
+    clock: Callable[[], float] = time.monotonic
+    _verdicts: collections.OrderedDict[tuple[str, tuple[str, ...]], float] = dataclasses.field(
+        default_factory=collections.OrderedDict
+    )
+
+    async def check_pod(self, identity: reviews.Identity) -> None:
+        keys = self.contents.trusted_keys
+        key = (identity.pod_uid, keys)
+        checked = self._verdicts.get(key)
+        if checked is not None and self.clock() - checked < POD_RECHECK_SECONDS:
+            return
+        pod = await self.client.get_pod(identity.namespace, identity.pod_name)
+        try:
+            if pod is None:
+                raise pods.Refused(delivery.POD_NOT_FOUND, "the token's pod no longer exists")
+            expected = pods.Expectations(self.image, self.audience, keys)
+            pods.check(pod, uid=identity.pod_uid, expected=expected)
+        except pods.Refused as exc:
+            self._verdicts.pop(key, None)
+            self.metrics.pod_checks.labels(exc.code).inc()
+            raise
+        self.metrics.pod_checks.labels("ok").inc()
+        self._verdicts[key] = self.clock()
+        self._verdicts.move_to_end(key)
+        while len(self._verdicts) > _MAX_POD_VERDICTS:
+            self._verdicts.popitem(last=False)
+
+
+BROKER = web.AppKey("sidegate.broker", Broker)
+
+
+def _refuse(broker: Broker, status: int, code: str, message: str) -> web.Response:
+    broker.metrics.answers.labels(str(status), code).inc()
+    headers = {"Cache-Control": "no-store"}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="sidegate-broker"'
+    return web.Response(
+        body=delivery.refusal(code, message),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
+
+def _wait(request: web.Request, longest: float) -> float:
+    try:
+        asked = float(request.query.get("wait", longest))
+    except ValueError:
+        raise web.HTTPBadRequest(reason="wait must be a number of seconds") from None
+    return min(max(asked, 0.0), longest) if asked == asked else longest  # NaN: the longest
+
+
+async def deliver(request: web.Request) -> web.StreamResponse:
+    broker = request.app[BROKER]
+    if not broker.contents.ready or not broker.contents.trusted_keys:
+        return _refuse(broker, 503, delivery.NOT_READY, "the broker has not read its objects yet")
+    after, wait = request.query.get("after", ""), _wait(request, broker.max_wait)
+    try:
+        identity = await broker.reviewer.review(_bearer(request))
+    except reviews.Unauthenticated as exc:
+        return _refuse(broker, 401, delivery.UNAUTHENTICATED, str(exc))
+    except reviews.Unavailable:
+        return _refuse(broker, 503, delivery.NOT_READY, "the API server cannot review tokens")
+    except pods.Refused as exc:
+        return _refuse(broker, 403, exc.code, exc.message)
+    if broker.contents.snapshot(identity.namespace) is None:
+        return _refuse(
+            broker, 403, delivery.NAMESPACE_NOT_SERVED, "no policy applies to this namespace"
+        )
+    try:
+        await broker.check_pod(identity)
+    except pods.Refused as exc:
+        logger.warning(
+            "pod refused",
+            extra={"namespace": identity.namespace, "pod": identity.pod_name, "code": exc.code},
+        )
+        return _refuse(broker, 403, exc.code, exc.message)
+    except kube.ApiError:
+        return _refuse(broker, 503, delivery.NOT_READY, "the API server cannot be read")
+    broker.metrics.waiting.inc()
+    try:
+        found = await broker.contents.next_snapshot(identity.namespace, after, wait)
+    except LookupError:
+        return _refuse(
+            broker, 403, delivery.NAMESPACE_NOT_SERVED, "no policy applies to this namespace"
+        )
+    finally:
+        broker.metrics.waiting.dec()
+    if found is None:
+        broker.metrics.answers.labels("304", "not_modified").inc()
+        return web.Response(status=304, headers={"Cache-Control": "no-store"})
+    broker.metrics.answers.labels("200", "ok").inc()
+    return web.Response(
+        body=found.body,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", "ETag": f'"{found.version}"'},
+    )
+
+
+def create_app(broker: Broker) -> web.Application:
+    app = web.Application(client_max_size=4096)  # requests carry no body
+    app[BROKER] = broker
+    app.router.add_get(delivery.PATH, deliver)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    ready = broker.contents.ready
+    return web.json_response(
+        {"ready": ready, "namespaces": broker.contents.namespaces}, status=200 if ready else 503
+    )
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    broker = request.app[BROKER]
+    broker.metrics.namespaces.set(broker.contents.namespaces)
+    return web.Response(
+        body=generate_latest(broker.metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+def create_probe_app(broker: Broker) -> web.Application:
+    app = web.Application(client_max_size=4096)
+    app[BROKER] = broker
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
