@@ -18,6 +18,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 from sidegate import __version__, audit_commands, errors, logs, policy_commands, redact
@@ -133,6 +134,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     redactor = redact.Redactor()
     logs.configure(redactor, args.log_level, "json")
+    if args.action == "cleanup":
+        return running.cleanup(
+            namespace=args.own_namespace, deployment=args.stop_deployment, timeout=args.timeout
+        )
     if args.webhook_port and not (args.webhook_cert and args.webhook_key and args.sidecar_image):
         print(
             "sidegate: --webhook-port needs --webhook-cert, --webhook-key and --sidecar-image",
@@ -153,6 +158,11 @@ def cmd_operator(args: argparse.Namespace) -> int:
             port=args.sidecar_port,
             image_pull_policy=args.sidecar_pull_policy,
         )
+        try:
+            injection.sidecar_config(sidecar)
+        except (ValueError, yaml.YAMLError) as exc:
+            print(f"sidegate: --sidecar-config: {exc}", file=sys.stderr)
+            return 2
         if args.sidecar_resources is not None:
             sidecar = dataclasses.replace(sidecar, resources=args.sidecar_resources)
     listener = None
@@ -162,12 +172,12 @@ def cmd_operator(args: argparse.Namespace) -> int:
         )
     shared = state.OperatorState(
         login=running.standard_login,
-        bundle_secret=args.bundle_secret,
         namespace=args.own_namespace,
         overlap=args.overlap,
         admin_rotation=args.admin_token_rotation,
         source_label=args.credential_source_label,
         sidecar=sidecar,
+        broker_ca_file=Path(args.broker_ca_file) if args.broker_ca_file else None,
     )
     return running.run(
         namespaces=args.namespace or [],
@@ -277,21 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     operator = commands.add_parser(
         "operator",
         help="run the Kubernetes operator",
-        description="Run the operator (kopf): RBACPolicy objects become a bundle Secret per "
-        "namespace, with status conditions and Events for invalid policies; labelled provider "
-        "key Secrets fan out to every served namespace; each namespace gets a rotated admin "
-        "token; with --webhook-port, annotated pods get the sidecar injected. Logs in with the "
-        "pod's service account, or the kubeconfig outside a cluster. The Helm chart "
-        "(charts/sidegate) sets all of this.",
+        description="Run the operator (kopf): the RBACPolicy objects of each namespace become "
+        "a signed bundle (sidegate-bundle-<ns> in the operator's namespace), with status "
+        "conditions and Events for invalid policies; labelled provider key Secrets become the "
+        "one sidegate-credentials Secret there; each served namespace gets a rotated admin "
+        "token (sidegate-admin-<ns>); the broker serves all of these to the sidecars. Nothing "
+        "is written in application namespaces. With --webhook-port, annotated pods get the "
+        "sidecar injected. Logs in with the pod's service account, or the kubeconfig outside a "
+        "cluster. The Helm chart (charts/sidegate) sets all of this.",
     )
     operator.add_argument(
         "--namespace",
         "-n",
         action="append",
-        help="watch only this namespace (repeatable); all by default",
-    )
-    operator.add_argument(
-        "--bundle-secret", default="sidegate-bundle", help="name of the bundle Secret per namespace"
+        help="serve only the RBACPolicies of this namespace (repeatable); all by default",
     )
     operator.add_argument(
         "--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz for the pod's probes"
@@ -299,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument(
         "--own-namespace",
         default=os.environ.get("SIDEGATE_NAMESPACE", "sidegate-system"),
-        help="the operator's namespace: the only place source credential Secrets are read from "
+        help="the operator's (release) namespace: the only place it reads or writes Secrets "
         "(default: $SIDEGATE_NAMESPACE, else sidegate-system)",
     )
     operator.add_argument(
@@ -333,7 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--sidecar-config",
         metavar="FILE",
         default="/etc/sidegate/sidecar.yaml",
-        help="the injected sidecar's YAML config, passed to it in $SIDEGATE_CONFIG",
+        help="the injected sidecar's YAML config, passed to it in $SIDEGATE_CONFIG with the "
+        "trusted signing keys (and the broker's CA) filled in",
+    )
+    webhook.add_argument(
+        "--broker-ca-file",
+        metavar="FILE",
+        help="the broker's CA certificate (PEM), injected as broker.ca_pem; read at each "
+        "admission, so a renewed CA is picked up",
     )
     webhook.add_argument(
         "--sidecar-mode",
@@ -364,7 +380,23 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
-    operator.set_defaults(func=cmd_operator)
+    operator.set_defaults(func=cmd_operator, action=None)
+    actions = operator.add_subparsers(dest="action", metavar="ACTION")
+    cleanup = actions.add_parser(
+        "cleanup",
+        help="remove what the operator left (a Helm pre-delete hook runs it)",
+        description="Stop the operator (--stop-deployment), remove its finalizer from every "
+        "RBACPolicy, and delete the Secrets and ConfigMaps it wrote in --own-namespace "
+        "(bundles, credentials, admin tokens, signing keys). The source Secrets stay.",
+    )
+    cleanup.add_argument(
+        "--stop-deployment",
+        metavar="NAME",
+        help="the operator's Deployment in --own-namespace: scaled to 0 first, and waited for",
+    )
+    cleanup.add_argument(
+        "--timeout", type=float, default=300.0, metavar="SECONDS", help="longest wait (300)"
+    )
     broker = commands.add_parser(
         "broker",
         help="run the credential broker",

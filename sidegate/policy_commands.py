@@ -111,8 +111,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     bundler = sub.add_parser(
         "bundle",
         help="compile policy files into a bundle file",
-        description="Compile policies into the bundle JSON the sidecar reads from "
-        "policy.bundle_file (what the operator writes in a cluster).",
+        description="Compile policies into the canonical bundle JSON, unsigned: what the "
+        "operator signs for a namespace (a sidecar takes only signed bundles).",
     )
     bundler.add_argument("paths", nargs="+", metavar="PATH")
     bundler.add_argument("--output", "-o", default="-", help="file to write, - for stdout")

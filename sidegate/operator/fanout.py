@@ -1,9 +1,9 @@
 """Secrets whose values rotate with an overlap: the credentials Secret (from the sources)
-and the admin token Secret (generated).
+and the admin token Secrets (generated), all in the release namespace.
 
 When a value changes, the target keeps the old one as ``<key>.previous`` for an overlap
-window: the sidecar retries a 401 (or accepts an admin call) with it while the kubelet's
-projection of the new value is still on its way (up to a minute or so). After the window,
+window: the sidecar retries a 401 (or accepts an admin call) with it while the new value is
+still on its way to every sidecar. After the window,
 ``.previous`` goes. Pure functions, and ``converge``, the one write they lead to. Nothing
 here logs or returns a value in a message.
 """
@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sidegate.operator import objects
-from sidegate.operator.kube import SecretsClient
+from sidegate.operator.kube import ApiClient
 
 PREVIOUS = ".previous"
 EXPIRY_ANNOTATION = "sidegate.io/previous-expires"
@@ -66,6 +66,7 @@ def target_secret(
     expires: Mapping[str, float],
     removed: set[str],
     annotations: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A merge patch (or a new Secret): removed keys are null, which deletes them."""
     encoded: dict[str, str | None] = {
@@ -73,11 +74,11 @@ def target_secret(
     }
     encoded.update({key: None for key in removed})
     merged = {**(annotations or {}), EXPIRY_ANNOTATION: json.dumps(expires, sort_keys=True)}
-    return objects.managed_secret(namespace, name, merged, encoded)
+    return objects.managed_secret(namespace, name, merged, encoded, labels)
 
 
 async def converge(
-    client: SecretsClient,
+    client: ApiClient,
     secret: Mapping[str, Any] | None,
     namespace: str,
     name: str,
@@ -86,6 +87,7 @@ async def converge(
     now: float,
     overlap: float,
     annotations: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, float] | None:
     """Write ``secret`` (as read) with the ``wanted`` values, rotated-out ones kept for the
     overlap. Writes only on change; returns the expiries written, or None if nothing was."""
@@ -94,5 +96,5 @@ async def converge(
     if data == current and expires == current_expiries:
         return None
     removed = set(current) - set(data)
-    await client.apply(target_secret(namespace, name, data, expires, removed, annotations))
+    await client.apply(target_secret(namespace, name, data, expires, removed, annotations, labels))
     return expires

@@ -1,4 +1,5 @@
-"""The sidecar injection: an annotated pod → the same pod with Sidegate in it (pure, no I/O).
+"""The sidecar injection: an annotated pod → the same pod with Sidegate in it, and the rules
+that refuse a pod whose other containers could reach the sidecar's secrets (pure, no I/O).
 
 ``inject(pod, spec)`` returns the fields of the pod it changes. It is a fixed point:
 injecting an injected pod returns the same fields, so the webhook's JSON patch is empty the
@@ -6,31 +7,46 @@ second time (and after a retried admission call). The webhook handler and any fu
 ``sidegate inject`` command share this one builder.
 
 The sidecar gets its config through an environment variable (no ConfigMap to copy into every
-namespace), its bundle, credentials and admin token through projected Secret volumes
-(``optional``: a namespace without policies yet still starts its pods, and the sidecar
-denies everything until a bundle arrives), and who it serves through the downward API.
+namespace), with the broker's address and CA and the public keys its bundles must be signed
+with; it proves who it is to the broker with a projected ServiceAccount token (audience
+``sidegate``, short-lived, rotated by the kubelet) mounted in the sidecar container only.
+Provider keys, the signed bundle and the admin token reach it from the broker, in memory:
+nothing Sidegate-related is stored in the application's namespace. Who it serves comes from
+the downward API.
+
+``exposure(pod, audience)`` is what the webhook refuses: the sidecar's token or volumes in
+another container, a token for the broker's audience anywhere else in the pod, and the pod
+settings that let other processes into the sidecar's (``hostPID``, ``shareProcessNamespace``)
+or onto its loopback port (``hostNetwork``). The broker checks the pod spec again before it
+serves anything (a pod admitted while the webhook was off proves nothing).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+
+import yaml
 
 ANNOTATION = "sidegate.io/inject"
 INJECTED = "sidegate.io/injected"
 CONTAINER = "sidegate"
 CONFIG_ENV = "SIDEGATE_CONFIG"
 MOUNT_ROOT = "/var/run/sidegate"
+TOKEN_VOLUME = "sidegate-token"  # noqa: S105 - a volume's name, not a secret
+TOKEN_DIR = f"{MOUNT_ROOT}/token"
+TOKEN_PATH = "token"  # noqa: S105 - a file name, not a secret
+SPOOL_VOLUME = "sidegate-spool"
+VOLUME_PREFIX = "sidegate-"
 SPOOL = "/var/lib/sidegate"
 UID = 65532  # the image's non-root user (Dockerfile)
 
 # The sidecar listens on loopback only, so the kubelet cannot reach it over HTTP: the probes
 # run inside the container and ask /healthz on 127.0.0.1. Not /readyz: that one is false
-# while any configured provider lacks a key or no bundle has arrived yet, and neither should
-# keep the pod from starting (the sidecar denies, or answers 503 for that provider, and
-# says so in its log, /readyz and metrics).
+# until the first delivery from the broker, and a broker outage must not restart sidecars
+# that still serve on what they hold (the sidecar says so in its log, /readyz and metrics).
 _PROBE = (
     "import sys, urllib.request; "
     "sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=2).status != 200)"
@@ -39,16 +55,18 @@ _PROBE = (
 
 @dataclasses.dataclass(frozen=True)
 class SidecarSpec:
-    """What the injector puts in a pod: the operator's flags, from the Helm values."""
+    """What the injector puts in a pod: the operator's flags, from the Helm values, plus what
+    the operator knows at admission time (the trusted keys, the broker's CA)."""
 
     image: str
-    config: str  # the sidecar's YAML config, paths under MOUNT_ROOT and SPOOL
+    config: str  # the sidecar's YAML config (from the chart), completed by ``sidecar_config``
     port: int = 4000
     native: bool = True  # an init container with restartPolicy Always (Kubernetes >= 1.29)
     image_pull_policy: str = "IfNotPresent"
-    bundle_secret: str = "sidegate-bundle"  # noqa: S105 - a Secret object's name, not a secret
-    credentials_secret: str = "sidegate-credentials"  # noqa: S105 - likewise
-    admin_secret: str = "sidegate-admin"  # noqa: S105 - likewise
+    audience: str = "sidegate"  # of the projected token the broker accepts
+    token_seconds: int = 600  # the token's lifetime; the kubelet renews it at 80%
+    trusted_keys: tuple[str, ...] = ()  # "ed25519:..." public keys, active first
+    broker_ca_pem: str | None = None  # the broker's CA certificate (PEM)
     resources: Mapping[str, Mapping[str, str]] = dataclasses.field(
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -61,33 +79,117 @@ def wants_injection(annotations: Mapping[str, str] | None) -> bool:
     return (annotations or {}).get(ANNOTATION, "").lower() == "true"
 
 
-def refusal(pod: Mapping[str, Any]) -> str | None:
-    """Why a pod that asks for the sidecar must not get it, if it must not."""
-    if (pod.get("spec") or {}).get("hostNetwork"):
+def sidecar_config(spec: SidecarSpec) -> str:
+    """The chart's config with what only the operator knows filled in: the keys bundles must
+    be signed with, and, with a broker section, its CA and the token's path."""
+    config = yaml.safe_load(spec.config) or {}
+    if not isinstance(config, dict):
+        raise ValueError("the sidecar config must be a YAML mapping")
+    if spec.trusted_keys:
+        config["policy"] = {**(config.get("policy") or {}), "trusted_keys": [*spec.trusted_keys]}
+    broker = config.get("broker")
+    if isinstance(broker, dict):
+        broker = {"token_file": f"{TOKEN_DIR}/{TOKEN_PATH}", **broker}
+        if spec.broker_ca_pem:
+            broker["ca_pem"] = spec.broker_ca_pem
+        config["broker"] = broker
+    return yaml.safe_dump(config, sort_keys=True)
+
+
+def _containers(pod: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    spec = pod.get("spec") or {}
+    for kind in ("initContainers", "containers", "ephemeralContainers"):
+        for item in spec.get(kind) or []:
+            yield kind, item
+
+
+def _token_audiences(volume: Mapping[str, Any]) -> Iterator[str]:
+    for source in (volume.get("projected") or {}).get("sources") or []:
+        token = (source or {}).get("serviceAccountToken")
+        if token is not None:
+            yield str(token.get("audience") or "")
+
+
+def carries_sidegate(pod: Mapping[str, Any], audience: str) -> bool:
+    """Anything of Sidegate's in the pod: the sidecar, one of its volumes, or a token for the
+    broker's audience. Pods without any are none of the webhook's business."""
+    spec = pod.get("spec") or {}
+    if any(c.get("name") == CONTAINER for _kind, c in _containers(pod)):
+        return True
+    return any(
+        str(v.get("name", "")).startswith(VOLUME_PREFIX) or audience in _token_audiences(v)
+        for v in spec.get("volumes") or []
+    )
+
+
+def _is_sidecar(kind: str, item: Mapping[str, Any]) -> bool:
+    return kind in ("initContainers", "containers") and item.get("name") == CONTAINER
+
+
+def exposure(pod: Mapping[str, Any], audience: str) -> str | None:
+    """Why a pod with Sidegate in it would let something other than the sidecar reach the
+    sidecar's token, memory or port, if it would."""
+    spec = pod.get("spec") or {}
+    if spec.get("hostNetwork"):
         # The sidecar's 127.0.0.1 would be the node's: every host-network process on the node
         # could spend the provider keys through it.
+        return "a hostNetwork pod cannot have the sidecar (its loopback port would be the node's)"
+    if spec.get("hostPID"):
+        return "a hostPID pod cannot have the sidecar (node processes could read its memory)"
+    if spec.get("shareProcessNamespace"):
         return (
-            "sidegate: a hostNetwork pod cannot have the sidecar (its loopback port would be "
-            "the node's); remove hostNetwork or the sidegate.io/inject annotation"
+            "a pod with shareProcessNamespace cannot have the sidecar (the other containers "
+            "could read its memory and environment through /proc)"
         )
+    for kind, item in _containers(pod):
+        if _is_sidecar(kind, item):
+            continue
+        name = item.get("name")
+        for mount in item.get("volumeMounts") or []:
+            if str(mount.get("name", "")).startswith(VOLUME_PREFIX):
+                return f"container {name!r} mounts {mount.get('name')!r}: only the sidecar may"
+        if kind == "ephemeralContainers" and item.get("targetContainerName") == CONTAINER:
+            return f"ephemeral container {name!r} targets the sidecar (it would see its memory)"
+    for volume in spec.get("volumes") or []:
+        if volume.get("name") != TOKEN_VOLUME and audience in _token_audiences(volume):
+            return (
+                f"volume {volume.get('name')!r} projects a token for audience {audience!r}: "
+                "only the sidecar's own token volume may"
+            )
     return None
 
 
-def volumes(spec: SidecarSpec) -> list[dict[str, Any]]:
-    def projected(name: str, secret: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "projected": {
-                "defaultMode": 0o440,
-                "sources": [{"secret": {"name": secret, "optional": True}}],
-            },
-        }
+def refusal(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
+    """Why a pod that asks for the sidecar must not get it, if it must not: the pod as it
+    would be once injected is judged."""
+    reason = exposure(apply(pod, inject(pod, spec)), spec.audience)
+    if reason is None:
+        return None
+    return f"sidegate: {reason}; change the pod or remove the {ANNOTATION} annotation"
 
+
+def volumes(spec: SidecarSpec) -> list[dict[str, Any]]:
     return [
-        projected("sidegate-bundle", spec.bundle_secret),
-        projected("sidegate-credentials", spec.credentials_secret),
-        projected("sidegate-admin", spec.admin_secret),
-        {"name": "sidegate-spool", "emptyDir": {"sizeLimit": "256Mi"}},
+        {
+            "name": TOKEN_VOLUME,
+            "projected": {
+                # The token file's owner and mode are the kubelet's: 0600 owned by the pod's
+                # common runAsUser, or group fsGroup with 0640, else this mode. 0444 lets the
+                # sidecar's non-root user read it in that last case; the volume is mounted in
+                # the sidecar container only, which is what keeps it from the app.
+                "defaultMode": 0o444,
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": spec.audience,
+                            "expirationSeconds": spec.token_seconds,
+                            "path": TOKEN_PATH,
+                        }
+                    }
+                ],
+            },
+        },
+        {"name": SPOOL_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
     ]
 
 
@@ -105,7 +207,7 @@ def container(spec: SidecarSpec) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "args": ["sidecar", "--config-env", CONFIG_ENV],
         "env": [
-            {"name": CONFIG_ENV, "value": spec.config},
+            {"name": CONFIG_ENV, "value": sidecar_config(spec)},
             {"name": "SIDEGATE_NAMESPACE", **field("metadata.namespace")},
             {"name": "SIDEGATE_SERVICE_ACCOUNT", **field("spec.serviceAccountName")},
             {"name": "SIDEGATE_POD_NAME", **field("metadata.name")},
@@ -122,14 +224,8 @@ def container(spec: SidecarSpec) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [
-            {"name": "sidegate-bundle", "mountPath": f"{MOUNT_ROOT}/bundle", "readOnly": True},
-            {
-                "name": "sidegate-credentials",
-                "mountPath": f"{MOUNT_ROOT}/credentials",
-                "readOnly": True,
-            },
-            {"name": "sidegate-admin", "mountPath": f"{MOUNT_ROOT}/admin", "readOnly": True},
-            {"name": "sidegate-spool", "mountPath": SPOOL},
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": SPOOL_VOLUME, "mountPath": SPOOL},
         ],
         # Native sidecars gate the app containers on the startup probe: the app never
         # starts before its proxy answers.

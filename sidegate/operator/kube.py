@@ -1,16 +1,31 @@
-"""The few Kubernetes API calls the operator makes itself (kopf covers watching and status):
-read, create and patch a Secret. Plain aiohttp against the API server kopf logged in to."""
+"""The few Kubernetes API calls the operator makes itself (kopf covers RBACPolicy watching and
+status): read, write, list, watch and delete Secrets and ConfigMaps of its own namespace, and
+the RBACPolicy finalizer patch of ``sidegate operator cleanup``. Plain aiohttp against the API
+server kopf logged in to."""
 
 from __future__ import annotations
 
+import json
 import ssl
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
 import kopf
 
+SECRETS = "secrets"  # pragma: allowlist secret - a resource name
+CONFIG_MAPS = "configmaps"
+# A watch the server ends after this many seconds (the API server's default is 30-60 min);
+# a reconnect resumes it from the last resourceVersion.
+WATCH_SECONDS = 300
 
-class SecretsClient:
+
+class WatchExpired(Exception):
+    """The API server no longer has the resourceVersion a watch resumed from (410 Gone): list
+    again."""
+
+
+class ApiClient:
     def __init__(self, info: kopf.ConnectionInfo) -> None:
         self._server = info.server.rstrip("/")
         headers = {"Content-Type": "application/json"}
@@ -28,40 +43,155 @@ class SecretsClient:
             headers=headers, connector=aiohttp.TCPConnector(ssl=context)
         )
 
-    def _url(self, namespace: str, name: str | None = None) -> str:
-        base = f"{self._server}/api/v1/namespaces/{namespace}/secrets"
+    def _url(self, namespace: str, plural: str, name: str | None = None) -> str:
+        base = f"{self._server}/api/v1/namespaces/{namespace}/{plural}"
         return f"{base}/{name}" if name else base
 
-    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
-        async with self._session.get(self._url(namespace, name)) as answer:
+    async def get(self, namespace: str, name: str, plural: str = SECRETS) -> dict[str, Any] | None:
+        async with self._session.get(self._url(namespace, plural, name)) as answer:
             if answer.status == 404:
                 return None
             if answer.status >= 400:
                 raise kopf.TemporaryError(
-                    f"reading secret {namespace}/{name}: HTTP {answer.status}", delay=5
+                    f"reading {plural} {namespace}/{name}: HTTP {answer.status}", delay=5
                 )
             found: dict[str, Any] = await answer.json()
             return found
 
-    async def apply(self, secret: dict[str, Any]) -> None:
+    async def apply(self, obj: dict[str, Any], plural: str = SECRETS) -> None:
         """Create, or merge-patch when it exists (a 409 on create means someone was faster)."""
-        namespace, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
-        async with self._session.post(self._url(namespace), json=secret) as answer:
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        async with self._session.post(self._url(namespace, plural), json=obj) as answer:
             if answer.status < 400:
                 return
             if answer.status != 409:
                 raise kopf.TemporaryError(
-                    f"creating secret {namespace}/{name}: HTTP {answer.status}", delay=5
+                    f"creating {plural} {namespace}/{name}: HTTP {answer.status}", delay=5
                 )
         async with self._session.patch(
-            self._url(namespace, name),
-            json=secret,
+            self._url(namespace, plural, name),
+            json=obj,
             headers={"Content-Type": "application/merge-patch+json"},
         ) as answer:
             if answer.status >= 400:
                 raise kopf.TemporaryError(
-                    f"patching secret {namespace}/{name}: HTTP {answer.status}", delay=5
+                    f"patching {plural} {namespace}/{name}: HTTP {answer.status}", delay=5
                 )
+
+    async def delete(self, namespace: str, name: str, plural: str = SECRETS) -> bool:
+        """Delete one object; False when it was not there."""
+        async with self._session.delete(self._url(namespace, plural, name)) as answer:
+            if answer.status == 404:
+                return False
+            if answer.status >= 400:
+                raise kopf.TemporaryError(
+                    f"deleting {plural} {namespace}/{name}: HTTP {answer.status}", delay=5
+                )
+            return True
+
+    async def read(self, path: str) -> dict[str, Any] | None:
+        """Any object by its API path; None when it is not there."""
+        async with self._session.get(f"{self._server}{path}") as answer:
+            if answer.status == 404:
+                return None
+            if answer.status >= 400:
+                raise kopf.TemporaryError(f"reading {path}: HTTP {answer.status}", delay=5)
+            found: dict[str, Any] = await answer.json()
+            return found
+
+    async def patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """A merge patch of any object by its API path; None when it is not there."""
+        async with self._session.patch(
+            f"{self._server}{path}",
+            json=body,
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as answer:
+            if answer.status == 404:
+                return None
+            if answer.status >= 400:
+                raise kopf.TemporaryError(f"patching {path}: HTTP {answer.status}", delay=5)
+            found: dict[str, Any] = await answer.json()
+            return found
+
+    async def list(
+        self, path: str, labels: Mapping[str, str] | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every object under an API path (e.g. ``/api/v1/namespaces/x/secrets``) matching the
+        labels (filtered here too: a selector the server ignores must not widen the answer),
+        and the list's resourceVersion."""
+        params = {"labelSelector": selector(labels)} if labels else {}
+        async with self._session.get(f"{self._server}{path}", params=params) as answer:
+            if answer.status >= 400:
+                raise kopf.TemporaryError(f"listing {path}: HTTP {answer.status}", delay=5)
+            found = await answer.json()
+        items = [item for item in found.get("items") or [] if matches(item, labels)]
+        return items, str((found.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch(
+        self, namespace: str, plural: str, resource_version: str
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The events of one namespace's objects after ``resource_version``, until the server
+        ends the watch. WatchExpired when that version is gone (410)."""
+        params = {
+            "watch": "true",
+            "timeoutSeconds": str(WATCH_SECONDS),
+            "allowWatchBookmarks": "true",
+        }
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=WATCH_SECONDS + 30)
+        async with self._session.get(
+            self._url(namespace, plural), params=params, timeout=timeout
+        ) as answer:
+            if answer.status == 410:
+                raise WatchExpired()
+            if answer.status >= 400:
+                raise kopf.TemporaryError(
+                    f"watching {plural} in {namespace}: HTTP {answer.status}", delay=5
+                )
+            async for line in answer.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                kind, obj = str(event.get("type")), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise WatchExpired()
+                    raise kopf.TemporaryError(f"watch error: {obj.get('reason')}", delay=5)
+                yield kind, obj
+
+    async def remove_finalizer(self, path: str, obj: Mapping[str, Any], finalizer: str) -> bool:
+        """Drop ``finalizer`` from an object at ``path``, guarded by its resourceVersion (a
+        409 means it changed: the caller reads it again). False when it was not there."""
+        meta = obj.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or [])
+        if finalizer not in finalizers:
+            return False
+        patch = {
+            "metadata": {
+                "finalizers": [f for f in finalizers if f != finalizer],
+                "resourceVersion": meta.get("resourceVersion"),
+            }
+        }
+        async with self._session.patch(
+            f"{self._server}{path}",
+            json=patch,
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as answer:
+            if answer.status == 404:
+                return False
+            if answer.status >= 400:
+                raise kopf.TemporaryError(f"patching {path}: HTTP {answer.status}", delay=1)
+            return True
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def matches(obj: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
+    found = (obj.get("metadata") or {}).get("labels") or {}
+    return all(found.get(key) == value for key, value in (labels or {}).items())

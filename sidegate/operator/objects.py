@@ -9,7 +9,11 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "sidegate-operator"}
 
 
 def managed_secret(
-    namespace: str, name: str, annotations: Mapping[str, str], data: Mapping[str, str | None]
+    namespace: str,
+    name: str,
+    annotations: Mapping[str, str],
+    data: Mapping[str, str | None],
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Secret labelled as the operator's; ``data`` values are base64 (None deletes a key
     when sent as a merge patch)."""
@@ -20,7 +24,7 @@ def managed_secret(
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": dict(MANAGED_BY),
+            "labels": {**(labels or {}), **MANAGED_BY},
             "annotations": dict(annotations),
         },
         "data": dict(data),

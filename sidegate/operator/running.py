@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 import kopf
 
+from sidegate.operator import cleanup as removing
 from sidegate.operator.handlers import policies, webhook
+from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import OperatorState
+
+logger = logging.getLogger(__name__)
 
 
 def standard_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -87,3 +92,25 @@ def run(
         )
     )
     return 0
+
+
+def cleanup(*, namespace: str, deployment: str | None, timeout: float) -> int:
+    """``sidegate operator cleanup``, logged in like the operator."""
+
+    async def main() -> int:
+        info = standard_login(settings=kopf.OperatorSettings(), logger=logger)
+        if info is None:
+            logger.error("no service account or kubeconfig to log in with")
+            return 1
+        client = ApiClient(info)
+        try:
+            async with asyncio.timeout(timeout):
+                await removing.run(client, namespace, deployment)
+        except (kopf.TemporaryError, RuntimeError, TimeoutError) as exc:
+            logger.error("cleanup incomplete: %s", exc)
+            return 1
+        finally:
+            await client.close()
+        return 0
+
+    return asyncio.run(main())

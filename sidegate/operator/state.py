@@ -1,4 +1,6 @@
-"""What the operator's handlers share: its settings, and the API client made at login."""
+"""What the operator's handlers share: its settings, the API client made at login, the signing
+keys and what it last published. Everything the operator writes lives in its own (release)
+namespace; application namespaces only hold the RBACPolicy objects it reads."""
 
 from __future__ import annotations
 
@@ -6,28 +8,48 @@ import asyncio
 import collections
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
 import kopf
 
 from sidegate.operator.injection import SidecarSpec
-from sidegate.operator.kube import SecretsClient
+from sidegate.operator.kube import ApiClient
+from sidegate.operator.signing_keys import SigningKeys
 from sidegate.policy import crd
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
+CREDENTIALS_SECRET = "sidegate-credentials"  # noqa: S105  # pragma: allowlist secret - a name
+ADMIN_PREFIX = "sidegate-admin-"
+ADMIN_FOR_LABEL = "sidegate.io/admin-for"
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """The bundle the operator last wrote (or found in force) for a namespace: what it
+    restores when the Secret is edited, and re-signs when the active key changes."""
+
+    bundle: bytes  # canonical bundle bytes, as signed
+    bundle_hash: str
+    envelope: bytes
+    serial: int
+    key_id: str
 
 
 @dataclasses.dataclass
 class OperatorState:
     login: Callable[..., kopf.ConnectionInfo | None]
-    bundle_secret: str = "sidegate-bundle"  # noqa: S105 - a Secret object's name, not a secret
-    credentials_secret: str = "sidegate-credentials"  # noqa: S105 - likewise
-    admin_secret: str = "sidegate-admin"  # noqa: S105 - likewise
-    namespace: str = "sidegate-system"  # where the source credential Secrets live
+    namespace: str = "sidegate-system"  # the release namespace: every object it writes
     source_label: tuple[str, str] = ("sidegate.io/credentials", "source")
     overlap: float = 300.0  # seconds a rotated-out value stays as <key>.previous
     admin_rotation: float = 86400.0  # seconds between admin token rotations
     sidecar: SidecarSpec | None = None  # None: no injection webhook
-    client: SecretsClient | None = None
+    broker_ca_file: Path | None = None  # the broker's CA, injected into sidecar configs
+    client: ApiClient | None = None
+    keys: SigningKeys | None = None
+    sources: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    sources_listed: bool = False  # no fan-out before the first list: never write half a set
+    published: dict[str, Published] = dataclasses.field(default_factory=dict)
+    release_watch: asyncio.Task[None] | None = None
     _locks: collections.defaultdict[str, asyncio.Lock] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(asyncio.Lock)
     )
@@ -39,5 +61,15 @@ class OperatorState:
         this), without polling the API server hard."""
         return max(1.0, min(60.0, self.admin_rotation / 4, self.overlap / 4))
 
-    def lock(self, namespace: str) -> asyncio.Lock:
-        return self._locks[namespace]
+    def api(self) -> ApiClient:
+        if self.client is None:
+            raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
+        return self.client
+
+    def lock(self, name: str) -> asyncio.Lock:
+        """One lock per object the operator writes (by name), and one for the keys."""
+        return self._locks[name]
+
+
+def admin_secret(namespace: str) -> str:
+    return ADMIN_PREFIX + namespace

@@ -51,25 +51,37 @@ def pod(annotations: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def review(obj: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "team-a",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": obj,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
+def review(
+    obj: dict[str, Any],
+    operation: str = "CREATE",
+    subresource: str | None = None,
+    old: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An AdmissionReview as the API server sends it: for a pod CREATE, an ephemeral
+    containers UPDATE (object: the pod as it would become, oldObject: as it is) or an exec
+    CONNECT (object: the PodExecOptions)."""
+    kind = "PodExecOptions" if subresource == "exec" else "Pod"
+    options = {"CREATE": "CreateOptions", "UPDATE": "UpdateOptions"}.get(operation)
+    request: dict[str, Any] = {
+        "uid": str(uuid.uuid4()),
+        "kind": {"group": "", "version": "v1", "kind": kind},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "requestKind": {"group": "", "version": "v1", "kind": kind},
+        "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+        "name": (obj.get("metadata") or {}).get("name", "app-7d9f"),
+        "namespace": "team-a",
+        "operation": operation,
+        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+        "object": obj,
+        "oldObject": old,
+        "dryRun": False,
     }
+    if subresource:
+        request["subResource"] = subresource
+        request["requestSubResource"] = subresource
+    if options:
+        request["options"] = {"apiVersion": "meta.k8s.io/v1", "kind": options}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
 
 async def listening(port: int) -> None:
@@ -87,17 +99,25 @@ async def listening(port: int) -> None:
 
 
 async def admit(
-    listener: running.WebhookListener, ca: trustme.CA, obj: dict[str, Any], allowed: bool = True
+    listener: running.WebhookListener,
+    ca: trustme.CA,
+    obj: dict[str, Any],
+    allowed: bool = True,
+    *,
+    path: str = webhook.HANDLER_ID,
+    operation: str = "CREATE",
+    subresource: str | None = None,
+    old: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One admission call as the API server makes it: HTTPS, verified against the CA."""
     context = ssl.create_default_context()
     ca.configure_trust(context)
     await listening(listener.port)
-    sent = review(obj)
+    sent = review(obj, operation, subresource, old)
     async with (
         aiohttp.ClientSession() as session,
         session.post(
-            f"https://127.0.0.1:{listener.port}/{webhook.HANDLER_ID}",
+            f"https://127.0.0.1:{listener.port}/{path}",
             json=sent,
             ssl=context,
         ) as answer,

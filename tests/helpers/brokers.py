@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import dataclasses
 import json
+import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sidegate.broker import kube, running
 from sidegate.policy import bundle, models, signing
-from tests.helpers.kubernetes import Emulator, send
+from tests.conftest import fake_key
+from tests.helpers.kubernetes import Emulator, cluster, eventually, send
 
 RELEASE = "sidegate-system"
 IMAGE = "sidegate:test"
@@ -249,3 +252,90 @@ async def deliver(
     ) as answer:
         body = await answer.read()
         return answer.status, json.loads(body) if body else None
+
+
+@dataclasses.dataclass
+class World:
+    """kmock with the release namespace's objects for team-a, and one broker replica."""
+
+    k8s: Emulator
+    url: str
+    replica: running.Running
+    session: aiohttp.ClientSession
+    key: ed25519.Ed25519PrivateKey
+    trusted: list[str]
+    keys: dict[str, str]
+    admin_token: str
+    replica_context: contextlib.AsyncExitStack
+
+    async def stop_broker(self) -> None:
+        await self.replica_context.aclose()
+
+    async def deliver(self, token: str, after: str = "", wait: float = 0) -> tuple[int, Any]:
+        return await deliver(self.session, self.replica.api_port, token, after, wait)
+
+    async def pod_token(self, namespace: str = "team-a", name: str = "app-1", **token: Any) -> str:
+        pod = await create_pod(self.k8s, injected_pod(namespace, name, self.trusted))
+        return self.k8s.issue_token(namespace, "app", pod=pod, **token)
+
+    async def publish_bundle(
+        self,
+        policies: list[models.RBACPolicy],
+        *,
+        namespace: str = "team-a",
+        key: ed25519.Ed25519PrivateKey | None = None,
+        serial: int | None = None,
+    ) -> bytes:
+        envelope = signed_bundle(namespace, policies, key or self.key, serial)
+        await put(self.k8s, bundle_secret(namespace, envelope))
+        return envelope
+
+
+@contextlib.asynccontextmanager
+async def world(
+    directory: Path,
+    ca: trustme.CA,
+    cert: trustme.LeafCert,
+    policies: list[models.RBACPolicy] | None = None,
+    **options: Any,
+) -> AsyncIterator[World]:
+    async with cluster() as (k8s, url):
+        key = signing.generate_private_key()
+        trusted = public_keys(key)
+        keys = {"openai": fake_key(), "anthropic": fake_key("sk-ant-test-")}
+        admin_token = secrets.token_urlsafe(24)
+        if policies is None:
+            policies = [
+                models.RBACPolicy.model_validate(
+                    {
+                        "apiVersion": "sidegate.io/v1alpha1",
+                        "kind": "RBACPolicy",
+                        "metadata": {"name": "p", "namespace": "team-a"},
+                        "spec": {
+                            "subjects": [{"kind": "ServiceAccount", "name": "app"}],
+                            "rules": [{"effect": "Allow", "models": ["gpt-*"]}],
+                        },
+                    }
+                )
+            ]
+        for obj in (
+            public_configmap(trusted),
+            credentials_secret(keys),
+            bundle_secret("team-a", signed_bundle("team-a", policies, key)),
+            admin_secret("team-a", admin_token),
+        ):
+            await put(k8s, obj)
+        async with contextlib.AsyncExitStack() as replica_context:
+            replica = await replica_context.enter_async_context(
+                broker(url, cert, directory, **options)
+            )
+            await eventually(lambda: _ready(replica))
+            connector = aiohttp.TCPConnector(ssl=client_context(ca))
+            async with aiohttp.ClientSession(connector=connector) as session:
+                yield World(
+                    k8s, url, replica, session, key, trusted, keys, admin_token, replica_context
+                )
+
+
+async def _ready(replica: running.Running) -> bool:
+    return replica.broker.contents.ready and replica.broker.contents.namespaces == 1

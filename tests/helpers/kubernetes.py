@@ -25,7 +25,10 @@ from sidegate.operator.state import OperatorState
 
 _versions = itertools.count(1)
 POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
-SOURCES = "/api/v1/namespaces/sidegate-system/secrets"
+RELEASE = "sidegate-system"
+SOURCES = f"/api/v1/namespaces/{RELEASE}/secrets"
+# The operator's bearer token in these tests: it tells its requests from the test's own.
+OPERATOR_TOKEN = "operator-test"
 
 
 TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -57,6 +60,8 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         super().__attrs_post_init__()
         self.tokens: dict[str, IssuedToken] = {}
         self.token_reviews = 0
+        # (resource plural, namespace, action) of each request the operator made (its token).
+        self.operator_calls: list[tuple[str | None, str | None, str]] = []
 
     def issue_token(
         self,
@@ -150,6 +155,21 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         }
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        # kmock logs every request and matches each new one by scanning that log, so a test
+        # with hundreds of pods and thousands of calls slows down quadratically. No test
+        # reads the log: a request leaves it once answered (streams: once they end).
+        if request.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}":
+            plural = request.resource.plural if request.resource is not None else None
+            self.operator_calls.append((plural, request.namespace, str(request.action)))
+        try:
+            return await self._answer(request)
+        finally:
+            for index in range(len(self._requests) - 1, -1, -1):
+                if self._requests[index] is request:
+                    del self._requests[index]
+                    break
+
+    async def _answer(self, request: Any) -> aiohttp.web.StreamResponse:
         if request.url.path == TOKENREVIEWS:
             if str(request.method).upper().endswith("POST"):
                 body = request.data if isinstance(request.data, dict) else {}
@@ -200,11 +220,17 @@ async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
 async def operator(
     url: str,
     listener: running.WebhookListener | None = None,
+    namespaces: list[str] | None = None,
     **settings: Any,
 ) -> AsyncIterator[OperatorState]:
     """The registry `sidegate operator` runs, logged in to the emulator instead; ``settings``
-    are OperatorState fields (overlap, admin_rotation, sidecar, ...)."""
-    state = OperatorState(login=lambda **_: kopf.ConnectionInfo(server=url), **settings)
+    are OperatorState fields (overlap, admin_rotation, sidecar, ...); ``namespaces`` as
+    `--namespace` gives them (RBACPolicies served only there)."""
+    state = OperatorState(
+        login=lambda **_: kopf.ConnectionInfo(server=url, token=OPERATOR_TOKEN),
+        namespace=RELEASE,
+        **settings,
+    )
     registry = running.build_registry(state, listener)
 
     @kopf.on.startup(registry=registry)
@@ -216,7 +242,12 @@ async def operator(
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(
         kopf.operator(
-            registry=registry, clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces or [],
+            standalone=True,
+            stop_flag=stop,
+            ready_flag=ready,
         )
     )
     await asyncio.wait_for(ready.wait(), 10)
@@ -239,6 +270,11 @@ async def eventually(check: Any, seconds: float = 5.0) -> Any:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def operator_requests(k8s: Emulator) -> list[tuple[str | None, str | None, str]]:
+    """What the operator asked the API server: (resource plural, namespace, action)."""
+    return list(k8s.operator_calls)
 
 
 async def get(k8s: Emulator, path: str) -> dict[str, Any] | None:

@@ -6,76 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import trustme
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from sidegate.broker import running
 from sidegate.policy import bundle, signing
 from tests.conftest import fake_key
 from tests.helpers import brokers
-from tests.helpers.kubernetes import Emulator, cluster, eventually, send
-from tests.policies import allow, policy
-
-
-@dataclasses.dataclass
-class World:
-    k8s: Emulator
-    replica: running.Running
-    session: aiohttp.ClientSession
-    key: ed25519.Ed25519PrivateKey
-    trusted: list[str]
-    keys: dict[str, str]
-    admin_token: str
-
-    async def deliver(self, token: str, after: str = "", wait: float = 0) -> tuple[int, dict]:  # type: ignore[type-arg]
-        return await brokers.deliver(self.session, self.replica.api_port, token, after, wait)
-
-    async def pod_token(
-        self, namespace: str = "team-a", name: str = "app-1", **token: object
-    ) -> str:
-        pod = await brokers.create_pod(
-            self.k8s, brokers.injected_pod(namespace, name, self.trusted)
-        )
-        return self.k8s.issue_token(namespace, "app", pod=pod, **token)  # type: ignore[arg-type]
+from tests.helpers.kubernetes import eventually, send
 
 
 @pytest.fixture
 async def world(
     tmp_path: Path, ca: trustme.CA, server_cert: trustme.LeafCert
-) -> AsyncIterator[World]:
-    async with cluster() as (k8s, url):
-        key = signing.generate_private_key()
-        trusted = brokers.public_keys(key)
-        keys = {"openai": fake_key(), "anthropic": fake_key("sk-ant-test-")}
-        admin_token = secrets.token_urlsafe(24)
-        envelope = brokers.signed_bundle("team-a", [policy("p", rules=[allow("gpt-*")])], key)
-        for obj in (
-            brokers.public_configmap(trusted),
-            brokers.credentials_secret(keys),
-            brokers.bundle_secret("team-a", envelope),
-            brokers.admin_secret("team-a", admin_token),
-        ):
-            await brokers.put(k8s, obj)
-        async with brokers.broker(url, server_cert, tmp_path) as replica:
-            await eventually(lambda: _ready(replica))
-            connector = aiohttp.TCPConnector(ssl=brokers.client_context(ca))
-            async with aiohttp.ClientSession(connector=connector) as session:
-                yield World(k8s, replica, session, key, trusted, keys, admin_token)
-
-
-async def _ready(replica: running.Running) -> bool:
-    return replica.broker.contents.ready and replica.broker.contents.namespaces == 1
+) -> AsyncIterator[brokers.World]:
+    async with brokers.world(tmp_path, ca, server_cert) as running_world:
+        yield running_world
 
 
 async def test_a_pods_sidecar_gets_its_namespaces_keys_bundle_and_admin_token(
-    world: World,
+    world: brokers.World,
 ) -> None:
     token = await world.pod_token()
     status, answer = await world.deliver(token)
@@ -92,14 +45,14 @@ async def test_a_pods_sidecar_gets_its_namespaces_keys_bundle_and_admin_token(
     assert status == 304
 
 
-async def test_reviews_are_cached_per_token_and_pods_reread(world: World) -> None:
+async def test_reviews_are_cached_per_token_and_pods_reread(world: brokers.World) -> None:
     token = await world.pod_token()
     for _ in range(3):
         assert (await world.deliver(token))[0] == 200
     assert world.k8s.token_reviews == 1
 
 
-async def test_a_change_wakes_the_waiting_long_poll(world: World) -> None:
+async def test_a_change_wakes_the_waiting_long_poll(world: brokers.World) -> None:
     token = await world.pod_token()
     _, first = await world.deliver(token)
     waiting = asyncio.create_task(world.deliver(token, after=first["version"], wait=20))
@@ -115,7 +68,9 @@ async def test_a_change_wakes_the_waiting_long_poll(world: World) -> None:
 @pytest.mark.parametrize(
     "case", ["unknown", "other-audience", "expired", "none", "deleted-pod", "garbage"]
 )
-async def test_tokens_that_are_not_valid_for_the_broker_get_401(world: World, case: str) -> None:
+async def test_tokens_that_are_not_valid_for_the_broker_get_401(
+    world: brokers.World, case: str
+) -> None:
     pod = await brokers.create_pod(world.k8s, brokers.injected_pod("team-a", "p", world.trusted))
     if case == "unknown":
         # Shaped exactly like an issued token, but the API server never issued it.
@@ -137,13 +92,13 @@ async def test_tokens_that_are_not_valid_for_the_broker_get_401(world: World, ca
     assert "credentials" not in answer
 
 
-async def test_a_token_of_a_namespace_without_a_policy_gets_403(world: World) -> None:
+async def test_a_token_of_a_namespace_without_a_policy_gets_403(world: brokers.World) -> None:
     token = await world.pod_token(namespace="team-b")
     status, answer = await world.deliver(token)
     assert status == 403 and answer["error"]["code"] == "namespace_not_served"
 
 
-async def test_a_token_bound_to_no_pod_gets_403(world: World) -> None:
+async def test_a_token_bound_to_no_pod_gets_403(world: brokers.World) -> None:
     token = world.k8s.issue_token("team-a", "app")  # e.g. kubectl create token
     status, answer = await world.deliver(token)
     assert status == 403 and answer["error"]["code"] == "token_not_pod_bound"
@@ -163,7 +118,7 @@ async def test_a_token_bound_to_no_pod_gets_403(world: World) -> None:
         "ephemeral-targets-sidecar",
     ],
 )
-async def test_a_pod_that_was_not_injected_gets_403(world: World, change: str) -> None:
+async def test_a_pod_that_was_not_injected_gets_403(world: brokers.World, change: str) -> None:
     pod = brokers.altered(brokers.injected_pod("team-a", "odd", world.trusted), change)
     created = await brokers.create_pod(world.k8s, pod)
     token = world.k8s.issue_token("team-a", "app", pod=created)
@@ -173,7 +128,7 @@ async def test_a_pod_that_was_not_injected_gets_403(world: World, change: str) -
     assert (await world.deliver(await world.pod_token(name="good")))[0] == 200
 
 
-async def test_the_broker_serves_a_namespace_once_its_bundle_exists(world: World) -> None:
+async def test_the_broker_serves_a_namespace_once_its_bundle_exists(world: brokers.World) -> None:
     token = await world.pod_token(namespace="team-b")
     assert (await world.deliver(token))[0] == 403
     envelope = brokers.signed_bundle("team-b", [], world.key)
@@ -183,11 +138,11 @@ async def test_the_broker_serves_a_namespace_once_its_bundle_exists(world: World
     assert status == 200 and answer["namespace"] == "team-b" and answer["admin_tokens"] == []
 
 
-async def _served(world: World, namespace: str) -> bool:
+async def _served(world: brokers.World, namespace: str) -> bool:
     return world.replica.broker.contents.snapshot(namespace) is not None
 
 
-async def test_probes_and_metrics(world: World) -> None:
+async def test_probes_and_metrics(world: brokers.World) -> None:
     token = await world.pod_token()
     await world.deliver(token)
     async with aiohttp.ClientSession() as plain:

@@ -1,42 +1,70 @@
-"""The operator, unmodified kopf, against kmock's Kubernetes emulator over real HTTP."""
+"""The operator, unmodified kopf, against kmock's Kubernetes emulator over real HTTP: what it
+writes (signed bundles, credentials, admin tokens, signing keys) lives in the release
+namespace only, and an application namespace holds nothing of it."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-from collections.abc import Callable
-from pathlib import Path
+import json
 from typing import Any
 
 import pytest
 
-from sidegate.policy import bundle
-from tests.conftest import Stack, fake_key
-from tests.helpers.http import call, chat_body
-from tests.helpers.kubelet import ProjectedVolume
+from sidegate import errors
+from sidegate.operator import bundles, signing_keys
+from sidegate.policy import bundle, signing
+from tests.conftest import fake_key
 from tests.helpers.kubernetes import (
     POLICIES,
+    RELEASE,
     SOURCES,
     Emulator,
     cluster,
     eventually,
     get,
     operator,
+    operator_requests,
     policy,
     send,
     source_secret,
 )
 
+BUNDLE = f"{SOURCES}/sidegate-bundle-team-a"
+CREDENTIALS = f"{SOURCES}/sidegate-credentials"
+PUBLIC = f"/api/v1/namespaces/{RELEASE}/configmaps/{signing_keys.PUBLIC}"
 
-async def bundle_of(k8s: Emulator, namespace: str = "team-a") -> bundle.PolicyBundle | None:
-    secret = await get(k8s, f"/api/v1/namespaces/{namespace}/secrets/sidegate-bundle")
-    if secret is None:
-        return None
-    return bundle.loads(base64.b64decode(secret["data"]["bundle.json"]))
+
+async def trusted(k8s: Emulator) -> list[str]:
+    found = await get(k8s, PUBLIC)
+    assert found is not None
+    keys: list[str] = json.loads(found["data"][signing_keys.TRUSTED_KEYS])
+    return keys
+
+
+async def verified_bundle(k8s: Emulator, namespace: str = "team-a") -> signing.VerifiedBundle:
+    """The stored bundle, verified as a sidecar would: against the published keys."""
+    secret = await get(k8s, f"{SOURCES}/{bundles.secret_name(namespace)}")
+    assert secret is not None
+    envelope = base64.b64decode(secret["data"]["bundle.json"])
+    return signing.verify(envelope, signing.trusted_keys(await trusted(k8s)), namespace=namespace)
+
+
+async def policies_of(k8s: Emulator) -> list[str]:
+    return [p.name for p in bundle.loads((await verified_bundle(k8s)).bundle).policies]
+
+
+async def decoded(k8s: Emulator, path: str) -> dict[str, str]:
+    secret = await get(k8s, path)
+    data = (secret or {}).get("data") or {}
+    return {k: base64.b64decode(v).decode() for k, v in data.items() if v is not None}
+
+
+async def _equal(read: Any, expected: Any) -> bool:
+    return bool(await read() == expected)
 
 
 @pytest.mark.asyncio
-async def test_policies_become_a_bundle_secret_with_status() -> None:
+async def test_policies_become_a_signed_bundle_in_the_release_namespace() -> None:
     async with cluster() as (k8s, url), operator(url):
         assert await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"])) < 300
 
@@ -46,29 +74,41 @@ async def test_policies_become_a_bundle_secret_with_status() -> None:
             return bool(conditions) and conditions[0]["status"] == "True"
 
         await eventually(ready)
-        compiled = await eventually(lambda: bundle_of(k8s))
-        assert [p.name for p in compiled.policies] == ["gpt"]
+        assert await eventually(lambda: _equal(lambda: policies_of(k8s), ["gpt"]))
+        first = await verified_bundle(k8s)
+        secret = await get(k8s, BUNDLE)
+        assert secret is not None
+        labels = secret["metadata"]["labels"]
+        assert labels["sidegate.io/bundle-for"] == "team-a"
+        assert labels["app.kubernetes.io/managed-by"] == "sidegate-operator"
+        compiled = bundle.loads(first.bundle)
+        assert secret["metadata"]["annotations"]["sidegate.io/bundle-hash"] == compiled.hash
         found = await get(k8s, POLICIES.format(ns="team-a") + "/gpt")
         assert found is not None and found["status"]["ruleCount"] == 1
-        secret = await get(k8s, "/api/v1/namespaces/team-a/secrets/sidegate-bundle")
-        assert secret is not None
-        assert secret["metadata"]["annotations"]["sidegate.io/bundle-hash"] == compiled.hash
 
-        # A second policy joins the same bundle.
+        # A second policy joins the same bundle, under a higher serial.
         await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("claude", ["claude-*"]))
+        await eventually(lambda: _equal(lambda: policies_of(k8s), ["claude", "gpt"]))
+        assert (await verified_bundle(k8s)).serial > first.serial
 
-        async def two() -> bool:
-            current = await bundle_of(k8s)
-            return current is not None and len(current.policies) == 2
+        # Signed for team-a only: a sidecar of team-b refuses it.
+        envelope = base64.b64decode((await get(k8s, BUNDLE) or {})["data"]["bundle.json"])
+        with pytest.raises(errors.BundleRejected, match="namespace"):
+            signing.verify(envelope, signing.trusted_keys(await trusted(k8s)), namespace="team-b")
 
-        await eventually(two)
+        # Nothing was written in, or even read from, the application namespace but policies.
+        listed = await get(k8s, "/api/v1/namespaces/team-a/secrets")
+        assert not (listed or {}).get("items")
+    touched = {ns for plural, ns, _action in operator_requests(k8s) if plural == "secrets"}
+    assert touched == {RELEASE}
 
 
 @pytest.mark.asyncio
 async def test_an_invalid_policy_is_marked_and_changes_no_bundle() -> None:
     async with cluster() as (k8s, url), operator(url):
         await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("good", ["gpt-*"]))
-        first = await eventually(lambda: bundle_of(k8s))
+        await eventually(lambda: _equal(lambda: policies_of(k8s), ["good"]))
+        first = await verified_bundle(k8s)
         bad = policy("bad", ["gpt-*"])
         bad["spec"]["subjects"] = [{"kind": "Namespace", "name": "team-b"}]  # another namespace
         await send(k8s, "POST", POLICIES.format(ns="team-a"), bad)
@@ -86,91 +126,121 @@ async def test_an_invalid_policy_is_marked_and_changes_no_bundle() -> None:
         assert events is not None and any(
             e.get("reason") == "Invalid" for e in events.get("items", [])
         )
-        assert (await bundle_of(k8s)) == first
+        assert (await verified_bundle(k8s)) == first  # not even re-signed
 
 
 @pytest.mark.asyncio
 async def test_deleting_the_last_policy_writes_deny_all() -> None:
     async with cluster() as (k8s, url), operator(url):
         await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("only", ["*"]))
-        await eventually(lambda: bundle_of(k8s))
+        await eventually(lambda: _equal(lambda: policies_of(k8s), ["only"]))
         assert await send(k8s, "DELETE", POLICIES.format(ns="team-a") + "/only") < 300
-
-        async def empty() -> bool:
-            current = await bundle_of(k8s)
-            return current is not None and current.policies == []
-
-        await eventually(empty)
-        assert (await bundle_of(k8s)) == bundle.empty()
+        await eventually(lambda: _equal(lambda: policies_of(k8s), []))
+        assert bundle.loads((await verified_bundle(k8s)).bundle) == bundle.empty()
 
 
+@pytest.mark.parametrize("edit", ["forged", "unsigned", "replayed", "deleted"])
 @pytest.mark.asyncio
-async def test_operator_to_kubelet_volume_to_sidecar_within_a_second(
-    make_stack: Callable[..., Stack], tmp_path: Path
-) -> None:
-    """The whole chain: the operator writes the bundle Secret, the kubelet projects it, the
-    sidecar enforces it. For a grant and for a revocation."""
-    volume = ProjectedVolume(tmp_path / "bundle-volume")
-    volume.publish({"bundle.json": bundle.dumps(bundle.empty())})
-
-    def cluster_mode(raw: dict[str, Any]) -> None:
-        raw["policy"] = {"bundle_file": str(volume.root / "bundle.json"), "cache_ttl_seconds": 30}
-        raw["identity"] = {"namespace": "team-a", "service_account": "app"}
-
-    stack = make_stack(cluster_mode)
-
-    async def status() -> int:
-        return (await asyncio.to_thread(call, stack.origin, "/v1/chat/completions", chat_body()))[0]
-
-    async def project(previous_hash: str | None) -> str:
-        async def changed() -> dict[str, Any] | None:
-            secret = await get(k8s, "/api/v1/namespaces/team-a/secrets/sidegate-bundle")
-            found = secret and secret["metadata"]["annotations"]["sidegate.io/bundle-hash"]
-            return secret if found and found != previous_hash else None
-
-        secret = await eventually(changed)
-        volume.publish({key: base64.b64decode(value) for key, value in secret["data"].items()})
-        return str(secret["metadata"]["annotations"]["sidegate.io/bundle-hash"])
-
-    async def within_a_second(expected: int) -> float:
-        started = asyncio.get_running_loop().time()
-        while await status() != expected:
-            assert asyncio.get_running_loop().time() - started < 1.0, f"still not {expected}"
-            await asyncio.sleep(0.01)
-        return asyncio.get_running_loop().time() - started
-
+async def test_an_edited_bundle_secret_is_restored(edit: str) -> None:
+    """Whatever is done to the bundle Secret, the operator puts back a bundle its keys sign,
+    at a serial no lower than before: a sidecar never has to take a step back."""
     async with cluster() as (k8s, url), operator(url):
-        assert await status() == 403  # the deny-all bundle
         await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))
-        granted = await project(None)
-        await within_a_second(200)
-        revoke = {
-            "spec": {
-                "rules": [
-                    {"effect": "Allow", "models": ["gpt-*"]},
-                    {"effect": "Deny", "models": ["gpt-4o-mini"]},
-                ]
-            }
-        }
-        assert await send(k8s, "PATCH", POLICIES.format(ns="team-a") + "/gpt", revoke) < 300
-        await project(granted)
-        await within_a_second(403)
+        await eventually(lambda: _equal(lambda: policies_of(k8s), ["gpt"]))
+        older = (await get(k8s, BUNDLE) or {})["data"]["bundle.json"]
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("claude", ["claude-*"]))
+        await eventually(lambda: _equal(lambda: policies_of(k8s), ["claude", "gpt"]))
+        good = await verified_bundle(k8s)
+        allow_all = bundle.dumps(bundle.to_bundle([bundle_policy("team-a", "everything", ["*"])]))
+        if edit == "deleted":
+            assert await send(k8s, "DELETE", BUNDLE) < 300
+        else:
+            raw = json.loads(
+                base64.b64decode((await get(k8s, BUNDLE) or {})["data"]["bundle.json"])
+            )
+            if edit == "forged":  # the allow-all bundle under the old signature
+                raw["bundle"] = base64.b64encode(allow_all).decode()
+            elif edit == "unsigned":
+                raw = json.loads(allow_all)
+            encoded = base64.b64encode(json.dumps(raw).encode()).decode()
+            if edit == "replayed":  # validly signed, but older: one policy fewer
+                encoded = older
+            body = {"data": {"bundle.json": encoded}}
+            assert await send(k8s, "PATCH", BUNDLE, body) < 300
+
+        async def restored() -> bool:
+            try:
+                current = await verified_bundle(k8s)
+            except (errors.BundleRejected, AssertionError, KeyError):
+                return False
+            return current.bundle == good.bundle and current.serial >= good.serial
+
+        await eventually(restored)
+
+
+def bundle_policy(namespace: str, name: str, models: list[str]) -> Any:
+    from sidegate.policy import models as policy_models
+
+    return policy_models.RBACPolicy.model_validate(policy(name, models, namespace))
 
 
 @pytest.mark.asyncio
-async def test_credentials_fan_out_keep_previous_then_expire_it(
-    caplog: pytest.LogCaptureFixture,
+async def test_the_signing_key_is_generated_once_and_rotates_by_adding_then_activating() -> None:
+    async with cluster() as (k8s, url), operator(url):
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))
+        await eventually(lambda: _equal(lambda: policies_of(k8s), ["gpt"]))
+        first_keys = await trusted(k8s)
+        assert len(first_keys) == 1
+        before = await verified_bundle(k8s)
+        signing_path = f"{SOURCES}/{signing_keys.SECRET}"
+        stored = await decoded(k8s, signing_path)
+        assert set(stored) == {signing_keys.FIRST_KEY, signing_keys.ACTIVE}
+
+        # Step 1: add a key. It is trusted (published after the active one), not yet used.
+        new_pem = signing.private_key_to_pem(signing.generate_private_key()).decode()
+        add = {"data": {"key-2.pem": base64.b64encode(new_pem.encode()).decode()}}
+        assert await send(k8s, "PATCH", signing_path, add) < 300
+        both = await eventually(lambda: _two(trusted(k8s)))
+        assert both[0] == first_keys[0]
+        assert (await verified_bundle(k8s)).key_id == before.key_id
+
+        # Step 2: make it active. Every bundle is re-signed with it, at a higher serial.
+        activate = {"data": {"active": base64.b64encode(b"key-2.pem").decode()}}
+        assert await send(k8s, "PATCH", signing_path, activate) < 300
+
+        async def resigned() -> signing.VerifiedBundle | None:
+            current = await verified_bundle(k8s)
+            return current if current.key_id != before.key_id else None
+
+        after = await eventually(resigned)
+        assert after.serial > before.serial and after.bundle == before.bundle
+        assert (await trusted(k8s))[0] == both[1]
+
+        # Step 3: retire the old key: no longer published.
+        retire = {"data": {signing_keys.FIRST_KEY: None}}
+        assert await send(k8s, "PATCH", signing_path, retire) < 300
+        await eventually(lambda: _equal(lambda: trusted(k8s), [both[1]]))
+
+
+async def _two(read: Any) -> list[str] | None:
+    found: list[str] = await read
+    return found if len(found) == 2 else None
+
+
+@pytest.mark.parametrize("namespaces", [None, ["team-a"]])
+@pytest.mark.asyncio
+async def test_credentials_become_one_secret_keep_previous_then_expire_it(
+    caplog: pytest.LogCaptureFixture, namespaces: list[str] | None
 ) -> None:
+    """Sources in the release namespace → one sidegate-credentials there; also when the
+    operator serves only some namespaces (it used to never see the sources then)."""
     first, second = fake_key(), fake_key()
-    target = "/api/v1/namespaces/team-a/secrets/sidegate-credentials"
 
     async def credentials() -> dict[str, str]:
-        secret = await get(k8s, target)
-        data = (secret or {}).get("data") or {}
-        return {k: base64.b64decode(v).decode() for k, v in data.items() if v is not None}
+        return await decoded(k8s, CREDENTIALS)
 
-    async with cluster() as (k8s, url), operator(url, overlap=1.5):
-        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))  # served
+    async with cluster() as (k8s, url), operator(url, namespaces=namespaces, overlap=1.5):
+        await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))
         await send(k8s, "POST", SOURCES, source_secret(openai=first))
         assert await eventually(lambda: _equal(credentials, {"openai": first}))
         # Rotation at the source: the old key stays as openai.previous for the overlap.
@@ -188,25 +258,22 @@ async def test_credentials_fan_out_keep_previous_then_expire_it(
         assert not any(
             k.startswith("sidegate.io") for k in source["metadata"].get("annotations", {})
         )
+        assert await get(k8s, "/api/v1/namespaces/team-a/secrets/sidegate-credentials") is None
     assert first not in caplog.text and second not in caplog.text
-
-
-async def _equal(read: Any, expected: dict[str, str]) -> bool:
-    return bool(await read() == expected)
+    touched = {ns for plural, ns, _action in operator_requests(k8s) if plural == "secrets"}
+    assert touched == {RELEASE}
 
 
 @pytest.mark.asyncio
 async def test_admin_tokens_are_generated_rotated_and_overlap(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Each served namespace gets a generated admin token; it rotates on the interval and
-    the old one stays as token.previous until the overlap is over."""
-    target = "/api/v1/namespaces/team-a/secrets/sidegate-admin"
+    """Each served namespace gets a generated admin token in the release namespace; it
+    rotates on the interval and the old one stays as token.previous until the overlap ends."""
+    target = f"{SOURCES}/sidegate-admin-team-a"
 
     async def tokens() -> dict[str, str]:
-        secret = await get(k8s, target)
-        data = (secret or {}).get("data") or {}
-        return {k: base64.b64decode(v).decode() for k, v in data.items() if v is not None}
+        return await decoded(k8s, target)
 
     async with (
         cluster() as (k8s, url),
@@ -216,6 +283,9 @@ async def test_admin_tokens_are_generated_rotated_and_overlap(
         await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"]))
         first = await eventually(tokens)
         assert set(first) == {"token"} and len(first["token"]) >= 40
+        secret = await get(k8s, target)
+        assert secret is not None
+        assert secret["metadata"]["labels"]["sidegate.io/admin-for"] == "team-a"
 
         async def rotated() -> dict[str, str] | None:
             found = await tokens()

@@ -1,9 +1,11 @@
-"""The injection webhook: AdmissionReview requests over HTTPS to the operator's kopf webhook
-server (the operator running on kmock), answered with a JSON patch that makes a valid pod."""
+"""The admission webhooks: AdmissionReview requests over HTTPS to the operator's kopf webhook
+server (the operator running on kmock). /inject answers with a JSON patch that makes a valid
+pod whose sidecar talks to the broker; /guard refuses what would expose the sidecar."""
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +15,21 @@ import pytest
 import trustme
 import yaml
 
-from sidegate.operator import injection, running
+from sidegate.operator import injection, running, signing_keys
+from sidegate.operator.handlers import webhook
 from tests.helpers import admission
-from tests.helpers.kubernetes import cluster, operator
+from tests.helpers.kubernetes import RELEASE, cluster, eventually, get, operator
 
 KUBERNETES = "1.35"
 PLAIN = injection.SidecarSpec(image="registry.invalid/sidegate:0.1.0", config="{}")
 SIDECAR_CONFIG = """
 listen: {port: 4000}
-credentials: {directory: /var/run/sidegate/credentials}
-policy: {bundle_file: /var/run/sidegate/bundle/bundle.json}
+broker: {url: "https://sidegate-broker.sidegate-system.svc:8443", max_staleness_seconds: 300}
+policy: {cache_ttl_seconds: 30}
 providers: {openai: {kind: openai}}
 routes: [{model: "gpt-*", provider: openai}]
 """
+BROKER_CA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 @pytest.fixture
@@ -48,10 +52,18 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
         native=native,
     )
     original = admission.pod({injection.ANNOTATION: "true"})
-    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+    ca_file = listener.certfile.parent / "broker-ca.crt"
+    ca_file.write_text(BROKER_CA)
+    async with (
+        cluster() as (k8s, url),
+        operator(url, listener, sidecar=spec, broker_ca_file=ca_file),
+    ):
         _response, ops = await admission.admit(listener, ca, original)
         patched = jsonpatch.apply_patch(copy.deepcopy(original), ops)
         validate(patched)
+        public = await eventually(
+            lambda: get(k8s, f"/api/v1/namespaces/{RELEASE}/configmaps/{signing_keys.PUBLIC}")
+        )
 
         sidecars = patched["spec"]["initContainers" if native else "containers"]
         sidecar = next(c for c in sidecars if c["name"] == "sidegate")
@@ -59,7 +71,18 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
         assert (sidecar.get("restartPolicy") == "Always") is native
         assert sidecar["args"] == ["sidecar", "--config-env", "SIDEGATE_CONFIG"]
         env = {e["name"]: e for e in sidecar["env"]}
-        assert yaml.safe_load(env["SIDEGATE_CONFIG"]["value"])["listen"]["port"] == 4000
+        config = yaml.safe_load(env["SIDEGATE_CONFIG"]["value"])
+        assert config["listen"]["port"] == 4000
+        # What only the operator knows, filled in: the keys bundles are signed with (as
+        # published), the broker's CA, where the token is.
+        trusted = json.loads(public["data"][signing_keys.TRUSTED_KEYS])
+        assert config["policy"] == {"cache_ttl_seconds": 30, "trusted_keys": trusted}
+        assert config["broker"] == {
+            "url": "https://sidegate-broker.sidegate-system.svc:8443",
+            "max_staleness_seconds": 300,
+            "ca_pem": BROKER_CA,
+            "token_file": "/var/run/sidegate/token/token",
+        }
         assert env["SIDEGATE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
             "metadata.namespace"
         )
@@ -73,13 +96,25 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
         assert hardened["allowPrivilegeEscalation"] is False
         assert hardened["seccompProfile"] == {"type": "RuntimeDefault"}
 
+        # No Secret volume at all: one projected token for the broker, and the spool.
         volumes = {v["name"]: v for v in patched["spec"]["volumes"]}
-        projected = {
-            source["secret"]["name"]
-            for volume in volumes.values()
-            for source in volume.get("projected", {}).get("sources", [])
+        assert set(volumes) == {"sidegate-token", "sidegate-spool"}
+        (source,) = volumes["sidegate-token"]["projected"]["sources"]
+        assert source == {
+            "serviceAccountToken": {
+                "audience": "sidegate",
+                "expirationSeconds": 600,
+                "path": "token",
+            }
         }
-        assert projected == {"sidegate-bundle", "sidegate-credentials", "sidegate-admin"}
+        mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
+        assert mounts["sidegate-token"] == {
+            "name": "sidegate-token",
+            "mountPath": "/var/run/sidegate/token",
+            "readOnly": True,
+        }
+        every = [*patched["spec"].get("initContainers", []), *patched["spec"]["containers"]]
+        assert all(not c.get("volumeMounts") for c in every if c["name"] != "sidegate")
 
         app = next(c for c in patched["spec"]["containers"] if c["name"] == "app")
         app_env = {e["name"]: e.get("value") for e in app["env"]}
@@ -122,15 +157,148 @@ async def test_an_app_setting_its_own_base_url_keeps_it(
     assert values == ["http://127.0.0.1:4000/v1/custom"]
 
 
+def app_mounting(volume: str) -> dict[str, Any]:
+    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": volume, "mountPath": "/x"}]
+    return pod
+
+
+def token_volume(audience: str) -> dict[str, Any]:
+    pod = admission.pod({injection.ANNOTATION: "true"})
+    source = {"serviceAccountToken": {"audience": audience, "path": "t"}}
+    pod["spec"]["volumes"] = [{"name": "mine", "projected": {"sources": [source]}}]
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "mine", "mountPath": "/t"}]
+    return pod
+
+
+def with_spec(**fields: Any) -> dict[str, Any]:
+    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod["spec"].update(fields)
+    return pod
+
+
+REFUSED = {
+    "hostNetwork": (with_spec(hostNetwork=True), "hostNetwork"),
+    "hostPID": (with_spec(hostPID=True), "hostPID"),
+    "shareProcessNamespace": (with_spec(shareProcessNamespace=True), "shareProcessNamespace"),
+    "app mounts the token volume": (app_mounting("sidegate-token"), "'sidegate-token'"),
+    "app mounts the spool": (app_mounting("sidegate-spool"), "'sidegate-spool'"),
+    "a second token for the broker": (token_volume("sidegate"), "audience 'sidegate'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
 @pytest.mark.asyncio
-async def test_a_host_network_pod_asking_for_the_sidecar_is_refused(
-    listener: running.WebhookListener, ca: trustme.CA
+async def test_a_pod_that_would_expose_the_sidecar_is_refused(
+    listener: running.WebhookListener, ca: trustme.CA, case: str
 ) -> None:
-    """Its sidecar would listen on the node's loopback: refused, not created without it."""
-    original = admission.pod({injection.ANNOTATION: "true"})
-    original["spec"]["hostNetwork"] = True
+    """Refused, not created without the sidecar: by /inject with a reason, and by /guard
+    (after every mutation) for the same pod with the sidecar put in some other way."""
+    original, reason = REFUSED[case]
     async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
         response, ops = await admission.admit(listener, ca, original, allowed=False)
-    assert ops == []
-    assert response["status"]["code"] == 400
-    assert "hostNetwork" in response["status"]["message"]
+        assert ops == []
+        assert response["status"]["code"] == 400
+        assert reason in response["status"]["message"]
+        injected = injection.apply(original, injection.inject(original, PLAIN))
+        response, _ops = await admission.admit(
+            listener, ca, injected, allowed=False, path=webhook.GUARD_ID
+        )
+        assert response["status"]["code"] == 403 and reason in response["status"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_the_guard_admits_what_does_not_reach_the_sidecar(
+    listener: running.WebhookListener, ca: trustme.CA
+) -> None:
+    """Control cases: an injected pod, a pod without Sidegate (hostNetwork is none of its
+    business), a token for another audience, an ephemeral container beside the app, an exec
+    into the app."""
+    injected = injection.apply(
+        admission.pod({injection.ANNOTATION: "true"}),
+        injection.inject(admission.pod({injection.ANNOTATION: "true"}), PLAIN),
+    )
+    plain = admission.pod()
+    plain["spec"]["hostNetwork"] = True
+    other_audience = token_volume("vault")
+    debug = copy.deepcopy(injected)
+    debug["spec"]["ephemeralContainers"] = [
+        {"name": "debug", "image": "busybox", "targetContainerName": "app"}
+    ]
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
+        for pod in (injected, plain, injection.apply(other_audience, {})):
+            await admission.admit(listener, ca, pod, path=webhook.GUARD_ID)
+        await admission.admit(
+            listener,
+            ca,
+            debug,
+            path=webhook.GUARD_ID,
+            operation="UPDATE",
+            subresource="ephemeralcontainers",
+            old=injected,
+        )
+        await admission.admit(
+            listener,
+            ca,
+            exec_options("app"),
+            path=webhook.GUARD_ID,
+            operation="CONNECT",
+            subresource="exec",
+        )
+
+
+def exec_options(container: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "PodExecOptions",
+        "container": container,
+        "command": ["sh"],
+        "stdin": True,
+        "tty": True,
+    }
+
+
+@pytest.mark.asyncio
+async def test_no_debugging_container_or_exec_reaches_the_sidecar(
+    listener: running.WebhookListener, ca: trustme.CA
+) -> None:
+    injected = injection.apply(
+        admission.pod({injection.ANNOTATION: "true"}),
+        injection.inject(admission.pod({injection.ANNOTATION: "true"}), PLAIN),
+    )
+    targeting = copy.deepcopy(injected)
+    targeting["spec"]["ephemeralContainers"] = [
+        {"name": "debug", "image": "busybox", "targetContainerName": "sidegate"}
+    ]
+    mounting = copy.deepcopy(injected)
+    mounting["spec"]["ephemeralContainers"] = [
+        {
+            "name": "debug",
+            "image": "busybox",
+            "volumeMounts": [{"name": "sidegate-token", "mountPath": "/t"}],
+        }
+    ]
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
+        for pod, reason in ((targeting, "targets the sidecar"), (mounting, "'sidegate-token'")):
+            response, _ops = await admission.admit(
+                listener,
+                ca,
+                pod,
+                allowed=False,
+                path=webhook.GUARD_ID,
+                operation="UPDATE",
+                subresource="ephemeralcontainers",
+                old=injected,
+            )
+            assert reason in response["status"]["message"]
+        response, _ops = await admission.admit(
+            listener,
+            ca,
+            exec_options("sidegate"),
+            allowed=False,
+            path=webhook.GUARD_ID,
+            operation="CONNECT",
+            subresource="exec",
+        )
+        assert response["status"]["code"] == 403
+        assert "exec into the sidecar" in response["status"]["message"]

@@ -1,8 +1,10 @@
-"""RBACPolicy → status and the namespace's bundle Secret.
+"""RBACPolicy → status and the namespace's signed bundle, ``sidegate-bundle-<ns>`` in the
+release namespace.
 
-Thin handlers: read the object, call pure functions (validation, ``bundles.desired_secret``),
-apply. Idempotent: the Secret is compared by its content hash and written only when it
-changes, so replayed events, resumes and retries write nothing new.
+Thin handlers: read the object, call pure functions (validation, ``bundle.to_bundle``), sign
+and apply (``publishing.py``). Idempotent: the stored bundle is verified and compared with the
+compiled one, and written only when it differs, so replayed events, resumes and retries write
+nothing new.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from sidegate.operator import bundles, objects
-from sidegate.operator.handlers import credentials, upkeep
-from sidegate.operator.kube import SecretsClient
+from sidegate.operator import objects
+from sidegate.operator.handlers import publishing, release, upkeep
+from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import RESOURCE, OperatorState
-from sidegate.policy import models
+from sidegate.policy import bundle, models
 
 
 def validate(body: Mapping[str, Any]) -> models.RBACPolicy:
@@ -48,19 +50,11 @@ def condition(ready: bool, reason: str, message: str) -> dict[str, str]:
 async def write_bundle(
     state: OperatorState, namespace: str, policies: Iterable[models.RBACPolicy], logger: kopf.Logger
 ) -> str:
-    if state.client is None:
-        raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
-    secret = bundles.desired_secret(namespace, state.bundle_secret, policies)
-    wanted: str = secret["metadata"]["annotations"][bundles.HASH_ANNOTATION]
-    if bundles.current_hash(await state.client.get(namespace, state.bundle_secret)) == wanted:
-        return wanted  # nothing changed: no write, no kubelet churn, no sidecar reload
-    await state.client.apply(secret)
-    logger.info("bundle secret %s/%s written (%s)", namespace, state.bundle_secret, wanted)
-    return wanted
+    """No policies give the deny-all bundle, never a stale allow."""
+    return await publishing.publish(state, namespace, bundle.to_bundle(policies), logger)
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
-    credentials.register(registry, state)
     upkeep.register(registry, state)
 
     @kopf.on.login(registry=registry, id="login")
@@ -69,11 +63,15 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     ) -> kopf.ConnectionInfo | None:  # async: the client needs the loop
         info = state.login(**kwargs)
         if info is not None:
-            state.client = SecretsClient(info)
+            if state.client is not None:
+                await state.client.close()
+            state.client = ApiClient(info)
+            release.start(state)  # the Secrets of the release namespace: sources, keys, bundles
         return info
 
     @kopf.on.cleanup(registry=registry, id="close")
     async def close(**_: Any) -> None:
+        await release.stop(state)
         if state.client is not None:
             await state.client.close()
 
@@ -102,7 +100,6 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         patch: kopf.Patch,
         logger: kopf.Logger,
         valid_policies: kopf.Index[str, models.RBACPolicy],
-        credential_sources: kopf.Index[str, credentials.Source],
         **_: Any,
     ) -> None:
         assert namespace is not None  # RBACPolicy is namespaced

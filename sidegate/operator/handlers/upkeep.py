@@ -1,8 +1,9 @@
 """The periodic upkeep of each served namespace, on a timer per RBACPolicy (the policies
-carry the operator's finalizer already): rotate the admin token when due, and drop the
-``.previous`` credentials and tokens whose overlap is over. It also repairs a Secret edited
-or deleted by hand. Every step is idempotent and writes only on change, so several policies
-in one namespace cost reads, not writes."""
+carry the operator's finalizer already): rotate the namespace's admin token when due, drop
+the ``.previous`` credentials and tokens whose overlap is over, and check the namespace's
+signed bundle (a Secret edited or deleted while the operator was not watching is rewritten).
+Every step is idempotent and writes only on change, so several policies in one namespace
+cost reads, not writes."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from typing import Any
 
 import kopf
 
-from sidegate.operator.handlers import admin_tokens, credentials
+from sidegate.operator.handlers import admin_tokens, credentials, publishing
 from sidegate.operator.state import RESOURCE, OperatorState
+from sidegate.policy import bundle, models
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
-    # kopf's handler protocols cannot name index kwargs (credential_sources) for mypy.
+    # kopf's handler protocols cannot name index kwargs (valid_policies) for mypy.
     @kopf.timer(  # type: ignore[arg-type]
         *RESOURCE,
         registry=registry,
@@ -26,9 +28,11 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     async def namespace_upkeep(
         namespace: str | None,
         logger: kopf.Logger,
-        credential_sources: kopf.Index[str, credentials.Source],
+        valid_policies: kopf.Index[str, models.RBACPolicy],
         **_: Any,
     ) -> None:
         assert namespace is not None  # RBACPolicy is namespaced
         await admin_tokens.ensure(state, namespace, logger)
-        await credentials.fan_out(state, [namespace], credential_sources, logger)
+        await credentials.fan_out(state, logger)
+        compiled = bundle.to_bundle(valid_policies.get(namespace, []))
+        await publishing.publish(state, namespace, compiled, logger)

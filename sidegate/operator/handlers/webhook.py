@@ -1,17 +1,50 @@
-"""The mutating admission webhook: pods annotated ``sidegate.io/inject: "true"`` get the
-sidecar (``injection.inject``). kopf serves it over TLS and turns the changed fields into
-the JSON patch; unchanged fields (a pod injected already) give an empty patch."""
+"""The admission webhooks (kopf serves them over TLS; the chart registers them).
+
+``/inject`` (mutating): pods annotated ``sidegate.io/inject: "true"`` get the sidecar
+(``injection.inject``), with the signing keys in force and the broker's CA in its config;
+a pod that would expose the sidecar is refused rather than created without it.
+
+``/guard`` (validating, after every mutation):
+- pod CREATE: a pod with anything of Sidegate's in it is refused when another container could
+  reach the sidecar's token, memory or port (``injection.exposure``), whoever put it there;
+- pods/ephemeralcontainers UPDATE: the same rules on the pod as it would become, so no
+  ephemeral container targets the sidecar or mounts its volumes;
+- pods/exec CONNECT: no exec into the sidecar container (its memory holds the provider keys).
+``kubectl port-forward`` and ``attach`` are not refused: port-forward reaches the sidecar's
+API as the app does (the policy applies), attach sees its log output (no secrets in it).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import kopf
 
 from sidegate.operator import injection, objects
+from sidegate.operator.handlers import publishing
 from sidegate.operator.state import OperatorState
 
 HANDLER_ID = "inject"  # the URL path: https://<service>/inject
+GUARD_ID = "guard"  # https://<service>/guard
+
+
+async def current_spec(state: OperatorState, spec: injection.SidecarSpec) -> injection.SidecarSpec:
+    """The spec with what changes while the operator runs: the trusted keys (rotation) and
+    the broker's CA (read each time: cert-manager may renew it)."""
+    keys = await publishing.keys(state)
+    ca = _read(state.broker_ca_file) if state.broker_ca_file is not None else None
+    return dataclasses.replace(spec, trusted_keys=keys.public, broker_ca_pem=ca)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise kopf.AdmissionError(
+            f"sidegate: the broker's CA is not readable ({exc.strerror})", code=500
+        ) from None
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
@@ -27,14 +60,45 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         operations={"CREATE"},
         annotations={injection.ANNOTATION: kopf.PRESENT},
     )
-    def inject(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    async def inject(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         if not injection.wants_injection(body.metadata.annotations):
             return  # "false", or any value but "true": opted out explicitly
         pod = objects.plain(body)
-        reason = injection.refusal(pod)
+        now = await current_spec(state, spec)
+        reason = injection.refusal(pod, now)
         if reason is not None:
             raise kopf.AdmissionError(reason, code=400)  # refused, not created without it
-        changes = injection.inject(pod, spec)
+        changes = injection.inject(pod, now)
         for section, fields in changes.items():
             patch.setdefault(section, {}).update(fields)
         logger.debug("sidecar injected (%s)", "native" if spec.native else "container")
+
+    @kopf.on.validate(
+        "v1",
+        "pods",
+        registry=registry,
+        id=GUARD_ID,
+        operations={"CREATE", "UPDATE", "CONNECT"},
+        subresource="*",
+    )
+    def guard(body: kopf.Body, subresource: str | None, **kwargs: Any) -> None:
+        operation = kwargs.get("operation")  # not in kopf's WebhookFn protocol, but passed
+        if subresource == "exec" and operation == "CONNECT":
+            # The object is the PodExecOptions: which container, which command.
+            if body.get("container") == injection.CONTAINER:
+                raise kopf.AdmissionError(
+                    "sidegate: exec into the sidecar container is refused (it holds the "
+                    "provider keys in memory)",
+                    code=403,
+                )
+            return
+        if subresource == "ephemeralcontainers" and operation == "UPDATE":
+            pass  # judged below on the pod as it would become
+        elif subresource is not None or operation != "CREATE":
+            return  # status, binding, attach, portforward, updates of running pods...
+        pod = objects.plain(body)
+        if not injection.carries_sidegate(pod, spec.audience):
+            return
+        reason = injection.exposure(pod, spec.audience)
+        if reason is not None:
+            raise kopf.AdmissionError(f"sidegate: {reason}", code=403)

@@ -1,0 +1,133 @@
+"""The Secrets of the release namespace, watched by the operator itself.
+
+Not by kopf: kopf watches each resource in one scope for all the namespaces it serves, so
+watching Secrets through it means reading Secrets in every served namespace (or the whole
+cluster). The operator may read Secrets in its own namespace only (a Role), whatever
+``--namespace`` limits RBACPolicies to; this one list-and-watch is all it needs:
+
+- a labelled source Secret changed → the credentials Secret follows (``credentials.py``);
+- ``sidegate-signing`` changed → the keys are reloaded, re-published, and every bundle is
+  re-signed when the active key changed (``publishing.py``);
+- a ``sidegate-bundle-<ns>`` changed → it is verified and restored if it was altered.
+
+The operator's own writes come back as events too; each step reads, compares and writes only
+on change, so they cost a read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+
+from sidegate.operator import bundles, fanout, signing_keys
+from sidegate.operator.handlers import credentials, publishing
+from sidegate.operator.kube import SECRETS, WatchExpired
+from sidegate.operator.state import OperatorState
+from sidegate.policy import signing
+
+logger = logging.getLogger(__name__)
+_RETRY_SECONDS = (1.0, 30.0)  # first and longest wait before listing again after a failure
+
+
+async def follow(state: OperatorState) -> None:
+    """List, then watch, for as long as the operator runs; list again after a gap (the
+    events missed in it are in the new list)."""
+    client = state.api()
+    path = f"/api/v1/namespaces/{state.namespace}/{SECRETS}"
+    delay = _RETRY_SECONDS[0]
+    while True:
+        try:
+            items, version = await client.list(path)
+            await synchronise(state, items)
+            delay = _RETRY_SECONDS[0]
+            while True:  # the server ends each watch after a while: resume where it stopped
+                async for kind, obj in client.watch(state.namespace, SECRETS, version):
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if kind != "BOOKMARK":
+                        await on_event(state, kind, obj)
+        except WatchExpired:
+            continue
+        except (aiohttp.ClientError, TimeoutError, kopf.TemporaryError) as exc:
+            logger.warning("release namespace watch: %s; listing again in %.0fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_SECONDS[1])
+
+
+async def synchronise(state: OperatorState, items: list[dict[str, Any]]) -> None:
+    """A full list: the sources are exactly the labelled Secrets in it."""
+    state.sources = {_name(item): fanout.decode(item) for item in items if _is_source(state, item)}
+    state.sources_listed = True
+    await credentials.fan_out(state, logger)
+    for item in items:
+        if not _is_source(state, item):
+            await on_event(state, "ADDED", item)
+
+
+async def on_event(state: OperatorState, kind: str, obj: dict[str, Any]) -> None:
+    name = _name(obj)
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    if _is_source(state, obj) or name in state.sources:
+        if kind == "DELETED" or not _is_source(state, obj):
+            state.sources.pop(name, None)  # deleted, or no longer labelled as a source
+        else:
+            state.sources[name] = fanout.decode(obj)
+        await credentials.fan_out(state, logger)
+    elif name == signing_keys.SECRET:
+        if kind == "DELETED":
+            await _restore_signing_secret(state)
+        elif await publishing.load_keys(state):
+            await publishing.resign(state)
+    elif (served := labels.get(bundles.FOR_LABEL)) and name == bundles.secret_name(served):
+        await publishing.restore(state, served)
+
+
+async def _restore_signing_secret(state: OperatorState) -> None:
+    """Deleted by hand: put back the key in force (a new key would make every running
+    sidecar refuse the next bundle). Other inactive keys, if any, are gone with it."""
+    if state.keys is None:
+        return
+    pem = signing.private_key_to_pem(state.keys.active).decode()
+    data = {state.keys.active_name: pem, signing_keys.ACTIVE: state.keys.active_name}
+    await state.api().apply(
+        fanout.target_secret(state.namespace, signing_keys.SECRET, data, {}, set())
+    )
+    logger.warning(
+        "signing Secret %s/%s was deleted: restored", state.namespace, signing_keys.SECRET
+    )
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
+
+
+def _is_source(state: OperatorState, obj: dict[str, Any]) -> bool:
+    label, value = state.source_label
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(label) == value
+
+
+def start(state: OperatorState) -> None:
+    """Run ``follow`` in the background once per process (kopf may log in again)."""
+    if state.release_watch is not None and not state.release_watch.done():
+        return
+    task = asyncio.get_running_loop().create_task(follow(state), name="sidegate-release-watch")
+    task.add_done_callback(_report)
+    state.release_watch = task
+
+
+async def stop(state: OperatorState) -> None:
+    task, state.release_watch = state.release_watch, None
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _report(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("release namespace watch stopped", exc_info=task.exception())
