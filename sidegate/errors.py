@@ -15,9 +15,12 @@ seam where they occur, so nothing below the middleware needs to know about HTTP.
         ├── UnsupportedMediaType 415
         ├── PayloadTooLarge     413
         ├── NotFound            404: unknown path, or a model no route serves
+        ├── MisdirectedRequest  421: a Host header this sidecar does not answer to
         ├── PolicyDenied        403
         ├── RateLimited         429
         ├── NotReady            503: a credential or policy has not been loaded yet
+        ├── Overloaded          503: the memory budget is spent; Retry-After says when to retry
+        ├── ShuttingDown        503: the sidecar cut the request at the end of its shutdown grace
         └── UpstreamError       502: the provider could not be reached or answered nonsense
             └── UpstreamTimeout 504
 """
@@ -98,6 +101,11 @@ class NotFound(RequestError):
     code = "not_found"
 
 
+class MisdirectedRequest(RequestError):
+    status = 421
+    code = "host_not_allowed"
+
+
 class PolicyDenied(RequestError):
     status = 403
     error_type = "permission_error"
@@ -114,6 +122,18 @@ class NotReady(RequestError):
     status = 503
     error_type = "api_error"
     code = "not_ready"
+
+
+class Overloaded(RequestError):
+    status = 503
+    error_type = "overloaded_error"
+    code = "overloaded"
+
+
+class ShuttingDown(RequestError):
+    status = 503
+    error_type = "api_error"
+    code = "sidecar_shutdown"
 
 
 class UpstreamError(RequestError):
