@@ -405,6 +405,17 @@ def _error(
     request: web.Request, error: errors.RequestError, record: RequestRecord, pipeline: Pipeline
 ) -> web.Response:
     record.error_code = error.code
+    if error.status >= 500:  # the request id the client is shown must lead to a log line
+        logger.warning(
+            "request failed",
+            extra={
+                "request_id": record.request_id,
+                "status": error.status,
+                "code": error.code,
+                "reason": pipeline.redactor.scrub(error.message),
+                "provider": record.provider,
+            },
+        )
     response = error_response(error, dialect_of(request.path), record.request_id, pipeline.redactor)
     if error.status == 503 or (request.body_exists and not request.content.is_eof()):
         response.force_close()  # refused unread, or the sidecar is stopping

@@ -330,12 +330,17 @@ class Proxy:
     ) -> None:
         """The status line is gone already: end the stream with an error event in its own
         dialect and no terminating chunk, so every client sees the failure."""
+        request_id = response.headers.get("x-request-id", "-")
         logger.warning(
             "stream ended with an error",
-            extra={"provider": upstream.name, "code": error.code, "reason": error.message},
+            extra={
+                "request_id": request_id,
+                "provider": upstream.name,
+                "code": error.code,
+                "reason": error.message,
+            },
         )
         outcome.status, outcome.error_code = error.status, error.code
-        request_id = response.headers.get("x-request-id", "-")
         event = error_event(upstream.dialect, error, request_id)
         await finish_stream(request, response, event, complete=False)
 
