@@ -90,7 +90,12 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                 application,
                 config.listen.host,
                 config.listen.port,
-                max_header_bytes=config.limits.max_header_bytes,
+                limits=serving.ConnectionLimits(
+                    max_header_bytes=config.limits.max_header_bytes,
+                    header_timeout=config.listen.header_timeout_seconds,
+                    keepalive_timeout=config.listen.keepalive_timeout_seconds,
+                    max_connections=config.listen.max_connections,
+                ),
                 access_log=config.logging.access_log,
             )
         ]
@@ -108,6 +113,12 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                     extra={"host": "127.0.0.1", "port": serving.bound_port(runners[-1])},
                 )
             await serving.wait_for_signal()
+            await serving.drain(
+                runners[0],
+                application[app.PIPELINE].in_flight,
+                drain_seconds=config.listen.drain_seconds,
+                grace_seconds=config.listen.shutdown_grace_seconds,
+            )
         finally:
             logger.info("shutting down")
             for runner in reversed(runners):

@@ -16,10 +16,13 @@ seam where they occur, so nothing below the middleware needs to know about HTTP.
         ├── UnsupportedMediaType 415
         ├── PayloadTooLarge     413
         ├── NotFound            404: unknown path, or a model no route serves
+        ├── MisdirectedRequest  421: a Host header this sidecar does not answer to
         ├── PolicyDenied        403
         ├── RateLimited         429
         ├── NotReady            503: a credential or policy has not been loaded yet
         │   └── BrokerUnreachable 503: the broker's last answer is older than allowed
+        ├── Overloaded          503: the memory budget is spent; Retry-After says when to retry
+        ├── ShuttingDown        503: the sidecar cut the request at the end of its shutdown grace
         └── UpstreamError       502: the provider could not be reached or answered nonsense
             └── UpstreamTimeout 504
 """
@@ -104,6 +107,11 @@ class NotFound(RequestError):
     code = "not_found"
 
 
+class MisdirectedRequest(RequestError):
+    status = 421
+    code = "host_not_allowed"
+
+
 class PolicyDenied(RequestError):
     status = 403
     error_type = "permission_error"
@@ -124,6 +132,18 @@ class NotReady(RequestError):
 
 class BrokerUnreachable(NotReady):
     code = "broker_unreachable"
+
+
+class Overloaded(RequestError):
+    status = 503
+    error_type = "overloaded_error"
+    code = "overloaded"
+
+
+class ShuttingDown(RequestError):
+    status = 503
+    error_type = "api_error"
+    code = "sidecar_shutdown"
 
 
 class UpstreamError(RequestError):

@@ -34,6 +34,12 @@ class StandInState:
     delay: float = 0.0  # seconds before answering (timeout tests)
     stream_delay: float = 0.0  # seconds between streamed events
     record: bool = True
+    # Faults of a streamed answer, after `fault_after` events: "abort" closes the connection
+    # mid-body; "stall" stops sending (until the client gives up); "unfinished" ends the body
+    # cleanly but without the stream's last event.
+    stream_fault: str | None = None
+    fault_after: int = 2
+    event_padding: int = 0  # bytes of padding added to the first streamed event
 
 
 STATE = web.AppKey("standin.state", StandInState)
@@ -108,11 +114,27 @@ async def _sse(request: web.Request, events: AsyncIterator[bytes]) -> web.Stream
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    delay = request.app[STATE].stream_delay
+    state = request.app[STATE]
+    sent = 0
     async for event in events:
+        if state.stream_fault and sent == state.fault_after:
+            if state.stream_fault == "abort":
+                if request.transport is not None:
+                    request.transport.close()  # no terminating chunk
+                return response
+            if state.stream_fault == "stall":  # until the client gives up
+                # aiohttp has no event for a client that went away: poll the transport.
+                while request.transport is not None and not request.transport.is_closing():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+                return response
+            if state.stream_fault == "unfinished":
+                break
+        if sent == 0 and state.event_padding:
+            event = event.replace(b"{", b'{"padding": "' + b"x" * state.event_padding + b'", ', 1)
         await response.write(event)
-        if delay:
-            await asyncio.sleep(delay)
+        sent += 1
+        if state.stream_delay:
+            await asyncio.sleep(state.stream_delay)
     await response.write_eof()
     return response
 

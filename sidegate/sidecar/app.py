@@ -30,8 +30,11 @@ from sidegate.policy import models, rules
 from sidegate.redact import Redactor
 from sidegate.sidecar import (
     brokering,
+    budgeting,
     credentials,
+    draining,
     endpoints,
+    hosts,
     limiting,
     payloads,
     policies,
@@ -70,6 +73,7 @@ class RequestRecord:
     error_code: str | None = None
     started: float = 0.0  # perf_counter when the request arrived
     audited: bool = False  # its audit event is emitted (exactly once)
+    charges: budgeting.Charges = dataclasses.field(default_factory=budgeting.Charges)
 
 
 RECORD = web.RequestKey("sidegate.record", RequestRecord)
@@ -110,6 +114,9 @@ class Pipeline:
         self._allowed_extra = frozenset(config.limits.allowed_extra_fields)
         self.proxy: proxying.Proxy | None = None  # set when the client session opens
         self.new_request_id = request_ids()
+        self.budget = budgeting.MemoryBudget(config.limits.memory_budget_bytes, metrics)
+        self.in_flight = draining.InFlight()
+        self.hosts = hosts.allowed(config.listen)
 
     async def handle(
         self, endpoint: endpoints.Endpoint, request: web.Request
@@ -117,7 +124,7 @@ class Pipeline:
         record = request[RECORD]
         if self.audit is not None and not self.audit.accepting:
             raise AuditUnavailable("the audit trail cannot be written; requests are refused")
-        data = await read_body(request)
+        data = await read_body(request, self.budget, record.charges)
         payload = payloads.parse(
             endpoint,
             data,
@@ -162,7 +169,15 @@ class Pipeline:
         budgets = limiting.budgets(caller, decision)
         if not budgets:
             return await self.proxy.forward(
-                request, upstream, endpoint, data, payload, target, credential, record.outcome
+                request,
+                upstream,
+                endpoint,
+                data,
+                payload,
+                target,
+                credential,
+                record.outcome,
+                record.charges,
             )
         reservation = await self.limiter.acquire(
             budgets,
@@ -172,7 +187,15 @@ class Pipeline:
         outcome = record.outcome
         try:
             return await self.proxy.forward(
-                request, upstream, endpoint, data, payload, target, credential, outcome
+                request,
+                upstream,
+                endpoint,
+                data,
+                payload,
+                target,
+                credential,
+                record.outcome,
+                record.charges,
             )
         finally:
             # Settle with what the provider reported; nothing if it was never reached; the
@@ -258,17 +281,32 @@ def estimate_tokens(data: bytes, payload: payloads.Body, default_output: int) ->
     return len(data) // 4 + output * choices
 
 
-async def read_body(request: web.Request) -> bytes:
+async def read_body(
+    request: web.Request, budget: budgeting.MemoryBudget, charges: budgeting.Charges
+) -> bytes:
+    """The body, admitted against the memory budget before it is read: by its
+    Content-Length when it has one, chunk by chunk when it is chunked."""
     if request.content_type != "application/json":
         raise errors.UnsupportedMediaType(
             f"Content-Type must be application/json, not {request.content_type or 'empty'!r}"
         )
-    try:
-        data = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise errors.PayloadTooLarge(
-            f"request body is larger than {request.client_max_size} bytes"
-        ) from None
+    limit = request.client_max_size
+    too_large = errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise too_large  # refused unread
+        budget.charge(charges, length)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        if length is None:
+            budget.charge(charges, len(chunk))
+        chunks.append(chunk)
+    data = b"".join(chunks)
     if not data:
         raise errors.InvalidRequest("request body is empty")
     return data
@@ -327,13 +365,28 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     record = RequestRecord(request_id, route, started=time.perf_counter())
     request[RECORD] = record
     status = 499  # if the client goes away (the handler is cancelled), that is what it was
+    task = asyncio.current_task()
+    tracked = route in AUDITED and task is not None
+    if tracked:
+        assert task is not None
+        pipeline.in_flight.add(task)
     try:
-        response = await _answer(request, handler, record, pipeline)
+        try:
+            response = await _answer(request, handler, record, pipeline)
+        except asyncio.CancelledError:
+            if not pipeline.in_flight.cutting or task is None:
+                raise  # the client went away
+            # The sidecar's own cut at the end of its shutdown grace, before any answer.
+            task.uncancel()
+            response = _error(
+                request, errors.ShuttingDown("the sidecar is shutting down"), record, pipeline
+            )
         status = (
             record.outcome.status
             if response.prepared and record.outcome.status
             else response.status
         )
+        record.error_code = record.error_code or record.outcome.error_code
         # Acknowledged audit: a whole body is written only once its event is on disk.
         if (
             pipeline.acknowledged
@@ -344,6 +397,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
     finally:
         # Exactly once per request, whatever happened, cancellation included.
+        if tracked:
+            assert task is not None
+            pipeline.in_flight.discard(task)
+        pipeline.budget.release(record.charges)
         seconds = time.perf_counter() - record.started
         _observe(pipeline.metrics, record, status, seconds)
         _audit(pipeline, record, status, seconds)
@@ -360,6 +417,7 @@ async def _answer(
 ) -> web.StreamResponse:
     """The handler's response, or the error it raised in the API's error shape."""
     try:
+        _admit(request, record, pipeline)
         return await handler(request)
     except errors.RequestError as exc:
         error = exc
@@ -372,8 +430,43 @@ async def _answer(
         logger.exception("unexpected error", extra={"request_id": record.request_id})
         error = errors.RequestError("internal error", code="internal_error")
         error.status, error.error_type = 500, "api_error"
+    return _error(request, error, record, pipeline)
+
+
+def _error(
+    request: web.Request, error: errors.RequestError, record: RequestRecord, pipeline: Pipeline
+) -> web.Response:
     record.error_code = error.code
-    return error_response(error, dialect_of(request.path), record.request_id, pipeline.redactor)
+    if error.status >= 500:  # the request id the client is shown must lead to a log line
+        logger.warning(
+            "request failed",
+            extra={
+                "request_id": record.request_id,
+                "status": error.status,
+                "code": error.code,
+                "reason": pipeline.redactor.scrub(error.message),
+                "provider": record.provider,
+            },
+        )
+    response = error_response(error, dialect_of(request.path), record.request_id, pipeline.redactor)
+    if error.status == 503 or (request.body_exists and not request.content.is_eof()):
+        response.force_close()  # refused unread, or the sidecar is stopping
+    return response
+
+
+def _admit(request: web.Request, record: RequestRecord, pipeline: Pipeline) -> None:
+    """Checks before any work: the Host header, and room for one more proxied request."""
+    if not hosts.is_allowed(request.headers.get("Host"), pipeline.hosts):
+        pipeline.metrics.child(pipeline.metrics.refusals, "host").inc()
+        raise errors.MisdirectedRequest(
+            "this Host is not served here; call the sidecar as localhost or 127.0.0.1"
+        )
+    if record.route in AUDITED and len(pipeline.in_flight) > pipeline.config.listen.max_in_flight:
+        pipeline.metrics.child(pipeline.metrics.refusals, "in_flight").inc()
+        raise errors.Overloaded(
+            "the sidecar is answering as many requests as it is configured to; retry shortly",
+            headers={"Retry-After": str(budgeting.RETRY_AFTER_SECONDS)},
+        )
 
 
 def _observe(metrics: Metrics, record: RequestRecord, status: int, seconds: float) -> None:
@@ -453,6 +546,7 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
     record = request.get(RECORD)
     if record is not None:
         response.headers["x-request-id"] = record.request_id
+    response.headers.popall("Server", None)  # aiohttp's own, naming its and Python's version
 
 
 def _endpoint_handler(endpoint: endpoints.Endpoint) -> Handler:
@@ -468,14 +562,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
-    store = pipeline.credentials
-    if store.ready and pipeline.policies.ready:
-        return web.json_response({"ready": True})
+    store, holder = pipeline.credentials, pipeline.policies
+    draining = pipeline.in_flight.draining
+    details: dict[str, object] = {}
+    if holder.last_reload_error is not None:  # the last good policy is still in force
+        details["policy_last_reload_failed"] = holder.last_reload_error
+    if store.ready and holder.ready and not draining:
+        return web.json_response({"ready": True, **details})
     return web.json_response(
         {
             "ready": False,
             "missing_credentials": store.missing(),
-            "policy_loaded": pipeline.policies.ready,
+            "policy_loaded": holder.ready,
+            **({"draining": True} if draining else {}),
+            **details,
         },
         status=503,
     )
@@ -508,6 +608,9 @@ async def client_session(app: web.Application) -> AsyncIterator[None]:
         pipeline.redactor,
         pipeline.metrics,
         max_response_bytes=pipeline.config.limits.max_response_bytes,
+        max_event_bytes=pipeline.config.limits.max_sse_event_bytes,
+        in_flight=pipeline.in_flight,
+        budget=pipeline.budget,
         forward_headers=pipeline.config.limits.forward_headers,
     )
     yield

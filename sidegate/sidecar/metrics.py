@@ -122,6 +122,23 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.memory_budget_used = Gauge(
+            "sidegate_memory_budget_used_bytes",
+            "Request and response bytes held right now, against limits.memory_budget_bytes.",
+            registry=r,
+        )
+        self.refusals = Counter(
+            "sidegate_refusals",
+            "Requests refused before being read, by reason (memory_budget, in_flight, "
+            "connections, host, malformed, header_timeout).",
+            ["reason"],
+            registry=r,
+        )
+        self.policy_reload_failed = Gauge(
+            "sidegate_policy_last_reload_failed",
+            "1 when the last policy reload was rejected (the previous policy stays in force).",
+            registry=r,
+        )
 
     def child(self, metric: M, *labels: str) -> M:
         key = (id(metric), *labels)

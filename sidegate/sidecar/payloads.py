@@ -9,6 +9,7 @@ fail loudly at the gateway, not be silently dropped or forwarded.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Collection
 from typing import Any, Literal
@@ -209,6 +210,41 @@ def json_depth_exceeds(data: bytes, limit: int) -> bool:
     return False
 
 
+class _Ambiguous(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Ambiguous(f"duplicate key {key[:64]!r}")
+            seen.add(key)
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise _Ambiguous(f"{name} is not JSON")
+
+
+def refuse_ambiguous_json(data: bytes) -> None:
+    """Refuse what JSON parsers disagree on, before anything is forwarded.
+
+    RFC 8259 has no NaN or Infinity, and leaves duplicate keys to the parser: one takes the
+    first ``"model"``, another the last. The sidecar decides on what it parsed and forwards
+    the bytes, so a body two parsers could read differently is refused (RFC 7493, I-JSON).
+    Malformed JSON is left to the model's parser, which names the problem.
+    """
+    try:
+        json.loads(data, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except _Ambiguous as exc:
+        raise errors.InvalidRequest(f"request body is ambiguous JSON: {exc}") from None
+    except ValueError:
+        return
+
+
 def parse(
     endpoint: endpoints.Endpoint,
     data: bytes,
@@ -219,6 +255,7 @@ def parse(
     """Validate a request body for ``endpoint``; raise InvalidRequest/UnknownField."""
     if json_depth_exceeds(data, max_depth):
         raise errors.InvalidRequest(f"request body nests deeper than {max_depth} levels")
+    refuse_ambiguous_json(data)
     model = _MODELS[endpoint.action]
     try:
         body = model.model_validate_json(data)

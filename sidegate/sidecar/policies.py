@@ -172,6 +172,7 @@ class PolicyHolder:
         self._metrics = metrics
         self._lock = asyncio.Lock()
         self.loaded: Loaded | None = None
+        self.last_reload_error: str | None = None  # why the last reload was rejected, if it was
         self._cache = self._new_cache(rules.PolicyIndex(bundle.empty()))  # deny-all until loaded
 
     @property
@@ -218,6 +219,8 @@ class PolicyHolder:
                 loaded = await asyncio.to_thread(read)
                 check_serial(loaded, self.loaded)
             except errors.BundleRejected as exc:
+                self.last_reload_error = str(exc)[:500]
+                self._metrics.policy_reload_failed.set(1)
                 self._metrics.policy_reloads.labels("failed").inc()
                 self._report("policy.reload", "rejected", str(exc)[:500], {"route": "policy"})
                 logger.error(
@@ -231,6 +234,8 @@ class PolicyHolder:
             old = self._cache
             self.install(loaded)
             await asyncio.to_thread(_dismantle, old)
+            self.last_reload_error = None
+            self._metrics.policy_reload_failed.set(0)
             self._metrics.policy_reloads.labels("ok").inc()
             self._report("policy.reload", "ok", loaded.hash, {"route": "policy"})
             if loaded.hash != previous:

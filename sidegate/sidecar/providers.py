@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from sidegate import tls
+from sidegate import errors, tls
 from sidegate.redact import Secret
 from sidegate.sidecar import endpoints, settings
 
@@ -33,6 +33,12 @@ class Upstream:
 
     def url(self, endpoint: endpoints.Endpoint, model: str) -> str:
         if self.kind == "azure":
+            if model in (".", ".."):  # a dot segment: the URL would climb out of deployments/
+                raise errors.InvalidRequest(
+                    f"{model!r} is not an Azure deployment name",
+                    param="model",
+                    code="invalid_model",
+                )
             deployment = quote(model, safe="")
             return (
                 f"{self.base_url}/openai/deployments/{deployment}{endpoint.path}"

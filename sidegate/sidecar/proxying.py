@@ -8,7 +8,6 @@ re-encoded. Streams are relayed event by event as they arrive, never buffered wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -24,7 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidegate import errors
 from sidegate.redact import Redactor, Secret
-from sidegate.sidecar import endpoints, payloads, providers, routing, usage
+from sidegate.sidecar import budgeting, draining, endpoints, payloads, providers, routing, usage
 from sidegate.sidecar.credentials import Credential
 from sidegate.sidecar.metrics import Metrics
 
@@ -67,6 +66,7 @@ class Outcome:
     status: int = 0
     usage: usage.Usage = dataclasses.field(default_factory=usage.Usage)
     upstream_seconds: float = 0.0
+    error_code: str | None = None  # why a stream that had started ended in an error
     # Acknowledged audit: awaited before a stream's last event and its end are written.
     before_end: Callable[[], Awaitable[None]] | None = None
 
@@ -141,8 +141,14 @@ class Proxy:
         metrics: Metrics,
         *,
         max_response_bytes: int,
+        max_event_bytes: int,
+        in_flight: draining.InFlight,
+        budget: budgeting.MemoryBudget,
         forward_headers: Collection[str] = (),
     ) -> None:
+        self._max_event_bytes = max_event_bytes
+        self._in_flight = in_flight
+        self._budget = budget
         self._session = session
         self._redactor = redactor
         self._metrics = metrics
@@ -159,6 +165,7 @@ class Proxy:
         target: routing.Target,
         credential: Credential,
         outcome: Outcome,
+        charges: budgeting.Charges,
     ) -> web.StreamResponse:
         body, hide_usage_chunk = upstream_body(endpoint, data, payload, target)
         url = upstream.url(endpoint, target.upstream_model or payload.model)
@@ -177,7 +184,7 @@ class Proxy:
                 return await self._relay_stream(
                     request, upstream, answer, outcome, hide_usage_chunk
                 )
-            return await self._relay_whole(upstream, endpoint, answer, outcome)
+            return await self._relay_whole(upstream, endpoint, answer, outcome, charges)
         finally:
             answer.release()
 
@@ -211,21 +218,34 @@ class Proxy:
         endpoint: endpoints.Endpoint,
         answer: aiohttp.ClientResponse,
         outcome: Outcome,
+        charges: budgeting.Charges,
     ) -> web.Response:
         limit = self._max_response_bytes if answer.status < 400 else _ERROR_BODY_LIMIT
+        declared = answer.content_length
+        if declared is not None and declared > limit and answer.status < 400:
+            raise errors.UpstreamError(f"provider {upstream.name} answered more than {limit} bytes")
+        chunks: list[bytes] = []
+        size = charged = 0
+        if declared is not None:  # admitted before it is read
+            self._budget.charge(charges, min(declared, limit))
+            charged = min(declared, limit)
         try:
-            data = await answer.content.read(limit + 1)
-            while len(data) <= limit and not answer.content.at_eof():
-                more = await answer.content.read(limit + 1 - len(data))
-                if not more:
+            async for chunk in answer.content.iter_any():
+                size += len(chunk)
+                if size > limit:
                     break
-                data += more
+                if size > charged:  # chunked, or decompressed beyond its Content-Length
+                    self._budget.charge(charges, size - charged)
+                    charged = size
+                chunks.append(chunk)
         except Exception as exc:
             error = translate(exc, upstream.name)
             if error is None:
                 raise
             raise error from None
-        if len(data) > limit:
+        data = b"".join(chunks)
+        del chunks
+        if size > limit:
             if answer.status >= 400:
                 data = data[:limit]
             else:
@@ -257,42 +277,134 @@ class Proxy:
             status=answer.status, headers=response_headers(answer.headers)
         )
         await response.prepare(request)
-        splitter = usage.EventSplitter()
+        splitter = usage.EventSplitter(self._max_event_bytes)
         meter = usage.StreamMeter(upstream.dialect, hide_usage_chunk=hide_usage_chunk)
-        held: bytes | None = None  # the last event, while before_end has not returned
+        failure: errors.RequestError | None = None
+        held = b""  # the last event, while the audit event is not yet durable
         try:
             async for chunk in answer.content.iter_any():
                 kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
-                if held is not None and kept:
+                if held and kept:
                     kept.insert(0, held)
-                    held = None
+                    held = b""
                 if outcome.before_end is not None and kept and _LAST_EVENT.match(kept[-1]):
                     held = kept.pop()
                 if kept:
                     await response.write(kept[0] if len(kept) == 1 else b"".join(kept))
             rest = splitter.rest()
-            if outcome.before_end is not None:
-                await outcome.before_end()
-            if held is not None or rest:
-                await response.write((held or b"") + rest)
-            await response.write_eof()
+            if rest and meter.keep(rest):
+                held += rest
+            if not meter.finished:
+                failure = errors.UpstreamError(
+                    f"provider {upstream.name} ended the stream before its last event",
+                    code="upstream_stream_cut",
+                )
+            elif outcome.before_end is not None:
+                await outcome.before_end()  # raises ConnectionResetError if not recorded
         except ConnectionResetError:
             # First: aiohttp's ClientConnectionResetError is also a ClientError, and a client
             # that hung up is not a provider failure.
             logger.info("client went away mid-stream", extra={"provider": upstream.name})
             outcome.status = 499
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # The status line is gone already; all that is left is to end the stream early.
-            logger.warning(
-                "provider stream broke off",
-                extra={"provider": upstream.name, "error": type(exc).__name__},
+            return response
+        except usage.EventTooLarge as exc:
+            failure = errors.UpstreamError(
+                f"provider {upstream.name} sent a stream event over the limit: {exc}",
+                code="upstream_event_too_large",
             )
-            outcome.status = 502
-            with contextlib.suppress(ConnectionResetError):
-                await response.write_eof()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failure = errors.UpstreamError(
+                f"provider {upstream.name} stream broke off", code="upstream_stream_broken"
+            )
+            if isinstance(exc, TimeoutError):
+                failure = errors.UpstreamTimeout(
+                    f"provider {upstream.name} stopped sending for longer than the read timeout"
+                )
+        except asyncio.CancelledError:
+            if not self._in_flight.cutting:
+                raise  # the client went away: aiohttp cancels the handler
+            # The sidecar's own cut at the end of its shutdown grace: answered, not raised.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            failure = errors.ShuttingDown("the sidecar is shutting down; the stream was cut")
         finally:
             outcome.usage = meter.usage  # what was used until then is settled and audited
+        if failure is None:
+            await finish_stream(request, response, held)
+        else:
+            await self._fail_stream(request, response, upstream, outcome, failure)
         return response
+
+    async def _fail_stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        upstream: providers.Upstream,
+        outcome: Outcome,
+        error: errors.RequestError,
+    ) -> None:
+        """The status line is gone already: end the stream with an error event in its own
+        dialect and no terminating chunk, so every client sees the failure."""
+        request_id = response.headers.get("x-request-id", "-")
+        logger.warning(
+            "stream ended with an error",
+            extra={
+                "request_id": request_id,
+                "provider": upstream.name,
+                "code": error.code,
+                "reason": error.message,
+            },
+        )
+        outcome.status, outcome.error_code = error.status, error.code
+        event = error_event(upstream.dialect, error, request_id)
+        await finish_stream(request, response, event, complete=False)
+
+
+def error_event(dialect: endpoints.Dialect, error: errors.RequestError, request_id: str) -> bytes:
+    """An SSE error event the official SDKs raise on: OpenAI reads a `data:` object with an
+    `error` key, Anthropic an `event: error`."""
+    message = f"{error.message} (request id {request_id})"
+    if dialect == "anthropic":
+        document: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": error.error_type, "message": message},
+        }
+        return b"event: error\ndata: " + json.dumps(document).encode() + b"\n\n"
+    document = {
+        "error": {"message": message, "type": error.error_type, "param": None, "code": error.code}
+    }
+    return b"data: " + json.dumps(document).encode() + b"\n\n"
+
+
+# A client that stopped reading must not hold a stream's end (or a shutdown) up for long.
+_FINAL_WRITE_SECONDS = 2.0
+
+
+async def finish_stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    last: bytes = b"",
+    *,
+    complete: bool = True,
+) -> None:
+    """Write a stream's last bytes. Every streamed answer ends here, cleanly or not.
+
+    ``complete``: the terminating chunk follows and the connection may be reused. Otherwise
+    ``last`` (an error event) is written and the connection closed without the terminating
+    chunk: an HTTP client sees an incomplete body even if it ignores the event.
+    """
+    try:
+        async with asyncio.timeout(_FINAL_WRITE_SECONDS):
+            if complete:
+                await response.write_eof(last)
+                return
+            await response.write(last)
+    except (ConnectionError, TimeoutError):
+        pass
+    response.force_close()
+    if request.transport is not None:
+        request.transport.close()  # flushes what is buffered, then closes: no 0-chunk
 
 
 def translate(exc: BaseException, provider: str) -> errors.UpstreamError | None:

@@ -1,15 +1,224 @@
-"""Running an aiohttp application until SIGTERM/SIGINT, with bounded headers."""
+"""Serving an aiohttp application the way a careful proxy does, and stopping it gracefully.
+
+aiohttp's server is lenient where a proxy in front of secrets must not be. What this adds,
+at the connection level (below the application and its middlewares):
+
+* a header timeout: a connection that has started a request must finish its line and
+  headers within ``header_timeout`` seconds (nginx's ``client_header_timeout``), and an
+  idle keep-alive connection is closed after ``keepalive_timeout``;
+* a cap on open connections: past it a new connection gets one 503 and is closed;
+* every parser-level refusal (malformed request line or header, a line too long, HTTP/0.9)
+  answered in the API's JSON error shape, without echoing any of the input (aiohttp's own
+  answer quotes the offending line, which may hold an Authorization header) and logged as
+  one line without a traceback;
+* no ``Server`` header naming Python's and aiohttp's versions;
+* an access log of method, path (never the query string: ``?api-key=`` is a thing),
+  status, size and time.
+
+``drain`` is the shutdown after SIGTERM: keep serving for a drain period, stop accepting,
+give requests in flight one grace period, then cut what remains.
+
+The subclasses reach into aiohttp's ``RequestHandler`` (3.14: ``_messages``, ``_waiter``,
+``_request_in_progress``); the integration tests drive each behaviour over raw sockets, so an
+aiohttp upgrade that moves them fails loudly.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import signal
 from collections.abc import Sequence
+from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, http_parser, web, web_protocol
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestHandler
+
+from sidegate.sidecar import draining
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("sidegate.access")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_header_bytes: int = 8190
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 1024
+
+
+def _error_body(status: int, message: str, code: str) -> bytes:
+    error_type = "api_error" if status >= 500 else "invalid_request_error"
+    document = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return json.dumps(document).encode()
+
+
+class _Response(web.Response):
+    """A response written by the connection layer, with no ``Server`` header either."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.popall("Server", None)
+
+
+def _refusal(status: int, message: str, code: str) -> web.Response:
+    response = _Response(
+        status=status, body=_error_body(status, message, code), content_type="application/json"
+    )
+    response.force_close()
+    return response
+
+
+# What the parser's refusals say, by aiohttp's exception class: never the input itself.
+_PARSER_REFUSALS: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (http_exceptions.LineTooLong, 431, "request line or a header is too long", "header_too_long"),
+    (http_exceptions.BadHttpMethod, 400, "not an HTTP request method", "malformed_request"),
+    (http_exceptions.BadStatusLine, 400, "malformed HTTP request line", "malformed_request"),
+    (http_exceptions.InvalidHeader, 400, "malformed HTTP header", "malformed_request"),
+)
+
+
+class _HTTP09(http_exceptions.BadHttpMessage):
+    """A request line without an HTTP version: HTTP/0.9, which has no headers at all."""
+
+
+class GuardedRequestHandler(RequestHandler):
+    """aiohttp's connection handler with a header timeout, a connection cap and JSON
+    refusals."""
+
+    __slots__ = ("_header_timer", "_limits")
+
+    def __init__(self, manager: web.Server, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        manager = self._manager
+        if manager is not None and len(manager.connections) > self._limits.max_connections:
+            logger.warning("connection refused: too many open connections")
+            body = _error_body(503, "too many open connections; retry shortly", "overloaded")
+            self._send_and_close(503, "Service Unavailable", body, {"Retry-After": "1"})
+
+    def data_received(self, data: bytes) -> None:
+        waiting = not self._request_in_progress and not self._messages
+        super().data_received(data)
+        if self._messages:
+            self._cancel_header_timer()
+            self._refuse_http09()
+        elif waiting and self._header_timer is None and not self._force_close:
+            # The first bytes of a request: its line and headers are due within the timeout.
+            self._header_timer = self._loop.call_later(
+                self._limits.header_timeout, self._header_timeout
+            )
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self._request_in_progress or self._messages or self.transport is None:
+            return
+        logger.warning("connection closed: request headers not received in time")
+        body = _error_body(408, "request headers not received in time", "header_timeout")
+        self._send_and_close(408, "Request Timeout", body, {})
+
+    def _send_and_close(self, status: int, reason: str, body: bytes, extra: dict[str, str]) -> None:
+        """Answer outside any request (nothing was parsed), then close."""
+        if self.transport is not None:
+            headers = "".join(f"{name}: {value}\r\n" for name, value in extra.items())
+            self.transport.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n{headers}Connection: close\r\n\r\n".encode()
+                + body
+            )
+        self.force_close()
+
+    def _refuse_http09(self) -> None:
+        for position, (message, payload) in enumerate(self._messages):
+            if isinstance(message, http_parser.RawRequestMessage) and message.version < (1, 0):
+                refusal = web_protocol._ErrInfo(
+                    status=505, exc=_HTTP09("HTTP/0.9"), message="HTTP/0.9"
+                )
+                self._messages[position] = (refusal, payload)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to what never reached the application: JSON, no echo, one line."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        if isinstance(exc, _HTTP09):
+            logger.warning("request refused: HTTP/0.9")
+            return _refusal(505, "HTTP/1.0 or later is required", "http_version_not_supported")
+        if status >= 500:
+            logger.error("request failed", extra={"error": type(exc).__name__ if exc else None})
+            return _refusal(status, "internal error", "internal_error")
+        refusal_status, text, code = next(
+            ((s, t, c) for kind, s, t, c in _PARSER_REFUSALS if isinstance(exc, kind)),
+            (status, "malformed HTTP request", "malformed_request"),
+        )
+        logger.warning("malformed request refused", extra={"error": type(exc).__name__})
+        return _refusal(refusal_status, text, code)
+
+
+class GuardedServer(web.Server):
+    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+
+    def __call__(self) -> RequestHandler:
+        return GuardedRequestHandler(self, loop=self._loop, limits=self._limits, **self._kwargs)
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose server is a ``GuardedServer``."""
+
+    def __init__(self, app: web.Application, *, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._limits = limits
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # starts the application
+        return GuardedServer(
+            plain.request_handler,
+            request_factory=plain.request_factory,
+            handler_cancellation=plain.handler_cancellation,
+            limits=self._limits,
+            **self._kwargs,
+        )
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, path without the query, status, bytes, time."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status,
+            extra={
+                "bytes": response.body_length,
+                "ms": round(time * 1000, 3),
+                "request_id": response.headers.get("x-request-id"),
+            },
+        )
 
 
 async def start(
@@ -17,19 +226,27 @@ async def start(
     host: str,
     port: int,
     *,
-    max_header_bytes: int = 8190,
+    limits: ConnectionLimits | None = None,
     access_log: bool = False,
+    backlog: int = 128,
 ) -> web.AppRunner:
-    """Start serving ``app``; the caller owns the runner and calls ``runner.cleanup()``."""
-    runner = web.AppRunner(
+    """Start serving ``app``; the caller owns the runner and calls ``runner.cleanup()``
+    (or ``drain``)."""
+    limits = limits or ConnectionLimits()
+    runner = GuardedRunner(
         app,
-        access_log=logging.getLogger("sidegate.access") if access_log else None,
-        max_line_size=max_header_bytes,
-        max_field_size=max_header_bytes,
-        shutdown_timeout=10.0,
+        limits=limits,
+        access_log=access_logger if access_log else None,
+        access_log_class=AccessLogger,
+        max_line_size=limits.max_header_bytes,
+        max_field_size=limits.max_header_bytes,
+        keepalive_timeout=limits.keepalive_timeout,
+        # By the time cleanup runs, ``drain`` has waited its grace and cut what was left:
+        # this only bounds connections that ignore the cut. aiohttp applies it twice.
+        shutdown_timeout=1.0,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=backlog)
     try:
         await site.start()
     except BaseException:
@@ -58,3 +275,35 @@ async def wait_for_signal(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+async def drain(
+    runner: web.AppRunner,
+    in_flight: draining.InFlight,
+    *,
+    drain_seconds: float,
+    grace_seconds: float,
+) -> None:
+    """Envoy's drain, nginx's graceful quit: the shutdown after SIGTERM.
+
+    1. For ``drain_seconds`` everything goes on as before, new connections included: the
+       application in the same pod may still be finishing its own requests.
+    2. Then the listener closes and idle keep-alive connections are closed.
+    3. Requests in flight get ``grace_seconds`` (the one shutdown timeout) to finish.
+    4. What remains is cut: streams end with an error event and no terminating chunk,
+       waiting requests get a 503, and the audit records status 503 ``sidecar_shutdown``.
+    The caller then runs ``runner.cleanup()``: the application's cleanup (the audit trail
+    is written last).
+    """
+    in_flight.draining = True
+    logger.info(
+        "draining",
+        extra={"drain_seconds": drain_seconds, "grace_seconds": grace_seconds},
+    )
+    await asyncio.sleep(drain_seconds)
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # idle keep-alive connections close now
+    if not await in_flight.wait_idle(grace_seconds):
+        await in_flight.cut()

@@ -47,6 +47,45 @@ class ListenSettings(_Strict):
         description="Permit a non-loopback `host`. The sidecar has no client authentication: "
         "anything that reaches the port can spend the provider keys.",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names accepted besides localhost, 127.0.0.1, [::1] and "
+        "`host` itself (any port). Anything else is refused: a browser page on a DNS name "
+        "rebound to 127.0.0.1 must not reach the provider keys.",
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Time a client has to send a request's line and headers, from its "
+        "first byte (nginx's client_header_timeout).",
+    )
+    keepalive_timeout_seconds: float = Field(
+        75.0, gt=0, le=3600, description="An idle keep-alive connection is closed after this."
+    )
+    max_connections: int = Field(
+        1024, ge=1, le=65536, description="Open client connections; past it new ones get a 503."
+    )
+    max_in_flight: int = Field(
+        512,
+        ge=1,
+        le=65536,
+        description="Proxied requests being answered at once; past it a 503 with Retry-After.",
+    )
+    drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="After SIGTERM, keep accepting and serving this long: the application "
+        "may still be finishing its own requests.",
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0,
+        ge=0,
+        le=3600,
+        description="Then stop accepting and give requests in flight this long to finish; "
+        "what remains is cut (streams end with an error event; audit status 503).",
+    )
 
     @model_validator(mode="after")
     def _loopback_only(self) -> ListenSettings:
@@ -206,6 +245,19 @@ class RequestLimits(_Strict):
         64 * 1024 * 1024,
         ge=1024,
         description="Largest non-streamed upstream answer the sidecar will hold.",
+    )
+    max_sse_event_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Longest single event of a streamed answer; a longer one ends the stream "
+        "with an error.",
+    )
+    memory_budget_bytes: int = Field(
+        96 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Request and response bodies held at once, all requests together; a "
+        "request that would pass it gets a 503 with Retry-After before its body is read.",
     )
     allowed_extra_fields: list[str] = Field(
         default_factory=list,

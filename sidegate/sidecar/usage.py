@@ -14,7 +14,10 @@ from typing import Any
 from sidegate.sidecar import endpoints
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_EVENT_END = re.compile(rb"\r?\n\r?\n")
+# Cheap test before an event is parsed to see whether it ends the stream.
+_MAYBE_LAST = re.compile(rb"\[DONE\]|message_stop|error")
+# A blank line ends an event; a line ends in CRLF, LF or a lone CR (never the CR of a CRLF).
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 
 
 @dataclasses.dataclass(slots=True)
@@ -77,26 +80,62 @@ def from_body(dialect: endpoints.Dialect, data: bytes) -> Usage:
     return usage
 
 
+class EventTooLarge(ValueError):
+    """A provider sent an SSE event longer than the configured maximum."""
+
+
 class EventSplitter:
-    """Cuts a byte stream into whole SSE events (each with its blank-line terminator)."""
+    """Cuts a byte stream into whole SSE events (each with its blank-line terminator).
 
-    __slots__ = ("_buffer",)
+    Linear in the bytes received: each chunk is scanned once (plus the three bytes before
+    it, where a terminator may straddle the boundary), and a partial event is kept as a list
+    of pieces joined only when it completes. Lines may end in CRLF, LF or a bare CR, as the
+    SSE specification allows. A partial event longer than ``max_event_bytes`` raises
+    ``EventTooLarge`` instead of growing without bound.
+    """
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    __slots__ = ("_held", "_max", "_parts")
+
+    def __init__(self, max_event_bytes: int = 1024 * 1024) -> None:
+        self._parts: list[bytes] = []
+        self._held = 0
+        self._max = max_event_bytes
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        data = self._buffer + chunk if self._buffer else chunk
         events: list[bytes] = []
         start = 0
-        while (end := _EVENT_END.search(data, start)) is not None:
-            events.append(data[start : end.end()])
+        if self._parts:
+            carry = self._parts[-1][-3:]
+            end = _EVENT_END.search(carry + chunk)
+            if end is None:
+                self._hold(chunk)
+                return events
+            start = end.end() - len(carry)  # always past the carry: it held no terminator
+            self._parts.append(chunk[:start])
+            events.append(self._complete(b"".join(self._parts)))
+            self._parts, self._held = [], 0
+        while (end := _EVENT_END.search(chunk, start)) is not None:
+            events.append(self._complete(chunk[start : end.end()]))
             start = end.end()
-        self._buffer = data[start:]
+        if start < len(chunk):
+            self._hold(chunk[start:] if start else chunk)
         return events
 
+    def _hold(self, piece: bytes) -> None:
+        self._held += len(piece)
+        if self._held > self._max:
+            self._parts, self._held = [], 0
+            raise EventTooLarge(f"an event is longer than {self._max} bytes")
+        self._parts.append(piece)
+
+    def _complete(self, event: bytes) -> bytes:
+        if len(event) > self._max:
+            raise EventTooLarge(f"an event is longer than {self._max} bytes")
+        return event
+
     def rest(self) -> bytes:
-        rest, self._buffer = self._buffer, b""
+        rest = b"".join(self._parts)
+        self._parts, self._held = [], 0
         return rest
 
 
@@ -108,15 +147,21 @@ class StreamMeter:
     read here and not shown to a client that did not ask for it.
     """
 
-    __slots__ = ("_dialect", "_hide_usage_chunk", "usage")
+    __slots__ = ("_dialect", "_hide_usage_chunk", "finished", "usage")
 
     def __init__(self, dialect: endpoints.Dialect, *, hide_usage_chunk: bool) -> None:
         self._dialect: endpoints.Dialect = dialect
         self._hide_usage_chunk = hide_usage_chunk
         self.usage = Usage()
+        # Whether the stream's own last word went by: OpenAI's `data: [DONE]`, Anthropic's
+        # message_stop, or an error event from the provider. A stream that ends without one
+        # was cut off, however cleanly the connection closed.
+        self.finished = False
 
     def keep(self, event: bytes) -> bool:
         """Record any usage in ``event``; False if the event must not reach the client."""
+        if not self.finished and _MAYBE_LAST.search(event) is not None:
+            self.finished = _is_last(self._dialect, event)
         if _USAGE_OBJECT.search(event) is None:
             return True
         document = _event_json(event)
@@ -131,6 +176,39 @@ class StreamMeter:
         elif kind == "message_delta":
             _apply(self.usage, "anthropic", document.get("usage"), delta=True)
         return True
+
+
+def _is_last(dialect: endpoints.Dialect, event: bytes) -> bool:
+    fields = _event_fields(event)
+    if fields.get(b"event") in (b"error", b"message_stop"):
+        return True
+    data = fields.get(b"data", b"")
+    if dialect == "openai" and data.strip() == b"[DONE]":
+        return True
+    if b"error" in data or b"message_stop" in data:
+        try:
+            document = json.loads(data)
+        except ValueError:
+            return False
+        if isinstance(document, dict):
+            return "error" in document or document.get("type") in ("error", "message_stop")
+    return False
+
+
+def _event_fields(event: bytes) -> dict[bytes, bytes]:
+    """The event's last `event:` and its joined `data:` lines, as an SSE client reads them."""
+    fields: dict[bytes, bytes] = {}
+    data: list[bytes] = []
+    for line in event.splitlines():
+        name, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            fields[b"event"] = value
+    if data:
+        fields[b"data"] = b"\n".join(data)
+    return fields
 
 
 def _event_json(event: bytes) -> Any:

@@ -44,7 +44,7 @@ class Process:
 
 def start_sidecar(config: dict[str, Any], workdir: Path, name: str = "sidecar") -> Process:
     port = free_port()
-    config = {**config, "listen": {"port": port}}
+    config = {**config, "listen": {**config.get("listen", {}), "port": port}}
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     process = subprocess.Popen(

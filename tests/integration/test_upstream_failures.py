@@ -126,7 +126,7 @@ def test_a_client_hanging_up_mid_stream_is_a_499_not_an_error(stack: Stack) -> N
     body = chat_body(stream=True)
     with socket.create_connection(("127.0.0.1", int(stack.origin.rsplit(":", 1)[1]))) as connection:
         connection.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
