@@ -158,6 +158,14 @@ def test_every_request_and_admin_write_becomes_exactly_one_event_in_s3(
     assert all(k.startswith("trail/") and "/team-a/chatbot-0/" in k for k in stored)
     names = [k.rsplit("/", 1)[-1] for k in stored]
     assert sum(n.startswith("key-") for n in names) == 1  # this run's public key, exported
+    (key_name,) = [n for n in names if n.startswith("key-")]
+    started = next(
+        json.loads(line)
+        for line in stack.log.getvalue().splitlines()
+        if "audit signing key for this run" in line
+    )
+    assert started["key_id"] == key_name.removeprefix("key-").removesuffix(".pem")
+    assert started["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
     assert sum(n.startswith("digest-") for n in names) >= len(keys)  # a digest per segment
     head = s3.client().head_object(Bucket=BUCKET, Key=keys[0], ChecksumMode="ENABLED")
     assert head["ObjectLockMode"] == "GOVERNANCE" and head.get("ChecksumSHA256")
