@@ -151,9 +151,10 @@ def durability(seconds: int, repeat: int) -> None:
                 overhead.wait_listening(port)
                 urls[mode] = f"http://127.0.0.1:{port}/v1/chat/completions"
                 overhead.wrk(urls[mode], 8, 2)  # warm-up
-            for _ in range(repeat):
-                for connections in CONNECTIONS:
-                    for mode in modes:
+            for run in range(repeat):
+                for step, connections in enumerate(CONNECTIONS):
+                    turn = (run + step) % len(modes)  # each mode goes first in turn
+                    for mode in modes[turn:] + modes[:turn]:
                         results.setdefault((mode, connections), []).append(
                             overhead.wrk(urls[mode], connections, seconds)
                         )
