@@ -132,6 +132,12 @@ class Spool:
     def metrics(self) -> AuditMetrics:
         return self._metrics
 
+    @property
+    def public_key(self) -> tuple[str, bytes]:
+        """This run's signing key as (key id, PEM): what the start-up log prints, what is
+        exported as ``key-ID.pem``, and what a broker registers for the pod."""
+        return self.signer.key_id, self.signer.public_key_pem
+
     # -- the request path ---------------------------------------------------------------
 
     @property

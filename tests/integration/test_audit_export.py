@@ -158,6 +158,14 @@ def test_every_request_and_admin_write_becomes_exactly_one_event_in_s3(
     assert all(k.startswith("trail/") and "/team-a/chatbot-0/" in k for k in stored)
     names = [k.rsplit("/", 1)[-1] for k in stored]
     assert sum(n.startswith("key-") for n in names) == 1  # this run's public key, exported
+    (key_name,) = [n for n in names if n.startswith("key-")]
+    started = next(
+        json.loads(line)
+        for line in stack.log.getvalue().splitlines()
+        if "audit signing key for this run" in line
+    )
+    assert started["key_id"] == key_name.removeprefix("key-").removesuffix(".pem")
+    assert started["public_key"].startswith("-----BEGIN PUBLIC KEY-----")
     assert sum(n.startswith("digest-") for n in names) >= len(keys)  # a digest per segment
     head = s3.client().head_object(Bucket=BUCKET, Key=keys[0], ChecksumMode="ENABLED")
     assert head["ObjectLockMode"] == "GOVERNANCE" and head.get("ChecksumSHA256")
@@ -276,3 +284,22 @@ def test_a_full_spool_applies_fail_closed(make_stack: Callable[..., Stack], tmp_
     statuses = Counter(call(stack.origin, CHAT, chat_body())[0] for _ in range(200))
     assert statuses[200] > 0 and statuses[503] > 0
     assert stack.metric("sidegate_audit_spool_bytes") <= 64 * 1024
+
+
+def test_a_deleted_segment_in_s3_shows_as_a_delete_marker_and_a_hole(
+    make_stack: Callable[..., Stack], tmp_path: Path, s3: S3
+) -> None:
+    stack = make_stack(with_audit(tmp_path, s3))
+    for _ in range(5):
+        call(stack.origin, CHAT, chat_body())
+    stack.loop.close()
+    key = next(k for k in s3.keys() if k.endswith(".jsonl.gz"))  # noqa: SIM118
+    s3.client().delete_object(Bucket=BUCKET, Key=key)  # a delete marker: the version stays
+    import asyncio
+
+    (report,) = asyncio.run(
+        verifying.s3_trails(BUCKET, "trail", endpoint_url=s3.endpoint, region="us-east-1")
+    )
+    where = f"s3://{BUCKET}/{key}"
+    assert ("versions", where) in {(p.check, p.where) for p in report.problems}
+    assert "coverage" in report.checks(), [str(p) for p in report.problems]
