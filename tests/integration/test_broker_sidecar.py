@@ -229,3 +229,23 @@ async def _all_delivered(clients: list[brokering.BrokerClient]) -> bool:
 def _key(store: credentials.CredentialStore) -> str | None:
     found = store.get("openai")
     return found.current.reveal() if found else None
+
+
+async def test_a_large_bundle_arrives_whole(
+    world: brokers.World, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A namespace with a bundle near the size limit of a Secret (1 MiB of data): the
+    delivery spans many TCP reads."""
+    token_file = tmp_path / "token"
+    token_file.write_text(await world.pod_token())
+    many = [policy(f"p-{index:05d}", rules=[allow(f"gpt-{index}-*")]) for index in range(1800)]
+    envelope = await world.publish_bundle(many)
+    assert len(envelope) > 480 * 1024  # more than aiohttp reads as one line
+    async with sidecar(config(world, ca, token_file)) as (origin, application):
+        holder = application[sidecar_app.PIPELINE].policies
+        await eventually(lambda: _holds(holder, 1800), seconds=30)
+        assert (await status_of(origin, "gpt-1799-x"))[0] != 403
+
+
+async def _holds(holder: policies.PolicyHolder, count: int) -> bool:
+    return holder.loaded is not None and holder.loaded.index.size == count
