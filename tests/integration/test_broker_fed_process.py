@@ -177,7 +177,7 @@ async def test_with_the_broker_stopped_the_sidecar_serves_until_the_staleness_li
         assert status == 503 and answer["error"]["code"] == "broker_unreachable", answer
         assert staleness - 1.5 <= waited, f"refused after {waited:.1f} s, before the limit"
         ready = await asyncio.to_thread(call, process.origin, "/readyz", None, None, "GET")
-        assert ready[0] == 503
+        assert ready[0] == 503 and ready[2]["credentials_stale"] is True
     finally:
         log = process.stop()
     assert_no_secrets(log, {*world.keys.values(), world.admin_token})
