@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -124,12 +123,18 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
     )
     context = tls_context(options.certfile, options.keyfile)
     tasks = [
-        asyncio.create_task(watching.keep_in_sync(client, options.namespace, kind, state))
+        asyncio.create_task(
+            watching.keep_in_sync(client, options.namespace, kind, state), name=f"watch {kind}"
+        )
         for kind in (contents.SECRETS, contents.CONFIGMAPS)
     ]
     tasks.append(
-        asyncio.create_task(reload_certificate(context, options.certfile, options.keyfile, metrics))
+        asyncio.create_task(
+            reload_certificate(context, options.certfile, options.keyfile, metrics),
+            name="certificate reloads",
+        )
     )
+    broker.tasks.extend(tasks)
     runners: list[web.AppRunner] = []
     try:
         runners.append(
@@ -145,12 +150,12 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task  # a task that failed was logged when it did
         await client.close()
 
 
-def own_namespace(environ: dict[str, str] | os._Environ[str]) -> str | None:
+def own_namespace(environ: Mapping[str, str]) -> str | None:
     """$POD_NAMESPACE, else the service account's namespace file."""
     if environ.get("POD_NAMESPACE"):
         return environ["POD_NAMESPACE"]

@@ -573,6 +573,7 @@ async def readyz(request: web.Request) -> web.Response:
         {
             "ready": False,
             "missing_credentials": store.missing(),
+            "credentials_stale": store.stale,  # broker mode: not heard from for too long
             "policy_loaded": holder.ready,
             **({"draining": True} if draining else {}),
             **details,

@@ -86,6 +86,11 @@ def admin_secret(namespace: str, token: str, previous: str | None = None) -> dic
     )
 
 
+def redis_secret(url: str, password: str | None = None) -> dict[str, Any]:
+    values = {"url": url, **({"password": password} if password else {})}
+    return _secret("sidegate-redis", _data(values))
+
+
 def public_keys(*keys: ed25519.Ed25519PrivateKey) -> list[str]:
     return [signing.encode_public_key(k.public_key()) for k in keys]
 
@@ -329,7 +334,7 @@ async def world(
             replica = await replica_context.enter_async_context(
                 broker(url, cert, directory, **options)
             )
-            await eventually(lambda: _ready(replica))
+            await eventually(lambda: ready(replica))
             connector = aiohttp.TCPConnector(ssl=client_context(ca))
             async with aiohttp.ClientSession(connector=connector) as session:
                 yield World(
@@ -337,5 +342,5 @@ async def world(
                 )
 
 
-async def _ready(replica: running.Running) -> bool:
+async def ready(replica: running.Running) -> bool:
     return replica.broker.contents.ready and replica.broker.contents.namespaces == 1

@@ -52,6 +52,14 @@ async def test_reviews_are_cached_per_token_and_pods_reread(world: brokers.World
     assert world.k8s.token_reviews == 1
 
 
+async def test_a_refused_token_is_not_reviewed_again_at_once(world: brokers.World) -> None:
+    pod = await brokers.create_pod(world.k8s, brokers.injected_pod("team-a", "p", world.trusted))
+    token = world.k8s.issue_token("team-a", "app", pod=pod, audiences=("vault",))
+    for _ in range(5):
+        assert (await world.deliver(token))[0] == 401
+    assert world.k8s.token_reviews == 1
+
+
 async def test_a_change_wakes_the_waiting_long_poll(world: brokers.World) -> None:
     token = await world.pod_token()
     _, first = await world.deliver(token)
@@ -155,3 +163,22 @@ async def test_probes_and_metrics(world: brokers.World) -> None:
     assert 'sidegate_broker_token_reviews_total{result="accepted"} 1.0' in text
     for secret in [*world.keys.values(), world.admin_token]:
         assert secret not in text
+
+
+async def test_two_replicas_give_the_same_version_so_a_sidecar_can_move_between_them(
+    world: brokers.World, server_cert: trustme.LeafCert, tmp_path: Path
+) -> None:
+    token = await world.pod_token()
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    async with brokers.broker(world.url, server_cert, second_dir) as second:
+        await eventually(lambda: brokers.ready(second))
+        status, first = await world.deliver(token)
+        assert status == 200
+        # The same content from the other replica: the same version, so no answer but 304.
+        status, _ = await brokers.deliver(
+            world.session, second.api_port, token, after=first["version"], wait=0.2
+        )
+        assert status == 304
+        status, again = await brokers.deliver(world.session, second.api_port, token)
+        assert status == 200 and again == first
