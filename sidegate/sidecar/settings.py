@@ -267,6 +267,15 @@ class RequestLimits(_Strict):
         description="Extra client headers passed upstream (auth headers can never be).",
     )
 
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> RequestLimits:
+        if self.memory_budget_bytes < self.max_body_bytes:
+            raise ValueError(
+                "memory_budget_bytes must be at least max_body_bytes, or a body of the "
+                "largest size allowed could never be read"
+            )
+        return self
+
     @field_validator("forward_headers")
     @classmethod
     def _no_auth_headers(cls, value: list[str]) -> list[str]:
