@@ -273,10 +273,11 @@ async def read_body(
     limit = request.client_max_size
     too_large = errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
     length = request.content_length
+    copies = budgeting.REQUEST_BODY_COPIES
     if length is not None:
         if length > limit:
             raise too_large  # refused unread
-        budget.charge(charges, length)
+        budget.charge(charges, length * copies)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -284,7 +285,7 @@ async def read_body(
         if size > limit:
             raise too_large
         if length is None:
-            budget.charge(charges, len(chunk))
+            budget.charge(charges, len(chunk) * copies)
         chunks.append(chunk)
     data = b"".join(chunks)
     if not data:
