@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import re
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidegate import errors
+from sidegate import errors, tls
 from sidegate.audit import exporting, spool
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
@@ -114,6 +116,7 @@ class Pipeline:
         self.budget = budgeting.MemoryBudget(config.limits.memory_budget_bytes, metrics)
         self.in_flight = draining.InFlight()
         self.hosts = hosts.allowed(config.listen)
+        self._ca_digests: dict[str, str] = {}  # provider → sha256 of the CA file in force
 
     async def handle(
         self, endpoint: endpoints.Endpoint, request: web.Request
@@ -201,6 +204,29 @@ class Pipeline:
                 else (0 if not outcome.status else None)
             )
             await self.limiter.settle(reservation, used)
+
+    def reload_tls(self, name: str) -> None:
+        """Rebuild a provider's TLS context from its ``tls.ca_file`` (a rotated private CA);
+        a file that does not load keeps the context in force."""
+        provider = self.config.providers[name]
+        ca_file = provider.tls.ca_file
+        assert ca_file is not None  # only providers with a CA file are watched
+        try:
+            digest = hashlib.sha256(ca_file.read_bytes()).hexdigest()
+            if digest == self._ca_digests.get(name):
+                return
+            context = tls.client_context(provider.tls.min_version, ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            logger.error(
+                "CA file rejected, keeping the trust in force",
+                extra={"provider": name, "file": str(ca_file), "reason": str(exc)},
+            )
+            return
+        first = name not in self._ca_digests
+        self._ca_digests[name] = digest
+        if not first:
+            self.upstreams[name] = dataclasses.replace(self.upstreams[name], ssl_context=context)
+            logger.info("CA file reloaded", extra={"provider": name, "file": str(ca_file)})
 
     def identify(self, request: web.Request) -> rules.Caller:
         tenant = request.headers.get(self._tenant_header)
@@ -603,6 +629,16 @@ async def file_reloaders(app: web.Application) -> AsyncIterator[None]:
 
     for path in limiter.files:
         reloaders.setdefault(path.parent, []).append(reload_limiter)
+
+    def tls_reloader(name: str) -> Callable[[], Awaitable[None]]:
+        async def reload_tls() -> None:
+            pipeline.reload_tls(name)
+
+        return reload_tls
+
+    for name, provider in pipeline.config.providers.items():
+        if provider.tls.ca_file is not None and provider.base_url.startswith("https:"):
+            reloaders.setdefault(provider.tls.ca_file.parent, []).append(tls_reloader(name))
 
     async def run_all(functions: list[Callable[[], Awaitable[object]]]) -> None:
         for function in functions:
