@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -135,6 +136,10 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sidegate import demo
 
+    # Line by line even into a pipe: the banner before the log lines it explains, and the
+    # address of `--serve --port 0` while it serves, not at exit.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     redactor = redact.Redactor()
     logs.configure(redactor, "WARNING", "text")
     return _run(demo.run(port=args.port, serve=args.serve, redactor=redactor))

@@ -10,6 +10,9 @@ from pathlib import Path
 from sidegate.policy import documents, models
 
 SUFFIXES = (".yaml", ".yml")
+# A policy file is a few KiB; ten thousand policies fit in ~5 MB. Past this a file is
+# refused unread: parsing 50 MB of YAML takes half a minute and hundreds of MB.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -35,14 +38,23 @@ def policy_files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def read(paths: Iterable[Path]) -> Read:
+def read(paths: Iterable[Path], *, max_file_bytes: int = MAX_FILE_BYTES) -> Read:
     result = Read()
     for path in policy_files(paths):
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as file:
+                data = file.read(max_file_bytes + 1)
+            if len(data) > max_file_bytes:
+                result.problems.append(f"{path}: larger than {max_file_bytes} bytes")
+                continue
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             result.problems.append(f"{path}: unreadable ({exc})")
             continue
+        if not text.strip():
+            # An emptied file is most often a write caught half-way or a mistake; either
+            # way it is not a policy change anyone meant to make silently.
+            result.warnings.append(f"{path}: empty, so it defines no policy")
         try:
             parsed = documents.parse(text, str(path))
         except documents.PolicyDocumentError as exc:

@@ -131,7 +131,10 @@ async def _sse(request: web.Request, events: AsyncIterator[bytes]) -> web.Stream
                 break
         if sent == 0 and state.event_padding:
             event = event.replace(b"{", b'{"padding": "' + b"x" * state.event_padding + b'", ', 1)
-        await response.write(event)
+        try:
+            await response.write(event)
+        except ConnectionResetError:
+            return response  # the client (the sidecar) went away
         sent += 1
         if state.stream_delay:
             await asyncio.sleep(state.stream_delay)

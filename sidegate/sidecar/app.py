@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import re
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidegate import errors
+from sidegate import errors, tls
 from sidegate.audit import exporting, signing, spool
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
@@ -117,6 +119,7 @@ class Pipeline:
         self.budget = budgeting.MemoryBudget(config.limits.memory_budget_bytes, metrics)
         self.in_flight = draining.InFlight()
         self.hosts = hosts.allowed(config.listen)
+        self._ca_digests: dict[str, str] = {}  # provider → sha256 of the CA file in force
 
     async def handle(
         self, endpoint: endpoints.Endpoint, request: web.Request
@@ -227,6 +230,29 @@ class Pipeline:
                 request.transport.abort()
             raise ConnectionResetError("the audit event could not be written")
 
+    def reload_tls(self, name: str) -> None:
+        """Rebuild a provider's TLS context from its ``tls.ca_file`` (a rotated private CA);
+        a file that does not load keeps the context in force."""
+        provider = self.config.providers[name]
+        ca_file = provider.tls.ca_file
+        assert ca_file is not None  # only providers with a CA file are watched
+        try:
+            digest = hashlib.sha256(ca_file.read_bytes()).hexdigest()
+            if digest == self._ca_digests.get(name):
+                return
+            context = tls.client_context(provider.tls.min_version, ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            logger.error(
+                "CA file rejected, keeping the trust in force",
+                extra={"provider": name, "file": str(ca_file), "reason": str(exc)},
+            )
+            return
+        first = name not in self._ca_digests
+        self._ca_digests[name] = digest
+        if not first:
+            self.upstreams[name] = dataclasses.replace(self.upstreams[name], ssl_context=context)
+            logger.info("CA file reloaded", extra={"provider": name, "file": str(ca_file)})
+
     def identify(self, request: web.Request) -> rules.Caller:
         tenant = request.headers.get(self._tenant_header)
         if tenant is not None and not models.is_valid_tenant(tenant):
@@ -293,10 +319,11 @@ async def read_body(
     limit = request.client_max_size
     too_large = errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
     length = request.content_length
+    copies = budgeting.REQUEST_BODY_COPIES
     if length is not None:
         if length > limit:
             raise too_large  # refused unread
-        budget.charge(charges, length)
+        budget.charge(charges, length * copies)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_any():
@@ -304,7 +331,7 @@ async def read_body(
         if size > limit:
             raise too_large
         if length is None:
-            budget.charge(charges, len(chunk))
+            budget.charge(charges, len(chunk) * copies)
         chunks.append(chunk)
     data = b"".join(chunks)
     if not data:
@@ -639,6 +666,16 @@ async def file_reloaders(app: web.Application) -> AsyncIterator[None]:
 
     for path in limiter.files:
         reloaders.setdefault(path.parent, []).append(reload_limiter)
+
+    def tls_reloader(name: str) -> Callable[[], Awaitable[None]]:
+        async def reload_tls() -> None:
+            pipeline.reload_tls(name)
+
+        return reload_tls
+
+    for name, provider in pipeline.config.providers.items():
+        if provider.tls.ca_file is not None and provider.base_url.startswith("https:"):
+            reloaders.setdefault(provider.tls.ca_file.parent, []).append(tls_reloader(name))
 
     async def run_all(functions: list[Callable[[], Awaitable[object]]]) -> None:
         for function in functions:

@@ -14,6 +14,10 @@ from sidegate.sidecar.metrics import Metrics
 
 # A refused client retries after this; by then most bodies in memory have gone upstream.
 RETRY_AFTER_SECONDS = 1
+# A request body is held twice while the request lives: its bytes (forwarded as they are)
+# and the strings of the parsed model. Measured (benchmarks/memory.py): ~2.3 bytes of RSS
+# per body byte at concurrency 16.
+REQUEST_BODY_COPIES = 2
 
 
 class MemoryBudget:

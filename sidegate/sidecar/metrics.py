@@ -129,8 +129,7 @@ class Metrics:
         )
         self.refusals = Counter(
             "sidegate_refusals",
-            "Requests refused before being read, by reason (memory_budget, in_flight, "
-            "connections, host, malformed, header_timeout).",
+            "Requests refused before being read, by reason (memory_budget, in_flight, host).",
             ["reason"],
             registry=r,
         )

@@ -63,8 +63,40 @@ def read_directory(directory: Path) -> Loaded:
     found = policy_files.read([directory])
     if found.problems:
         raise errors.BundleRejected("; ".join(found.problems))
+    for warning in found.warnings:
+        logger.warning("policy file warning: %s", warning)
     index = rules.PolicyIndex(bundle.to_bundle(found.policies))
     return Loaded(index, found.files, {"/".join(p.key): p for p in found.policies})
+
+
+def subjects(loaded: Loaded) -> set[str]:
+    """The callers some policy names, as namespace/kind/name."""
+    return {
+        f"{policy.key[0]}/{subject.kind}/{subject.name}"
+        for policy in loaded.policies.values()
+        for subject in policy.spec.subjects
+    }
+
+
+class DirectoryReader:
+    """``read_directory``, warning loudly when a change leaves a caller that had a policy
+    with none (deny by default then refuses everything it asks)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._subjects: set[str] | None = None
+
+    def __call__(self) -> Loaded:
+        loaded = read_directory(self.directory)
+        now = subjects(loaded)
+        lost = sorted(self._subjects - now) if self._subjects is not None else []
+        if lost:
+            logger.warning(
+                "policy change leaves callers with no policy: everything they ask is denied",
+                extra={"source": str(self.directory), "callers": lost[:50], "count": len(lost)},
+            )
+        self._subjects = now
+        return loaded
 
 
 @contextlib.contextmanager
@@ -286,7 +318,7 @@ def holder_for(
         )
     if directory is not None:
         return PolicyHolder(
-            lambda: read_directory(directory),
+            DirectoryReader(directory),
             watch_directory=directory,
             cache_ttl=cache_ttl,
             metrics=metrics,

@@ -254,10 +254,12 @@ class RequestLimits(_Strict):
         "with an error.",
     )
     memory_budget_bytes: int = Field(
-        96 * 1024 * 1024,
+        64 * 1024 * 1024,
         ge=64 * 1024,
         description="Request and response bodies held at once, all requests together; a "
-        "request that would pass it gets a 503 with Retry-After before its body is read.",
+        "request that would pass it gets a 503 with Retry-After before its body is read. "
+        "A request body is charged twice its size (bytes and parsed model): 64 MiB keeps "
+        "the sidecar well under its 256 Mi memory limit (benchmarks/README.md).",
     )
     allowed_extra_fields: list[str] = Field(
         default_factory=list,
@@ -267,6 +269,16 @@ class RequestLimits(_Strict):
         default_factory=list,
         description="Extra client headers passed upstream (auth headers can never be).",
     )
+
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> RequestLimits:
+        if self.memory_budget_bytes < 2 * self.max_body_bytes:
+            raise ValueError(
+                "memory_budget_bytes must be at least twice max_body_bytes (a body is held "
+                "as bytes and parsed), or a body of the largest size allowed could never "
+                "be read"
+            )
+        return self
 
     @field_validator("forward_headers")
     @classmethod

@@ -16,8 +16,10 @@ from sidegate.sidecar import endpoints
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 # Cheap test before an event is parsed to see whether it ends the stream.
 _MAYBE_LAST = re.compile(rb"\[DONE\]|message_stop|error")
-# A blank line ends an event; a line ends in CRLF, LF or a lone CR (never the CR of a CRLF).
-_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+# A blank line ends an event; a line ends in CRLF, LF or a lone CR. A CR is a lone one only
+# once the next byte is known not to be LF: a CR at the end of what has arrived waits, so
+# the events are the same however the stream is chunked.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?=[^\n])|\n)(?:\r\n|\r(?=[^\n])|\n)")
 
 
 @dataclasses.dataclass(slots=True)
@@ -105,12 +107,14 @@ class EventSplitter:
         events: list[bytes] = []
         start = 0
         if self._parts:
-            carry = self._parts[-1][-3:]
+            carry = self._tail()
             end = _EVENT_END.search(carry + chunk)
             if end is None:
                 self._hold(chunk)
                 return events
-            start = end.end() - len(carry)  # always past the carry: it held no terminator
+            # Never inside the carry: a terminator there would have been found when it
+            # arrived, unless it needed this chunk's first byte to be told from a CRLF.
+            start = end.end() - len(carry)
             self._parts.append(chunk[:start])
             events.append(self._complete(b"".join(self._parts)))
             self._parts, self._held = [], 0
@@ -120,6 +124,15 @@ class EventSplitter:
         if start < len(chunk):
             self._hold(chunk[start:] if start else chunk)
         return events
+
+    def _tail(self) -> bytes:
+        """The last three bytes held (a terminator is at most four bytes long)."""
+        tail = b""
+        for part in reversed(self._parts):
+            tail = part[-3:] + tail
+            if len(tail) >= 3:
+                return tail[-3:]
+        return tail
 
     def _hold(self, piece: bytes) -> None:
         self._held += len(piece)

@@ -6,6 +6,10 @@ would see only DELETE_SELF when the kubelet swaps it, and then die):
 * the kubelet's projected volume: it writes a new ``..<timestamp>`` directory, points
   ``..data_tmp`` at it and renames that over ``..data`` (MOVED_TO ``..data``);
 * plain files, written in place (CLOSE_WRITE) or replaced by rename (MOVED_TO), or removed.
+
+Only completed writes count: a file's CREATE comes before its content (an editor or
+`cp` creating it), so reading then would see it empty or cut half-way. CREATE counts only
+for a symlink, which is whole when it appears.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ def is_relevant(name: str) -> bool:
     return name == _KUBELET_DATA or (bool(name) and not name.startswith("."))
 
 
+def _completes(directory: Path, event: inotify_simple.Event) -> bool:
+    """Whether ``event`` leaves a relevant name complete (or gone)."""
+    if not is_relevant(str(event.name)):
+        return False
+    if event.mask & inotify_simple.flags.CREATE:
+        return (directory / str(event.name)).is_symlink()
+    return True
+
+
 async def watch(
     directory: Path, on_change: Callable[[], Awaitable[None]], *, settle: float = 0.005
 ) -> None:
@@ -50,7 +63,7 @@ async def watch(
                 events = inotify.read(timeout=0)
             except BlockingIOError:
                 return
-            if any(is_relevant(event.name) for event in events):
+            if any(_completes(directory, event) for event in events):
                 changed.set()
 
         loop.add_reader(inotify.fileno(), readable)

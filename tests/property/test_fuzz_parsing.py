@@ -86,9 +86,10 @@ def test_any_json_object_is_a_request_error_or_a_body(
 
 
 events = st.lists(
-    st.binary(min_size=1, max_size=30).map(
-        lambda b: b"data: " + b.replace(b"\n", b"").replace(b"\r", b"") + b"\n\n"
-    ),
+    st.tuples(
+        st.binary(min_size=1, max_size=30),
+        st.sampled_from([b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n"]),
+    ).map(lambda p: b"data: " + p[0].replace(b"\n", b"").replace(b"\r", b"") + p[1]),
     max_size=8,
 )
 
@@ -103,7 +104,8 @@ def test_any_chunking_yields_the_same_events(stream: list[bytes], cuts: list[int
         seen += splitter.feed(data[position : position + cut])
         position += cut
     seen += splitter.feed(data[position:])
-    assert seen == stream and splitter.rest() == b""
+    rest = splitter.rest()  # a stream ending in a lone CR: known to end only at EOF
+    assert seen + ([rest] if rest else []) == stream
 
 
 @given(

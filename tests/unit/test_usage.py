@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sidegate.sidecar import usage
 
 
@@ -54,3 +56,45 @@ def test_splitter_handles_crlf_and_partial_events() -> None:
     assert splitter.feed(b"data: 1\r\n\r\ndata: 2\n") == [b"data: 1\r\n\r\n"]
     assert splitter.feed(b"\ndata: 3") == [b"data: 2\n\n"]
     assert splitter.rest() == b"data: 3"
+
+
+def test_splitter_handles_bare_cr_and_mixed_line_endings() -> None:
+    splitter = usage.EventSplitter()
+    assert splitter.feed(b"data: 1\r\rdata: 2\n\r\n") == [b"data: 1\r\r", b"data: 2\n\r\n"]
+    assert splitter.feed(b"data: 3\r") == []  # the CR of a CRLF may be next
+    assert splitter.feed(b"\n\r\n") == [b"data: 3\r\n\r\n"]
+
+
+def test_a_terminator_split_across_chunks_is_found() -> None:
+    splitter = usage.EventSplitter()
+    data = b"data: a\r\n\r\ndata: b\n\n"
+    events = []
+    for byte in range(len(data)):
+        events += splitter.feed(data[byte : byte + 1])
+    assert events == [b"data: a\r\n\r\n", b"data: b\n\n"]
+
+
+def test_an_event_over_the_limit_raises_however_it_arrives() -> None:
+    splitter = usage.EventSplitter(max_event_bytes=1024)
+    for _ in range(4):
+        splitter.feed(b"data: " + b"x" * 200)
+    with pytest.raises(usage.EventTooLarge):
+        splitter.feed(b"data: " + b"x" * 200)
+    with pytest.raises(usage.EventTooLarge):
+        usage.EventSplitter(max_event_bytes=1024).feed(b"data: " + b"x" * 2000 + b"\n\n")
+    assert usage.EventSplitter(max_event_bytes=1024).feed(b"data: ok\n\n") == [b"data: ok\n\n"]
+
+
+def test_a_stream_is_finished_only_by_its_last_event() -> None:
+    openai_meter = usage.StreamMeter("openai", hide_usage_chunk=False)
+    openai_meter.keep(b'data: {"choices": [{"delta": {"content": "an error [DONE]"}}]}\n\n')
+    assert not openai_meter.finished  # model output that merely mentions the words
+    openai_meter.keep(b"data: [DONE]\n\n")
+    assert openai_meter.finished
+    anthropic_meter = usage.StreamMeter("anthropic", hide_usage_chunk=False)
+    anthropic_meter.keep(
+        b'event: content_block_delta\ndata: {"type": "content_block_delta", "delta": {"text": "message_stop"}}\n\n'
+    )
+    assert not anthropic_meter.finished
+    anthropic_meter.keep(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+    assert anthropic_meter.finished
