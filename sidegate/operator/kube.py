@@ -58,6 +58,18 @@ class ApiClient:
             found: dict[str, Any] = await answer.json()
             return found
 
+    async def create(self, obj: dict[str, Any], plural: str = SECRETS) -> bool:
+        """Create only; False when it exists already (someone else made it first)."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        async with self._session.post(self._url(namespace, plural), json=obj) as answer:
+            if answer.status == 409:
+                return False
+            if answer.status >= 400:
+                raise kopf.TemporaryError(
+                    f"creating {plural} {namespace}/{name}: HTTP {answer.status}", delay=5
+                )
+            return True
+
     async def apply(self, obj: dict[str, Any], plural: str = SECRETS) -> None:
         """Create, or merge-patch when it exists (a 409 on create means someone was faster)."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]

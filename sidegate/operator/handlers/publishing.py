@@ -48,10 +48,10 @@ async def load_keys(state: OperatorState) -> bool:
     secret = await client.get(state.namespace, signing_keys.SECRET)
     if secret is None:
         generated = signing_keys.generated()
-        await client.apply(
-            fanout.target_secret(state.namespace, signing_keys.SECRET, generated, {}, set())
-        )
-        logger.info("signing key generated in %s/%s", state.namespace, signing_keys.SECRET)
+        new = fanout.target_secret(state.namespace, signing_keys.SECRET, generated, {}, set())
+        # Create only: two operators starting at once must not overwrite each other's key.
+        if await client.create(new):
+            logger.info("signing key generated in %s/%s", state.namespace, signing_keys.SECRET)
         secret = await client.get(state.namespace, signing_keys.SECRET)
     try:
         loaded = signing_keys.parse(fanout.decode(secret))
