@@ -26,7 +26,6 @@ import jsonpatch
 import openai
 import pytest
 import trustme
-import yaml
 
 from sidegate import standin
 from sidegate.operator import injection
@@ -35,6 +34,8 @@ from tests.helpers import admission, brokers
 from tests.helpers.http import call, chat_body
 from tests.helpers.kubelet import ProjectedVolume
 from tests.helpers.kubernetes import (
+    CLEANUP_TOKEN,
+    OPERATOR_TOKEN,
     POLICIES,
     RELEASE,
     SOURCES,
@@ -42,6 +43,7 @@ from tests.helpers.kubernetes import (
     cluster,
     eventually,
     get,
+    kubeconfig,
     policy,
     send,
     source_secret,
@@ -119,21 +121,7 @@ def mount(k8s: Emulator, pod: dict[str, Any], root: Path) -> None:
 async def operator_process(
     url: str, tmp_path: Path, listener: Any, config: Path, broker_ca: Path, port: int
 ) -> asyncio.subprocess.Process:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "kmock", "cluster": {"server": url}}],
-                "users": [{"name": "operator", "user": {}}],
-                "contexts": [
-                    {"name": "kmock", "context": {"cluster": "kmock", "user": "operator"}}
-                ],
-                "current-context": "kmock",
-            }
-        )
-    )
+    config_file = kubeconfig(tmp_path / "kubeconfig", url, OPERATOR_TOKEN)
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -147,7 +135,7 @@ async def operator_process(
         f"--sidecar-config={config}",
         f"--broker-ca-file={broker_ca}",
         f"--sidecar-port={port}",
-        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        env={**os.environ, "KUBECONFIG": str(config_file)},
         stderr=asyncio.subprocess.PIPE,
     )
 
@@ -283,7 +271,10 @@ async def test_operator_broker_and_injected_sidecar_enforce_with_no_key_in_the_n
             "operator",
             f"--own-namespace={RELEASE}",
             "cleanup",
-            env={**os.environ, "KUBECONFIG": str(tmp_path / "kubeconfig")},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig(tmp_path / "cleanup-config", url, CLEANUP_TOKEN)),
+            },
             stderr=asyncio.subprocess.PIPE,
         )
         _, cleanup_log = await asyncio.wait_for(cleanup.communicate(), 60)

@@ -17,7 +17,7 @@ from sidegate import cli
 from sidegate.operator import injection
 from sidegate.policy import signing
 from sidegate.sidecar import settings
-from tests.helpers import binaries
+from tests.helpers import authorizing, binaries
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "charts" / "sidegate"
@@ -387,3 +387,19 @@ def test_notes_tell_the_next_steps(helm: Helm) -> None:
     assert "http://127.0.0.1:4000/v1" in notes
     assert "-n sidegate-system get secret sidegate-admin-team-a" in notes
     assert "nothing is copied into application namespaces" in notes
+
+
+def test_the_emulator_holds_the_operator_to_the_rendered_rbac() -> None:
+    """The authorizer the kmock tests run the operator under: Secrets in the release
+    namespace, never elsewhere nor cluster-wide; no delete; policies everywhere."""
+    grants = authorizing.operator_grants()
+    assert grants.allows("watch", "", "secrets", "sidegate-system", None)
+    assert grants.allows("patch", "", "secrets", "sidegate-system", "sidegate-bundle-team-a")
+    assert not grants.allows("delete", "", "secrets", "sidegate-system", "sidegate-credentials")
+    assert not grants.allows("get", "", "secrets", "team-a", "anything")
+    assert not grants.allows("list", "", "secrets", None, None)
+    assert grants.allows("list", "sidegate.io", "rbacpolicies", None, None)
+    assert grants.allows("patch", "sidegate.io", "rbacpolicies/status", "team-a", "p")
+    cleanup = authorizing.cleanup_grants()
+    assert cleanup.allows("patch", "apps", "deployments", "sidegate-system", "sidegate-operator")
+    assert not cleanup.allows("patch", "apps", "deployments", "sidegate-system", "other")
