@@ -116,6 +116,10 @@ def operator_grants() -> Grants:
     return grants(rendered_chart(), RELEASE, "sidegate")
 
 
+def broker_grants() -> Grants:
+    return grants(rendered_chart(), RELEASE, "sidegate-broker")
+
+
 def cleanup_grants() -> Grants:
     """The pre-delete hook's account (its rights exist only while the hook runs)."""
     return grants(rendered_chart(), RELEASE, "sidegate-cleanup")

@@ -33,6 +33,7 @@ SOURCES = f"/api/v1/namespaces/{RELEASE}/secrets"
 # The operator's bearer token in these tests: it tells its requests from the test's own.
 OPERATOR_TOKEN = "operator-test"
 CLEANUP_TOKEN = "cleanup-test"  # the pre-delete hook's, likewise
+BROKER_TOKEN = "broker-test"  # a broker replica's, likewise
 
 
 TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -253,6 +254,7 @@ async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
         # The operator's requests carry its token: held to the chart's rendered RBAC.
         k8s.accounts[OPERATOR_TOKEN] = authorizing.operator_grants()
         k8s.accounts[CLEANUP_TOKEN] = authorizing.cleanup_grants()
+        k8s.accounts[BROKER_TOKEN] = authorizing.broker_grants()
         yield k8s, str(server.url).rstrip("/")
         assert not k8s.forbidden, f"refused by the chart's RBAC: {k8s.forbidden[:5]}"
 
