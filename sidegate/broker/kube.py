@@ -21,6 +21,9 @@ from urllib.parse import quote
 import aiohttp
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+# One watch event is one JSON line: a Secret holds at most 1 MiB of data, ~1.4 MB as JSON.
+# (aiohttp's line reader stops at 512 KiB, so the stream is split here.)
+_MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 class ApiError(Exception):
@@ -159,12 +162,23 @@ class Client:
             ) as answer:
                 if answer.status >= 400:
                     raise ApiError(f"watch {path}: HTTP {answer.status}", answer.status)
-                async for line in answer.content:
-                    if line.strip():
-                        event = json.loads(line)
-                        if isinstance(event, dict):
-                            yield event
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                buffer = b""
+                async for chunk in answer.content.iter_any():
+                    buffer += chunk
+                    if len(buffer) > _MAX_EVENT_BYTES:
+                        raise ApiError(f"watch {path}: an event larger than {_MAX_EVENT_BYTES}")
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            event = json.loads(line)
+                            if isinstance(event, dict):
+                                yield event
+        except (
+            aiohttp.ClientError,
+            aiohttp.http_exceptions.HttpProcessingError,
+            TimeoutError,
+            ValueError,
+        ) as exc:
             raise ApiError(f"watch {path}: {type(exc).__name__}") from None
 
     async def review_token(self, token: str, audiences: list[str]) -> dict[str, Any]:

@@ -32,6 +32,9 @@ _DEFAULT_SECONDS = 60.0
 # e.g. its pod deleted, stops working within it).
 _MAX_SECONDS = 600.0
 _MAX_TOKEN_BYTES = 16 * 1024
+# A refused token is refused again without asking for this long: a caller retrying a bad
+# token (or flooding the broker with them) costs the API server one review per interval.
+_REFUSED_SECONDS = 10.0
 
 
 class Unauthenticated(Exception):
@@ -96,6 +99,10 @@ class Reviewer:
         self._max = max_entries
         self._on_review = on_review
         self._cache: collections.OrderedDict[bytes, Identity] = collections.OrderedDict()
+        # Refused tokens: until when, and the refusal (a reason code, or None for a 401).
+        self._refused: collections.OrderedDict[bytes, tuple[float, str | None, str]] = (
+            collections.OrderedDict()
+        )
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -111,6 +118,10 @@ class Reviewer:
                 self._cache.move_to_end(key)
                 return found
             del self._cache[key]
+        refused = self._refused.get(key)
+        if refused is not None and refused[0] > now:
+            _, code, message = refused
+            raise Unauthenticated(message) if code is None else pods.Refused(code, message)
         try:
             status = await self._client.review_token(token, [self._audience])
         except kube.ApiError as exc:
@@ -118,8 +129,13 @@ class Reviewer:
             raise Unavailable(str(exc)) from None
         try:
             identity = identity_from(status, self._audience, now, token)
-        except (Unauthenticated, pods.Refused):
+        except (Unauthenticated, pods.Refused) as exc:
             self._on_review("refused")
+            code = exc.code if isinstance(exc, pods.Refused) else None
+            self._refused[key] = (now + _REFUSED_SECONDS, code, str(exc))
+            self._refused.move_to_end(key)
+            while len(self._refused) > self._max:
+                self._refused.popitem(last=False)
             raise
         self._on_review("accepted")
         self._cache[key] = identity

@@ -124,12 +124,18 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
     )
     context = tls_context(options.certfile, options.keyfile)
     tasks = [
-        asyncio.create_task(watching.keep_in_sync(client, options.namespace, kind, state))
+        asyncio.create_task(
+            watching.keep_in_sync(client, options.namespace, kind, state), name=f"watch {kind}"
+        )
         for kind in (contents.SECRETS, contents.CONFIGMAPS)
     ]
     tasks.append(
-        asyncio.create_task(reload_certificate(context, options.certfile, options.keyfile, metrics))
+        asyncio.create_task(
+            reload_certificate(context, options.certfile, options.keyfile, metrics),
+            name="certificate reloads",
+        )
     )
+    broker.tasks.extend(tasks)
     runners: list[web.AppRunner] = []
     try:
         runners.append(
@@ -145,8 +151,8 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task  # a task that failed was logged when it did
         await client.close()
 
 

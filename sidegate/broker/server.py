@@ -9,8 +9,10 @@ changes, else 304 after ``wait`` seconds.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 # later (the webhook refuses those; this is the second line) is seen within it.
 POD_RECHECK_SECONDS = 30.0
 _MAX_POD_VERDICTS = 50_000
+_CHUNKED_FROM = 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -42,6 +45,8 @@ class Broker:
     max_wait: float
     metrics: Metrics
     clock: Callable[[], float] = time.monotonic
+    # The background work (watches, certificate reloads): none of it may have stopped.
+    tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
     _verdicts: collections.OrderedDict[tuple[str, tuple[str, ...]], float] = dataclasses.field(
         default_factory=collections.OrderedDict
     )
@@ -138,8 +143,11 @@ async def deliver(request: web.Request) -> web.StreamResponse:
         broker.metrics.answers.labels("304", "not_modified").inc()
         return web.Response(status=304, headers={"Cache-Control": "no-store"})
     broker.metrics.answers.labels("200", "ok").inc()
+    # A namespace with thousands of policies makes an answer of megabytes: sent from a
+    # BytesIO (which shares the bytes) in chunks, not in one write that holds the loop.
+    body = found.body if len(found.body) < _CHUNKED_FROM else io.BytesIO(found.body)
     return web.Response(
-        body=found.body,
+        body=body,
         content_type="application/json",
         headers={"Cache-Control": "no-store", "ETag": f'"{found.version}"'},
     )
@@ -153,6 +161,11 @@ def create_app(broker: Broker) -> web.Application:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Failing once a watch has died (a bug, not an API outage: those are retried), so the
+    kubelet restarts the replica rather than let it serve what it no longer follows."""
+    stopped = [t.get_name() for t in request.app[BROKER].tasks if t.done()]
+    if stopped:
+        return web.json_response({"status": "failed", "stopped": stopped}, status=500)
     return web.json_response({"status": "ok"})
 
 

@@ -20,7 +20,18 @@ _MAX_BACKOFF = 30.0
 async def keep_in_sync(
     client: kube.Client, namespace: str, kind: str, into: contents.Contents
 ) -> None:
-    """Runs until cancelled."""
+    """Runs until cancelled. Anything but an API error ends it, logged: the probe port's
+    /healthz then fails and the kubelet restarts the replica."""
+    try:
+        await _keep_in_sync(client, namespace, kind, into)
+    except Exception:
+        logger.exception("the %s watch stopped", kind, extra={"namespace": namespace})
+        raise
+
+
+async def _keep_in_sync(
+    client: kube.Client, namespace: str, kind: str, into: contents.Contents
+) -> None:
     failures = 0
     while True:
         try:

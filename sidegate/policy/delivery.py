@@ -30,8 +30,8 @@ from sidegate import errors
 
 SCHEMA_VERSION = 1
 PATH = "/v1/delivery"
-# A delivery carries one bundle (up to the envelope's own bound) and a few keys.
-MAX_DELIVERY_BYTES = 80 * 1024 * 1024
+# A delivery carries one bundle, from a Secret (at most 1 MiB of data), and a few keys.
+MAX_DELIVERY_BYTES = 8 * 1024 * 1024
 
 # Reason codes of refusals, shared so both sides name them the same way.
 UNAUTHENTICATED = "unauthenticated"  # 401: bad, expired or unknown token, or wrong audience

@@ -442,6 +442,7 @@ async def readyz(request: web.Request) -> web.Response:
         {
             "ready": False,
             "missing_credentials": store.missing(),
+            "credentials_stale": store.stale,  # broker mode: not heard from for too long
             "policy_loaded": pipeline.policies.ready,
         },
         status=503,

@@ -139,7 +139,7 @@ class BrokerClient:
                     self._heard_from()
                     self._metrics.broker_polls.labels("not_modified").inc()
                     return
-                body = await answer.content.read(delivery.MAX_DELIVERY_BYTES + 1)
+                body = await _bounded_body(answer)
                 if answer.status != 200:
                     self._metrics.broker_polls.labels("refused").inc()
                     raise Unreachable(f"HTTP {answer.status} {_refusal_code(body)}")
@@ -198,6 +198,18 @@ class BrokerClient:
         self.version = found.version
         self.deliveries += 1
         logger.info("delivery installed", extra={"version": found.version})
+
+
+async def _bounded_body(answer: aiohttp.ClientResponse) -> bytes:
+    """The whole body, refused past the largest delivery (a broker is trusted with keys, not
+    with this process's memory)."""
+    chunks, total = [], 0
+    async for chunk in answer.content.iter_chunked(256 * 1024):
+        total += len(chunk)
+        if total > delivery.MAX_DELIVERY_BYTES:
+            raise Unreachable("answer larger than a delivery may be")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _refusal_code(body: bytes) -> str:

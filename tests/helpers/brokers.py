@@ -86,6 +86,11 @@ def admin_secret(namespace: str, token: str, previous: str | None = None) -> dic
     )
 
 
+def redis_secret(url: str, password: str | None = None) -> dict[str, Any]:
+    values = {"url": url, **({"password": password} if password else {})}
+    return _secret("sidegate-redis", _data(values))
+
+
 def public_keys(*keys: ed25519.Ed25519PrivateKey) -> list[str]:
     return [signing.encode_public_key(k.public_key()) for k in keys]
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import io
 import itertools
 import json
 import secrets
@@ -348,9 +349,10 @@ async def send(k8s: Emulator, method: str, path: str, body: Any = None) -> int:
     headers = {
         "Content-Type": "application/merge-patch+json" if method == "PATCH" else "application/json"
     }
-    async with k8s.clients[0].request(
-        method, path, data=json.dumps(body) if body is not None else None, headers=headers
-    ) as answer:
+    # A BytesIO, not bytes: a bundle of thousands of policies is megabytes, and aiohttp warns
+    # (an error here) on a large body sent in one write.
+    data = io.BytesIO(json.dumps(body).encode()) if body is not None else None
+    async with k8s.clients[0].request(method, path, data=data, headers=headers) as answer:
         return answer.status
 
 

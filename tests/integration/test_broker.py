@@ -52,6 +52,14 @@ async def test_reviews_are_cached_per_token_and_pods_reread(world: brokers.World
     assert world.k8s.token_reviews == 1
 
 
+async def test_a_refused_token_is_not_reviewed_again_at_once(world: brokers.World) -> None:
+    pod = await brokers.create_pod(world.k8s, brokers.injected_pod("team-a", "p", world.trusted))
+    token = world.k8s.issue_token("team-a", "app", pod=pod, audiences=("vault",))
+    for _ in range(5):
+        assert (await world.deliver(token))[0] == 401
+    assert world.k8s.token_reviews == 1
+
+
 async def test_a_change_wakes_the_waiting_long_poll(world: brokers.World) -> None:
     token = await world.pod_token()
     _, first = await world.deliver(token)

@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from sidegate import standin
-from tests.conftest import APP_PLACEHOLDER, assert_no_secrets
+from tests.conftest import APP_PLACEHOLDER, assert_no_secrets, fake_key
 from tests.helpers import brokers
 from tests.helpers.http import call, chat_body
 from tests.helpers.processes import Process, free_port, start_sidecar
@@ -82,6 +82,7 @@ async def test_the_sdks_through_a_broker_fed_sidecar_get_200_with_the_delivered_
 ) -> None:
     port, state = provider
     state.accepted_keys.update(world.keys.values())
+    new_key = fake_key()  # delivered later, not accepted by the provider yet
     token_file = tmp_path / "token"
     token_file.write_text(await world.pod_token())
     admin_port = free_port()
@@ -97,12 +98,26 @@ async def test_the_sdks_through_a_broker_fed_sidecar_get_200_with_the_delivered_
         listed = await asyncio.to_thread(call, admin, "/admin/v1/policies", None, bearer, "GET")
         assert listed[0] == 200 and listed[2]["items"][0]["metadata"]["name"] == "p"
         wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(24)}"}
-        assert (await asyncio.to_thread(call, admin, "/admin/v1/policies", None, wrong, "GET"))[
-            0
-        ] == 401
+        refused = await asyncio.to_thread(call, admin, "/admin/v1/policies", None, wrong, "GET")
+        assert refused[0] == 401
+        # A rotation with overlap, delivered: the new key is not active upstream yet, so the
+        # one retry on 401 uses the delivered previous key, and no request fails.
+        old_key = world.keys["openai"]
+        await brokers.put(
+            world.k8s,
+            brokers.credentials_secret(
+                {**world.keys, "openai": new_key, "openai.previous": old_key}
+            ),
+        )
+        deadline = time.monotonic() + 10
+        while not any(r.key == new_key for r in state.received):
+            assert await asyncio.to_thread(_chat, process.origin) == "echo: hi"
+            assert time.monotonic() < deadline, "the rotated key never reached the sidecar"
+        assert state.received[-1].key == old_key  # the retry, after the 401 to the new key
     finally:
         log = process.stop()
-    assert_no_secrets(log, {*world.keys.values(), world.admin_token, token_file.read_text()})
+    secrets_used = {*world.keys.values(), new_key, world.admin_token, token_file.read_text()}
+    assert_no_secrets(log, secrets_used)
     assert "delivery installed" in log
 
 
@@ -162,7 +177,7 @@ async def test_with_the_broker_stopped_the_sidecar_serves_until_the_staleness_li
         assert status == 503 and answer["error"]["code"] == "broker_unreachable", answer
         assert staleness - 1.5 <= waited, f"refused after {waited:.1f} s, before the limit"
         ready = await asyncio.to_thread(call, process.origin, "/readyz", None, None, "GET")
-        assert ready[0] == 503
+        assert ready[0] == 503 and ready[2]["credentials_stale"] is True
     finally:
         log = process.stop()
     assert_no_secrets(log, {*world.keys.values(), world.admin_token})

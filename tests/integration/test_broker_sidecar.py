@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.conftest import fake_key
 from tests.helpers import brokers
 from tests.helpers.http import chat_body
 from tests.helpers.kubernetes import eventually
+from tests.helpers.processes import start_redis
 from tests.policies import allow, policy
 
 
@@ -229,3 +231,56 @@ async def _all_delivered(clients: list[brokering.BrokerClient]) -> bool:
 def _key(store: credentials.CredentialStore) -> str | None:
     found = store.get("openai")
     return found.current.reveal() if found else None
+
+
+async def test_a_large_bundle_arrives_whole(
+    world: brokers.World, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """A namespace with a bundle near the size limit of a Secret (1 MiB of data): the
+    delivery spans many TCP reads."""
+    token_file = tmp_path / "token"
+    token_file.write_text(await world.pod_token())
+    many = [policy(f"p-{index:05d}", rules=[allow(f"gpt-{index}-*")]) for index in range(1800)]
+    envelope = await world.publish_bundle(many)
+    assert len(envelope) > 480 * 1024  # more than aiohttp reads as one line
+    async with sidecar(config(world, ca, token_file)) as (origin, application):
+        holder = application[sidecar_app.PIPELINE].policies
+        await eventually(lambda: _holds(holder, 1800), seconds=30)
+        assert (await status_of(origin, "gpt-1799-x"))[0] != 403
+
+
+async def _holds(holder: policies.PolicyHolder, count: int) -> bool:
+    return holder.loaded is not None and holder.loaded.index.size == count
+
+
+async def test_the_redis_url_and_password_come_from_the_broker(
+    world: brokers.World, ca: trustme.CA, tmp_path: Path
+) -> None:
+    password = secrets.token_urlsafe(16)
+    server = start_redis(password)
+    try:
+        await brokers.put(world.k8s, brokers.redis_secret(server.url, password))
+        await world.publish_bundle(
+            [policy("p", rules=[allow("gpt-*")], limits={"requestsPerMinute": 2})]
+        )
+        token_file = tmp_path / "token"
+        token_file.write_text(await world.pod_token())
+        brokered = config(world, ca, token_file)
+        brokered = brokered.model_copy(
+            update={
+                "rate_limits": settings.RateLimitSettings.model_validate(
+                    {"backend": "redis", "fail_mode": "closed", "redis": {}}
+                )
+            }
+        )
+        async with sidecar(brokered) as (origin, _):
+            await eventually(lambda: ready(origin))
+            # Admitted (then the provider is unreachable), admitted, then over the limit:
+            # the buckets are in Redis, reached with the delivered URL and password.
+            statuses = [(await status_of(origin, "gpt-4o-mini"))[0] for _ in range(3)]
+            assert statuses[:2] != [429, 429] and 503 not in statuses[:2], statuses
+            assert statuses[2] == 429
+            with server.client() as client:
+                assert client.keys("sidegate:*")
+    finally:
+        server.kill()
