@@ -17,7 +17,6 @@ on change, so they cost a read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -124,8 +123,8 @@ async def stop(state: OperatorState) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Whatever it ended with was logged by _report; shutting down must not fail on it.
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _report(task: asyncio.Task[None]) -> None:
