@@ -89,7 +89,13 @@ async def _publish(
     async with state.lock(name):
         stored = await client.get(state.namespace, name)
         current = bundles.verified(stored, active.trusted, namespace)
-        if current is not None and current.bundle == raw and current.key_id == active.active_id:
+        last = state.published.get(namespace)
+        if (
+            current is not None
+            and current.bundle == raw
+            and current.key_id == active.active_id
+            and (last is None or current.serial >= last.serial)  # not an older one put back
+        ):
             envelope = bundles.envelope_of(stored)
             assert envelope is not None  # it verified
             state.published[namespace] = Published(
@@ -98,7 +104,6 @@ async def _publish(
             return bundle_hash  # in force already: no write, no delivery to the sidecars
         if stored is not None and current is None:
             log.warning("bundle secret %s/%s did not verify: rewritten", state.namespace, name)
-        last = state.published.get(namespace)
         in_force = max(current.serial if current else 0, last.serial if last else 0)
         now = time.time()
         serial = bundles.next_serial(in_force, now)
