@@ -47,8 +47,7 @@ async def load_keys(state: OperatorState) -> bool:
     client = state.api()
     secret = await client.get(state.namespace, signing_keys.SECRET)
     if secret is None:
-        generated = signing_keys.generated()
-        new = fanout.target_secret(state.namespace, signing_keys.SECRET, generated, {}, set())
+        new = signing_keys.secret(state.namespace, signing_keys.generated())
         # Create only: two operators starting at once must not overwrite each other's key.
         if await client.create(new):
             logger.info("signing key generated in %s/%s", state.namespace, signing_keys.SECRET)
