@@ -146,14 +146,14 @@ class Contents:
                 snapshots[namespace] = self._snapshots[namespace]
                 continue
             self._inputs[namespace] = inputs
-            body = delivery.build(
+            version, body = delivery.build(
                 namespace,
                 credentials=credentials,
                 bundle=envelope,
                 admin_tokens=admin.get(namespace, []),
                 redis=redis,
             )
-            snapshots[namespace] = Snapshot(delivery.version_of(body), body)
+            snapshots[namespace] = Snapshot(version, body)
         old, self._snapshots = self._snapshots, snapshots
         for namespace in set(self._inputs) - set(snapshots):
             del self._inputs[namespace]

@@ -13,7 +13,7 @@ import json
 import os
 import ssl
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,7 +54,7 @@ def _read_token(path: Path) -> Callable[[], str | None]:
     return read
 
 
-def in_cluster(environ: dict[str, str] | os._Environ[str] | None = None) -> Login | None:
+def in_cluster(environ: Mapping[str, str] | None = None) -> Login | None:
     environ = environ if environ is not None else os.environ
     host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
     token = SERVICE_ACCOUNT / "token"

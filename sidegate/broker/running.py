@@ -10,10 +10,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -156,7 +155,7 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
         await client.close()
 
 
-def own_namespace(environ: dict[str, str] | os._Environ[str]) -> str | None:
+def own_namespace(environ: Mapping[str, str]) -> str | None:
     """$POD_NAMESPACE, else the service account's namespace file."""
     if environ.get("POD_NAMESPACE"):
         return environ["POD_NAMESPACE"]

@@ -47,8 +47,9 @@ class Broker:
     clock: Callable[[], float] = time.monotonic
     # The background work (watches, certificate reloads): none of it may have stopped.
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
+    # Pods that passed, by (uid, published keys): when they were checked.
     _verdicts: collections.OrderedDict[tuple[str, tuple[str, ...]], float] = dataclasses.field(
-        default_factory=collections.OrderedDict
+        default_factory=collections.OrderedDict, init=False
     )
 
     async def check_pod(self, identity: reviews.Identity) -> None:

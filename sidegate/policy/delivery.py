@@ -98,19 +98,12 @@ def build(
     bundle: str,
     admin_tokens: Sequence[str] = (),
     redis: tuple[str, str | None] | None = None,
-) -> bytes:
-    """The JSON answer for this content; its version is the digest of the content, so equal
-    content gives equal bytes on every replica."""
+) -> tuple[str, bytes]:
+    """The version and the JSON answer for this content. The version is the digest of the
+    content, so equal content gives equal versions and bytes on every replica."""
     content = _content(namespace, credentials, bundle, admin_tokens, redis)
     version = hashlib.sha256(_canonical(content)).hexdigest()[:32]
-    return _canonical({**content, "version": version})
-
-
-def version_of(body: bytes) -> str:
-    """The version of an answer ``build`` made (without validating it again)."""
-    found = json.loads(body)["version"]
-    assert isinstance(found, str)
-    return found
+    return version, _canonical({**content, "version": version})
 
 
 def loads(body: bytes) -> Delivery:

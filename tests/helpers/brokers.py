@@ -336,7 +336,7 @@ async def world(
             replica = await replica_context.enter_async_context(
                 broker(url, cert, directory, **options)
             )
-            await eventually(lambda: _ready(replica))
+            await eventually(lambda: ready(replica))
             connector = aiohttp.TCPConnector(ssl=client_context(ca))
             async with aiohttp.ClientSession(connector=connector) as session:
                 yield World(
@@ -344,5 +344,5 @@ async def world(
                 )
 
 
-async def _ready(replica: running.Running) -> bool:
+async def ready(replica: running.Running) -> bool:
     return replica.broker.contents.ready and replica.broker.contents.namespaces == 1

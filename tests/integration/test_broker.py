@@ -163,3 +163,22 @@ async def test_probes_and_metrics(world: brokers.World) -> None:
     assert 'sidegate_broker_token_reviews_total{result="accepted"} 1.0' in text
     for secret in [*world.keys.values(), world.admin_token]:
         assert secret not in text
+
+
+async def test_two_replicas_give_the_same_version_so_a_sidecar_can_move_between_them(
+    world: brokers.World, server_cert: trustme.LeafCert, tmp_path: Path
+) -> None:
+    token = await world.pod_token()
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    async with brokers.broker(world.url, server_cert, second_dir) as second:
+        await eventually(lambda: brokers.ready(second))
+        status, first = await world.deliver(token)
+        assert status == 200
+        # The same content from the other replica: the same version, so no answer but 304.
+        status, _ = await brokers.deliver(
+            world.session, second.api_port, token, after=first["version"], wait=0.2
+        )
+        assert status == 304
+        status, again = await brokers.deliver(world.session, second.api_port, token)
+        assert status == 200 and again == first
