@@ -16,9 +16,10 @@ the downward API.
 
 ``exposure(pod, audience)`` is what the webhook refuses: the sidecar's token or volumes in
 another container, a token for the broker's audience anywhere else in the pod, and the pod
-settings that let other processes into the sidecar's (``hostPID``, ``shareProcessNamespace``)
-or onto its loopback port (``hostNetwork``). The broker checks the pod spec again before it
-serves anything (a pod admitted while the webhook was off proves nothing).
+settings that let other processes into the sidecar's (``hostPID``, ``hostIPC``,
+``shareProcessNamespace``) or onto its loopback port (``hostNetwork``). The broker checks
+the pod spec again before it serves anything (a pod admitted while the webhook was off
+proves nothing).
 """
 
 from __future__ import annotations
@@ -136,6 +137,8 @@ def exposure(pod: Mapping[str, Any], audience: str) -> str | None:
         return "a hostNetwork pod cannot have the sidecar (its loopback port would be the node's)"
     if spec.get("hostPID"):
         return "a hostPID pod cannot have the sidecar (node processes could read its memory)"
+    if spec.get("hostIPC"):
+        return "a hostIPC pod cannot have the sidecar (it would share the node's IPC namespace)"
     if spec.get("shareProcessNamespace"):
         return (
             "a pod with shareProcessNamespace cannot have the sidecar (the other containers "

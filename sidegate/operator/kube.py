@@ -18,6 +18,9 @@ CONFIG_MAPS = "configmaps"
 # A watch the server ends after this many seconds (the API server's default is 30-60 min);
 # a reconnect resumes it from the last resourceVersion.
 WATCH_SECONDS = 300
+# One watch event is one JSON line, up to ~1.4 MB for a full 1 MiB Secret. aiohttp's line
+# reader gives up far below that, so the stream is split here.
+_MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 class WatchExpired(Exception):
@@ -57,6 +60,18 @@ class ApiClient:
                 )
             found: dict[str, Any] = await answer.json()
             return found
+
+    async def create(self, obj: dict[str, Any], plural: str = SECRETS) -> bool:
+        """Create only; False when it exists already (someone else made it first)."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        async with self._session.post(self._url(namespace, plural), json=obj) as answer:
+            if answer.status == 409:
+                return False
+            if answer.status >= 400:
+                raise kopf.TemporaryError(
+                    f"creating {plural} {namespace}/{name}: HTTP {answer.status}", delay=5
+                )
+            return True
 
     async def apply(self, obj: dict[str, Any], plural: str = SECRETS) -> None:
         """Create, or merge-patch when it exists (a 409 on create means someone was faster)."""
@@ -149,16 +164,15 @@ class ApiClient:
                 raise kopf.TemporaryError(
                     f"watching {plural} in {namespace}: HTTP {answer.status}", delay=5
                 )
-            async for line in answer.content:
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = str(event.get("type")), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise WatchExpired()
-                    raise kopf.TemporaryError(f"watch error: {obj.get('reason')}", delay=5)
-                yield kind, obj
+            buffer = b""
+            async for chunk in answer.content.iter_any():
+                buffer += chunk
+                if len(buffer) > _MAX_EVENT_BYTES:
+                    raise kopf.TemporaryError("watch event larger than 16 MiB", delay=5)
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _event(line)
 
     async def remove_finalizer(self, path: str, obj: Mapping[str, Any], finalizer: str) -> bool:
         """Drop ``finalizer`` from an object at ``path``, guarded by its resourceVersion (a
@@ -186,6 +200,19 @@ class ApiClient:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def _event(line: bytes) -> tuple[str, dict[str, Any]]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        raise kopf.TemporaryError("watch event is not JSON", delay=5) from None
+    kind, obj = str(event.get("type")), event.get("object") or {}
+    if kind == "ERROR":
+        if obj.get("code") == 410:
+            raise WatchExpired()
+        raise kopf.TemporaryError(f"watch error: {obj.get('reason')}", delay=5)
+    return kind, obj
 
 
 def selector(labels: Mapping[str, str]) -> str:

@@ -16,6 +16,7 @@ material in a message.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 from collections.abc import Mapping
@@ -76,6 +77,12 @@ def generated() -> dict[str, str]:
     """The decoded data of a first ``sidegate-signing`` Secret: one new key, active."""
     pem = signing.private_key_to_pem(signing.generate_private_key()).decode()
     return {FIRST_KEY: pem, ACTIVE: FIRST_KEY}
+
+
+def secret(namespace: str, data: Mapping[str, str]) -> dict[str, Any]:
+    """The ``sidegate-signing`` Secret holding ``data`` (decoded: PEMs and ``active``)."""
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return objects.managed_secret(namespace, SECRET, {}, encoded)
 
 
 def public_config_map(namespace: str, keys: SigningKeys) -> dict[str, Any]:

@@ -16,9 +16,8 @@ import trustme
 
 from sidegate.policy import signing
 from tests.conftest import fake_key
-from tests.e2e.test_operator_command import kubeconfig
 from tests.helpers import brokers
-from tests.helpers.kubernetes import cluster, eventually
+from tests.helpers.kubernetes import BROKER_TOKEN, cluster, eventually, kubeconfig
 from tests.helpers.processes import free_port
 from tests.policies import allow, policy
 
@@ -57,7 +56,10 @@ async def test_the_broker_command_serves_deliveries_and_stops(
             "--max-wait=5",
             "--log-level=INFO",
             "--log-format=json",
-            env={**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path / "config", url))},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig(tmp_path / "config", url, BROKER_TOKEN)),
+            },
             stderr=asyncio.subprocess.PIPE,
         )
         try:

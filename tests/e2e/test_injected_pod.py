@@ -1,8 +1,14 @@
-"""The whole cluster path, with a test helper as the kubelet: the operator (on kmock) writes a
-namespace's bundle, credentials and admin token; its webhook injects an annotated pod; the
-injected sidecar runs as a process exactly as the pod says (args, env, downward API, the
-projected volumes at their mount paths); the app calls it with the official SDK and only the
-environment the injector gave it."""
+"""The whole cluster path, every part as it runs there, with a test helper as the kubelet:
+
+`sidegate operator` (a process, logged in to kmock from a kubeconfig) signs team-a's bundle
+and writes the credentials and admin token into the release namespace; its webhook injects an
+annotated pod; the pod is created in the API server; a broker replica (logged in to kmock)
+checks the pod's projected token with TokenReview and the pod spec, and delivers; the injected
+sidecar runs as a process exactly as the pod says (args, env, downward API, the projected
+token at its mount path), and enforces: the app calls it with the official SDK and only the
+environment the injector gave it. A policy change reaches it through operator and broker. No
+Secret of the application namespace ever holds a provider key, and the pre-delete cleanup
+leaves no finalizer or Sidegate Secret behind."""
 
 from __future__ import annotations
 
@@ -10,10 +16,9 @@ import asyncio
 import base64
 import copy
 import os
-import subprocess
+import signal
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +29,21 @@ import trustme
 
 from sidegate import standin
 from sidegate.operator import injection
-from tests.conftest import fake_key
-from tests.helpers import admission
-from tests.helpers.http import call
+from tests.conftest import assert_no_secrets, fake_key
+from tests.helpers import admission, brokers
+from tests.helpers.http import call, chat_body
 from tests.helpers.kubelet import ProjectedVolume
 from tests.helpers.kubernetes import (
+    CLEANUP_TOKEN,
+    OPERATOR_TOKEN,
     POLICIES,
+    RELEASE,
     SOURCES,
     Emulator,
     cluster,
     eventually,
     get,
-    operator,
+    kubeconfig,
     policy,
     send,
     source_secret,
@@ -44,13 +52,17 @@ from tests.helpers.kubernetes import (
 ROOTS = ("/var/run/sidegate", "/var/lib/sidegate")  # the injector's mount points
 
 
-def sidecar_config(provider_port: int, ca_file: Path, port: int, admin_port: int) -> str:
+def chart_config(
+    broker_port: int, provider_port: int, ca_file: Path, ports: tuple[int, int]
+) -> str:
+    """What the chart's values give the operator (--sidecar-config): no keys, no files of
+    them; the broker's address (here its test port), the providers."""
     origin = f"https://127.0.0.1:{provider_port}"
+    port, admin_port = ports
     return f"""
 listen: {{port: {port}}}
-credentials: {{directory: /var/run/sidegate/credentials}}
-policy: {{bundle_file: /var/run/sidegate/bundle/bundle.json}}
-admin: {{port: {admin_port}, token_file: /var/run/sidegate/admin/token}}
+broker: {{url: "https://127.0.0.1:{broker_port}", wait_seconds: 1}}
+admin: {{port: {admin_port}}}
 audit: {{spool_directory: /var/lib/sidegate/spool}}
 providers:
   openai: {{kind: openai, base_url: "{origin}/v1", tls: {{ca_file: "{ca_file}"}}}}
@@ -83,129 +95,206 @@ def relocate(text: str, root: Path) -> str:
     return text
 
 
-async def mount(k8s: Emulator, pod: dict[str, Any], root: Path) -> dict[str, ProjectedVolume]:
-    """The kubelet's part: each of the sidecar's volumes at its mount path under ``root``."""
+def mount(k8s: Emulator, pod: dict[str, Any], root: Path) -> None:
+    """The kubelet's part for the sidecar container: the projected token (TokenRequest for
+    the pod, the volume's audience and lifetime) at its mount path; the spool emptyDir."""
     sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "sidegate")
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    mounted = {}
     for volume_mount in sidecar["volumeMounts"]:
         path = root / volume_mount["mountPath"].lstrip("/")
         volume = volumes[volume_mount["name"]]
         if "emptyDir" in volume:
             path.mkdir(parents=True)
             continue
-        files: dict[str, str | bytes] = {}
-        for source in volume["projected"]["sources"]:
-            name = source["secret"]["name"]
-            secret = await get(
-                k8s, f"/api/v1/namespaces/{pod['metadata']['namespace']}/secrets/{name}"
-            )
-            assert secret is not None, f"{name} was not written"
-            files.update({k: base64.b64decode(v) for k, v in secret["data"].items()})
-        mounted[volume_mount["name"]] = ProjectedVolume(path)
-        mounted[volume_mount["name"]].publish(files)
-    return mounted
+        (source,) = volume["projected"]["sources"]
+        request = source["serviceAccountToken"]
+        token = k8s.issue_token(
+            pod["metadata"]["namespace"],
+            pod["spec"]["serviceAccountName"],
+            pod=pod,
+            audiences=(request["audience"],),
+            seconds=request["expirationSeconds"],
+        )
+        ProjectedVolume(path).publish({request["path"]: token})
+
+
+async def operator_process(
+    url: str, tmp_path: Path, listener: Any, config: Path, broker_ca: Path, port: int
+) -> asyncio.subprocess.Process:
+    config_file = kubeconfig(tmp_path / "kubeconfig", url, OPERATOR_TOKEN)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidegate",
+        "operator",
+        f"--own-namespace={RELEASE}",
+        f"--webhook-port={listener.port}",
+        f"--webhook-cert={listener.certfile}",
+        f"--webhook-key={listener.keyfile}",
+        f"--sidecar-image={brokers.IMAGE}",
+        f"--sidecar-config={config}",
+        f"--broker-ca-file={broker_ca}",
+        f"--sidecar-port={port}",
+        env={**os.environ, "KUBECONFIG": str(config_file)},
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def secret_values_outside_the_release_namespace(k8s: Emulator) -> list[str]:
+    """Every value of every Secret the API server holds in any other namespace."""
+    values = []
+    for (resource, namespace, _name), obj in k8s.objects.items():
+        if resource.plural == "secrets" and namespace != RELEASE and not obj.deleted:
+            data = obj.raw.get("data") or {}
+            values += [base64.b64decode(v).decode(errors="replace") for v in data.values() if v]
+    return values
 
 
 @pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
+async def sidecars() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    started: list[asyncio.subprocess.Process] = []
     yield started
     for process in started:
-        process.terminate()
-        process.communicate(timeout=20)
+        if process.returncode is None:
+            process.terminate()
+            await asyncio.wait_for(process.communicate(), 20)
 
 
-def test_an_injected_pod_serves_its_app_with_keys_it_never_sees(
+async def test_operator_broker_and_injected_sidecar_enforce_with_no_key_in_the_namespace(
     tmp_path: Path,
     provider: tuple[int, standin.StandInState],
     ca_file: Path,
     server_cert: trustme.LeafCert,
     ca: trustme.CA,
-    processes: list[subprocess.Popen[str]],
+    sidecars: list[asyncio.subprocess.Process],
 ) -> None:
     provider_port, provider_state = provider
     key = fake_key()
     provider_state.accepted_keys.add(key)
-    port, admin_port = admission.free_port(), admission.free_port()
-    spec = injection.SidecarSpec(
-        image="registry.invalid/sidegate:0.1.0",
-        config=sidecar_config(provider_port, ca_file, port, admin_port),
-        port=port,
-    )
-    listener = admission.listener_for(tmp_path, server_cert)
+    ports = (admission.free_port(), admission.free_port())
+    (tmp_path / "webhook").mkdir()
+    (tmp_path / "broker").mkdir()
+    listener = admission.listener_for(tmp_path / "webhook", server_cert)
     root = tmp_path / "pod"
 
-    async def in_the_cluster() -> tuple[dict[str, Any], str]:
-        """The operator writes the Secrets and injects the pod; the kubelet mounts them."""
-        async with cluster() as (k8s, url), operator(url, listener, sidecar=spec):
+    async with (
+        cluster() as (k8s, url),
+        brokers.broker(url, server_cert, tmp_path / "broker", max_wait=5) as replica,
+    ):
+        config = tmp_path / "sidecar.yaml"
+        config.write_text(chart_config(replica.api_port, provider_port, ca_file, ports))
+        operator = await operator_process(url, tmp_path, listener, config, ca_file, ports[0])
+        try:
+            # The platform team: a provider key source, a policy for team-a's app.
             assert await send(k8s, "POST", SOURCES, source_secret(openai=key)) < 300
-            assert (
-                await send(
-                    k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-4o-mini"])
-                )
-                < 300
-            )
-            for name in ("sidegate-bundle", "sidegate-credentials", "sidegate-admin"):
-                await eventually(lambda n=name: get(k8s, f"/api/v1/namespaces/team-a/secrets/{n}"))
+            grant = policy("gpt", ["gpt-4o-mini"])
+            assert await send(k8s, "POST", POLICIES.format(ns="team-a"), grant) < 300
+            for name in ("sidegate-bundle-team-a", "sidegate-credentials", "sidegate-admin-team-a"):
+                await eventually(lambda n=name: get(k8s, f"{SOURCES}/{n}"), seconds=20)
 
+            # The webhook injects; the API server stores the pod; the kubelet mounts.
             original = admission.pod({injection.ANNOTATION: "true"})
             _response, ops = await admission.admit(listener, ca, original)
-            pod = jsonpatch.apply_patch(copy.deepcopy(original), ops)
-            await mount(k8s, pod, root)
-            admin_secret = await get(k8s, "/api/v1/namespaces/team-a/secrets/sidegate-admin")
-            assert admin_secret is not None
-            return pod, base64.b64decode(admin_secret["data"]["token"]).decode()
+            patched = jsonpatch.apply_patch(copy.deepcopy(original), ops)
+            pod = await brokers.create_pod(k8s, patched)
+            mount(k8s, pod, root)
 
-    pod, admin_token = asyncio.run(in_the_cluster())
-    sidecar = pod["spec"]["initContainers"][0]
-    sidecar_env = environment(sidecar, pod)
-    sidecar_env["SIDEGATE_CONFIG"] = relocate(sidecar_env["SIDEGATE_CONFIG"], root)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sidegate", *sidecar["args"]],
-        env={"PATH": os.environ.get("PATH", ""), **sidecar_env},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    processes.append(process)
+            sidecar = pod["spec"]["initContainers"][0]
+            sidecar_env = environment(sidecar, pod)
+            sidecar_env["SIDEGATE_CONFIG"] = relocate(sidecar_env["SIDEGATE_CONFIG"], root)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "sidegate",
+                *sidecar["args"],
+                env={"PATH": os.environ.get("PATH", ""), **sidecar_env},
+                stderr=asyncio.subprocess.PIPE,
+            )
+            sidecars.append(process)
+            origin = f"http://127.0.0.1:{ports[0]}"
 
-    def ready() -> bool:
-        try:
-            return call(f"http://127.0.0.1:{port}", "/readyz", method="GET")[0] == 200
-        except OSError:
-            assert process.poll() is None, "the sidecar exited"
-            return False
+            async def ready() -> bool:
+                assert process.returncode is None, "the sidecar exited"
+                try:
+                    answer = await asyncio.to_thread(call, origin, "/readyz", None, None, "GET")
+                except OSError:
+                    return False
+                return answer[0] == 200
 
-    deadline = time.monotonic() + 20
-    while not ready():
-        assert time.monotonic() < deadline, "the injected sidecar never became ready"
-        time.sleep(0.05)
+            await eventually(ready, seconds=30)
 
-    # The app: only the environment the injector gave its container.
-    app_env = environment(pod["spec"]["containers"][0], pod)
-    assert key not in app_env.values()
-    client = openai.OpenAI(
-        base_url=app_env["OPENAI_BASE_URL"], api_key=app_env["OPENAI_API_KEY"], max_retries=0
-    )
-    answer = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
-    )
-    assert answer.choices[0].message.content == "echo: hi"
-    assert provider_state.received[-1].key == key  # the sidecar added the real key
-    with pytest.raises(openai.PermissionDeniedError):
-        client.chat.completions.create(
-            model="gpt-4o",  # not granted to this service account
-            messages=[{"role": "user", "content": "hi"}],
+            # The app: only the environment the injector gave its container.
+            app_env = environment(pod["spec"]["containers"][0], pod)
+            assert key not in app_env.values()
+            answer = await asyncio.to_thread(_chat, app_env, "gpt-4o-mini")
+            assert answer == "echo: hi"
+            assert provider_state.received[-1].key == key  # the sidecar added the real key
+            with pytest.raises(openai.PermissionDeniedError):
+                await asyncio.to_thread(_chat, app_env, "gpt-4o")  # not granted
+
+            # The delivered admin token opens the sidecar's admin API.
+            admin = await get(k8s, f"{SOURCES}/sidegate-admin-team-a")
+            assert admin is not None
+            admin_token = base64.b64decode(admin["data"]["token"]).decode()
+            bearer = {"authorization": f"Bearer {admin_token}"}
+            admin_origin = f"http://127.0.0.1:{ports[1]}"
+            listed = await asyncio.to_thread(
+                call, admin_origin, "/admin/v1/policies", None, bearer, "GET"
+            )
+            assert listed[0] == 200
+
+            # A revocation: policy → signed bundle → broker → the running sidecar.
+            revoke = {"spec": {"rules": [{"effect": "Deny", "models": ["gpt-4o-mini"]}]}}
+            assert await send(k8s, "PATCH", POLICIES.format(ns="team-a") + "/gpt", revoke) < 300
+
+            async def denied() -> bool:
+                status = (
+                    await asyncio.to_thread(call, origin, "/v1/chat/completions", chat_body())
+                )[0]
+                return status == 403
+
+            await eventually(denied, seconds=15)
+
+            # With the broker in use: no Secret outside the release namespace holds the key.
+            assert not [v for v in secret_values_outside_the_release_namespace(k8s) if key in v]
+        finally:
+            operator.send_signal(signal.SIGTERM)
+            _, operator_log = await asyncio.wait_for(operator.communicate(), 30)
+        assert operator.returncode == 0, operator_log.decode()[-2000:]
+        assert_no_secrets(operator_log.decode(), {key, admin_token})
+
+        # Uninstall: the pre-delete cleanup (the operator is stopped already).
+        cleanup = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sidegate",
+            "operator",
+            f"--own-namespace={RELEASE}",
+            "cleanup",
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig(tmp_path / "cleanup-config", url, CLEANUP_TOKEN)),
+            },
+            stderr=asyncio.subprocess.PIPE,
         )
-    # The generated admin token opens the sidecar's admin API.
-    status, _, _ = call(
-        f"http://127.0.0.1:{admin_port}",
-        "/admin/v1/policies",
-        headers={"authorization": f"Bearer {admin_token}"},
-        method="GET",
-    )
-    assert status == 200
+        _, cleanup_log = await asyncio.wait_for(cleanup.communicate(), 60)
+        assert cleanup.returncode == 0, cleanup_log.decode()[-2000:]
+        found = await get(k8s, POLICIES.format(ns="team-a") + "/gpt")
+        assert found is not None and not found["metadata"].get("finalizers")
+        left = await get(k8s, SOURCES)
+        assert [s["metadata"]["name"] for s in (left or {}).get("items", [])] == ["llm-keys"]
+        assert not [v for v in secret_values_outside_the_release_namespace(k8s) if key in v]
 
     process.terminate()
-    _, stderr = process.communicate(timeout=20)
-    assert key not in stderr and admin_token not in stderr
+    _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert_no_secrets(stderr.decode(), {key, admin_token})
+
+
+def _chat(app_env: dict[str, str], model: str) -> str | None:
+    with openai.OpenAI(
+        base_url=app_env["OPENAI_BASE_URL"], api_key=app_env["OPENAI_API_KEY"], max_retries=0
+    ) as client:
+        answer = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}]
+        )
+    return answer.choices[0].message.content

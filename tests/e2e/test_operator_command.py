@@ -20,33 +20,18 @@ from sidegate.operator import injection
 from tests.conftest import fake_key
 from tests.helpers import admission
 from tests.helpers.kubernetes import (
+    CLEANUP_TOKEN,
+    OPERATOR_TOKEN,
     POLICIES,
     SOURCES,
     cluster,
     eventually,
     get,
+    kubeconfig,
     policy,
     send,
     source_secret,
 )
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-                "users": [{"name": "operator", "user": {}}],
-                "contexts": [
-                    {"name": "emulator", "context": {"cluster": "emulator", "user": "operator"}}
-                ],
-                "current-context": "emulator",
-            }
-        )
-    )
-    return path
 
 
 @pytest.mark.asyncio
@@ -77,7 +62,10 @@ async def test_the_operator_command_reconciles_injects_and_stops(
             f"--sidecar-config={sidecar_config}",
             f"--broker-ca-file={broker_ca}",
             '--sidecar-resources={"requests": {"cpu": "10m"}}',
-            env={**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path / "config", url))},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig(tmp_path / "config", url, OPERATOR_TOKEN)),
+            },
             stderr=asyncio.subprocess.PIPE,
         )
         try:
@@ -130,7 +118,10 @@ async def run_cleanup(url: str, tmp_path: Path, *extra: str) -> tuple[int, str]:
         "--own-namespace=sidegate-system",
         "cleanup",
         *extra,
-        env={**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path / "config", url))},
+        env={
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig(tmp_path / "cleanup-config", url, CLEANUP_TOKEN)),
+        },
         stderr=asyncio.subprocess.PIPE,
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 60)
@@ -157,7 +148,10 @@ async def test_cleanup_stops_the_operator_and_leaves_no_finalizer_or_secret(
             "sidegate",
             "operator",
             "--own-namespace=sidegate-system",
-            env={**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path / "config", url))},
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig(tmp_path / "config", url, OPERATOR_TOKEN)),
+            },
             stderr=asyncio.subprocess.PIPE,
         )
         try:

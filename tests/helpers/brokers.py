@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from sidegate.broker import kube, running
 from sidegate.policy import bundle, models, signing
 from tests.conftest import fake_key
-from tests.helpers.kubernetes import Emulator, cluster, eventually, send
+from tests.helpers.kubernetes import BROKER_TOKEN, Emulator, cluster, eventually, send
 
 RELEASE = "sidegate-system"
 IMAGE = "sidegate:test"
@@ -237,7 +237,9 @@ async def broker(
         host="127.0.0.1",
         **options,
     )
-    async with running.started(settings, kube.Login(url)) as replica:
+    # Its requests carry its token: the emulator holds them to the chart's RBAC.
+    login = kube.Login(url, token=lambda: BROKER_TOKEN)
+    async with running.started(settings, login) as replica:
         yield replica
 
 

@@ -14,15 +14,18 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import aiohttp.web
 import kmock
 import kopf
+import yaml
 
 from sidegate.operator import running
 from sidegate.operator.state import OperatorState
+from tests.helpers import authorizing
 
 _versions = itertools.count(1)
 POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
@@ -30,6 +33,8 @@ RELEASE = "sidegate-system"
 SOURCES = f"/api/v1/namespaces/{RELEASE}/secrets"
 # The operator's bearer token in these tests: it tells its requests from the test's own.
 OPERATOR_TOKEN = "operator-test"
+CLEANUP_TOKEN = "cleanup-test"  # the pre-delete hook's, likewise
+BROKER_TOKEN = "broker-test"  # a broker replica's, likewise
 
 
 TOKENREVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -63,6 +68,10 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.token_reviews = 0
         # (resource plural, namespace, action) of each request the operator made (its token).
         self.operator_calls: list[tuple[str | None, str | None, str]] = []
+        # Service accounts by bearer token, held to the chart's RBAC (authorizing.py); a
+        # request without a known token is the test's own (a cluster admin's).
+        self.accounts: dict[str, authorizing.Grants] = {}
+        self.forbidden: list[str] = []
 
     def issue_token(
         self,
@@ -162,6 +171,9 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if request.headers.get("Authorization") == f"Bearer {OPERATOR_TOKEN}":
             plural = request.resource.plural if request.resource is not None else None
             self.operator_calls.append((plural, request.namespace, str(request.action)))
+        refusal = self._authorize(request)
+        if refusal is not None:
+            return refusal
         try:
             return await self._answer(request)
         finally:
@@ -169,6 +181,32 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 if self._requests[index] is request:
                     del self._requests[index]
                     break
+
+    def _authorize(self, request: Any) -> aiohttp.web.StreamResponse | None:
+        """A 403 when a service account's request is not allowed by its RBAC."""
+        header = str(request.headers.get("Authorization") or "")
+        account = self.accounts.get(header.removeprefix("Bearer "))
+        if account is None or request.resource is None or not request.resource.plural:
+            return None  # the test itself, or discovery (/api/v1, /apis/<group>/<version>)
+        method = str(getattr(request.method, "value", request.method)).upper()
+        verb = {
+            kmock.action.LIST: "list",
+            kmock.action.WATCH: "watch",
+            kmock.action.FETCH: "get",
+            kmock.action.CREATE: "create",
+            kmock.action.UPDATE: "update" if method == "PUT" else "patch",
+            kmock.action.DELETE: "delete" if request.name else "deletecollection",
+        }[request.action]
+        group = request.resource.group or ""
+        resource = request.resource.plural
+        if request.subresource:
+            resource = f"{resource}/{request.subresource}"
+        if account.allows(verb, group, resource, request.namespace, request.name):
+            return None
+        self.forbidden.append(f"{verb} {group}/{resource} in {request.namespace or '(cluster)'}")
+        return aiohttp.web.json_response(
+            authorizing.forbidden(verb, group, resource, request.namespace), status=403
+        )
 
     async def _answer(self, request: Any) -> aiohttp.web.StreamResponse:
         if request.url.path == TOKENREVIEWS:
@@ -214,7 +252,12 @@ async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
             verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
             subresources={"status"},
         )
+        # The operator's requests carry its token: held to the chart's rendered RBAC.
+        k8s.accounts[OPERATOR_TOKEN] = authorizing.operator_grants()
+        k8s.accounts[CLEANUP_TOKEN] = authorizing.cleanup_grants()
+        k8s.accounts[BROKER_TOKEN] = authorizing.broker_grants()
         yield k8s, str(server.url).rstrip("/")
+        assert not k8s.forbidden, f"refused by the chart's RBAC: {k8s.forbidden[:5]}"
 
 
 @contextlib.asynccontextmanager
@@ -257,6 +300,25 @@ async def operator(
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def kubeconfig(path: Path, server: str, token: str) -> Path:
+    """A kubeconfig for a `sidegate` process: the emulator, as the account of ``token``."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+                "users": [{"name": "account", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "emulator", "context": {"cluster": "emulator", "user": "account"}}
+                ],
+                "current-context": "emulator",
+            }
+        )
+    )
+    return path
 
 
 async def eventually(check: Any, seconds: float = 5.0) -> Any:

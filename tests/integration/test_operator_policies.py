@@ -4,6 +4,7 @@ namespace only, and an application namespace holds nothing of it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -300,3 +301,24 @@ async def test_admin_tokens_are_generated_rotated_and_overlap(
 
         await eventually(settled, seconds=6)
     assert first["token"] not in caplog.text and during["token"] not in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_large_secret_in_the_release_namespace_does_not_stall_the_watch() -> None:
+    """Helm's release Secrets run to hundreds of KiB, one watch event each: the operator's
+    own watch must read past them, or a rotation waits for its next relist."""
+    first, second = fake_key(), fake_key()
+    async with cluster() as (k8s, url), operator(url):
+        big = source_secret(payload="x" * 500_000)  # ~670 KB as JSON
+        big["metadata"] = {"name": "sh.helm.release.v1.sidegate.v1", "namespace": RELEASE}
+        assert await send(k8s, "POST", SOURCES, big) < 300
+        await send(k8s, "POST", SOURCES, source_secret(openai=first))
+        await eventually(lambda: _equal(lambda: decoded(k8s, CREDENTIALS), {"openai": first}))
+        await asyncio.sleep(3)  # a watch that died on the big event would be backing off now
+        rotated = {"data": source_secret(openai=second)["data"]}
+        assert await send(k8s, "PATCH", SOURCES + "/llm-keys", rotated) < 300
+
+        async def followed() -> bool:
+            return (await decoded(k8s, CREDENTIALS)).get("openai") == second
+
+        await eventually(followed, seconds=2)

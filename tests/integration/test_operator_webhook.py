@@ -180,6 +180,7 @@ def with_spec(**fields: Any) -> dict[str, Any]:
 REFUSED = {
     "hostNetwork": (with_spec(hostNetwork=True), "hostNetwork"),
     "hostPID": (with_spec(hostPID=True), "hostPID"),
+    "hostIPC": (with_spec(hostIPC=True), "hostIPC"),
     "shareProcessNamespace": (with_spec(shareProcessNamespace=True), "shareProcessNamespace"),
     "app mounts the token volume": (app_mounting("sidegate-token"), "'sidegate-token'"),
     "app mounts the spool": (app_mounting("sidegate-spool"), "'sidegate-spool'"),

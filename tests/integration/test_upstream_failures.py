@@ -99,6 +99,7 @@ def test_readyz_names_providers_without_a_key(
         "ready": False,
         "missing_credentials": ["anthropic", "azure", "compat", "openai"],
         "policy_loaded": True,
+        "credentials_stale": False,
     }
     status, _, answer = call(stack.origin, CHAT, chat_body())
     assert status == 503 and answer["error"]["code"] == "not_ready"

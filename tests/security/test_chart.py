@@ -14,8 +14,10 @@ import pytest
 import yaml
 
 from sidegate import cli
+from sidegate.operator import injection
+from sidegate.policy import signing
 from sidegate.sidecar import settings
-from tests.helpers import binaries
+from tests.helpers import authorizing, binaries
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "charts" / "sidegate"
@@ -52,9 +54,28 @@ def render(helm: Helm) -> Render:
     return run
 
 
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (found,) = [d for d in docs if d["kind"] == kind]
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    (found,) = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
     return found
+
+
+def pod_of(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, kind, name)["spec"]["template"]["spec"]
+    return spec
+
+
+def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+    return {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
 
 
 def test_lint_strict_is_clean(helm: Helm) -> None:
@@ -72,15 +93,35 @@ def test_lint_strict_is_clean(helm: Helm) -> None:
         (f"image.digest={DIGEST}", "operator.watchNamespaces={team-a,team-b}"),
         ("webhook.certificate.existingSecret=my-tls", "webhook.failurePolicy=Ignore"),
         ("networkPolicy.apiServerCIDRs={10.0.0.1/32}",),
+        ("broker.certificate.existingSecret=broker-tls", "broker.replicas=3"),
+        ("certManager.enabled=true",),
+        (
+            "certManager.enabled=true",
+            "certManager.issuerRef.kind=ClusterIssuer",
+            "certManager.issuerRef.name=corp-ca",
+        ),
     ],
 )
 def test_every_rendered_manifest_passes_kubernetes_validate(
     render: Render, sets: tuple[str, ...]
 ) -> None:
+    """cert-manager's kinds are not Kubernetes' own: checked for their shape here instead."""
     docs = render(*sets)
     assert docs
     for doc in docs:
+        if doc["apiVersion"] == "cert-manager.io/v1":
+            assert doc["kind"] in ("Certificate", "Issuer") and doc["spec"]
+            continue
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+    if "certManager.enabled=true" in sets:
+        names = {d["spec"]["secretName"] for d in docs if d["kind"] == "Certificate"}
+        assert {"sidegate-webhook-tls", "sidegate-broker-tls"} <= names
+        assert not [d for d in docs if d["kind"] == "Secret"]  # cert-manager makes them
+        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            annotations = one(docs, kind)["metadata"]["annotations"]
+            assert annotations["cert-manager.io/inject-ca-from"] == (
+                "sidegate-system/sidegate-webhook"
+            )
 
 
 def test_the_schema_refuses_unknown_keys_and_bad_values(helm: Helm) -> None:
@@ -99,8 +140,7 @@ def test_the_chart_installs_the_crd_from_the_one_source(helm: Helm) -> None:
 
 def test_operator_args_are_flags_the_cli_accepts(render: Render) -> None:
     for sets in ((), ("webhook.enabled=false", "operator.watchNamespaces={a}")):
-        deployment = one(render(*sets), "Deployment")
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        (container,) = pod_of(render(*sets), "Deployment", "sidegate-operator")["containers"]
         parsed = cli.build_parser().parse_args(container["args"])
         assert parsed.command == "operator"
         if not sets:
@@ -111,22 +151,61 @@ def test_operator_args_are_flags_the_cli_accepts(render: Render) -> None:
                 "limits": {"memory": "256Mi"},
             }
             assert parsed.sidecar_port == 4000
+            assert parsed.broker_ca_file == "/etc/sidegate/broker-ca/ca.crt"
 
 
-def test_the_default_sidecar_config_is_valid(render: Render) -> None:
-    config_map = one(render(), "ConfigMap")
+def test_broker_and_cleanup_args_are_flags_the_cli_accepts(render: Render) -> None:
+    docs = render()
+    (broker,) = pod_of(docs, "Deployment", "sidegate-broker")["containers"]
+    parsed = cli.build_parser().parse_args(broker["args"])
+    assert parsed.command == "broker" and parsed.audience == "sidegate"
+    assert parsed.listen_port == 8443 and parsed.probe_port == 8080
+    (operator,) = pod_of(docs, "Deployment", "sidegate-operator")["containers"]
+    # The broker accepts exactly the image the webhook injects.
+    assert f"--sidecar-image={parsed.sidecar_image}" in operator["args"]
+    (cleanup,) = pod_of(docs, "Job", "sidegate-cleanup")["containers"]
+    parsed = cli.build_parser().parse_args(cleanup["args"])
+    assert parsed.command == "operator" and parsed.action == "cleanup"
+    assert parsed.stop_deployment == "sidegate-operator"
+
+
+def test_the_default_sidecar_config_is_valid_and_uses_the_broker(render: Render) -> None:
+    """As the operator injects it (the keys and the CA filled in): valid, fed by the chart's
+    broker Service, no file of keys, bundle or token anywhere."""
+    docs = render()
+    config_map = one(docs, "ConfigMap")
+    spec = injection.SidecarSpec(
+        image="sidegate:1",
+        config=config_map["data"]["sidecar.yaml"],
+        trusted_keys=(signing.encode_public_key(signing.generate_private_key().public_key()),),
+        broker_ca_pem=one(docs, "Secret", "sidegate-broker-tls")["data"]["ca.crt"],
+    )
     parsed = settings.parse(
-        config_map["data"]["sidecar.yaml"],
+        injection.sidecar_config(spec),
         "values.yaml sidecar.config",
         Path("/"),
         {"SIDEGATE_NAMESPACE": "team-a", "SIDEGATE_SERVICE_ACCOUNT": "app"},
     )
-    assert parsed.policy.bundle_file == Path("/var/run/sidegate/bundle/bundle.json")
-    assert parsed.admin is not None and parsed.listen.port == 4000
+    assert parsed.broker is not None and parsed.credentials is None
+    service = one(docs, "Service", "sidegate-broker")
+    (port,) = service["spec"]["ports"]
+    assert parsed.broker.url == f"https://sidegate-broker.sidegate-system.svc:{port['port']}"
+    assert parsed.broker.token_file == Path("/var/run/sidegate/token/token")
+    assert parsed.policy.bundle_file is None and parsed.policy.directory is None
+    assert parsed.admin is not None and parsed.admin.token_file is None
+    assert parsed.listen.port == 4000
 
 
-def test_the_operator_runs_hardened(render: Render) -> None:
-    pod = one(render(), "Deployment")["spec"]["template"]["spec"]
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("Deployment", "sidegate-operator"),
+        ("Deployment", "sidegate-broker"),
+        ("Job", "sidegate-cleanup"),
+    ],
+)
+def test_every_pod_runs_hardened(render: Render, kind: str, name: str) -> None:
+    pod = pod_of(render(), kind, name)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
@@ -135,44 +214,141 @@ def test_the_operator_runs_hardened(render: Render) -> None:
     assert hardened["allowPrivilegeEscalation"] is False
     assert hardened["capabilities"] == {"drop": ["ALL"]}
     assert container["resources"]["limits"] and container["resources"]["requests"]
-    assert container["livenessProbe"] and container["readinessProbe"]
+    if kind == "Deployment":
+        assert container["livenessProbe"] and container["readinessProbe"]
 
 
-def test_the_cluster_role_is_least_privilege(render: Render) -> None:
-    role = one(render(), "ClusterRole")
-    for rule in role["rules"]:
-        for field in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[field], rule
-    verbs = {
-        (group, resource): set(rule["verbs"])
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-    }
-    assert verbs[("", "secrets")] == {"get", "list", "watch", "create", "patch"}  # no delete
-    assert verbs[("sidegate.io", "rbacpolicies")] == {"get", "list", "watch", "patch"}
-    assert ("", "pods") not in verbs  # the webhook answers; it needs no rights on pods
-
-
-def test_the_webhook_is_tls_and_left_out_of_system_namespaces(render: Render) -> None:
+def test_the_broker_is_replicated_spread_and_disruption_safe(render: Render) -> None:
     docs = render()
-    (hook,) = one(docs, "MutatingWebhookConfiguration")["webhooks"]
-    assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
-    assert hook["clientConfig"]["service"]["path"] == "/inject"
-    assert hook["clientConfig"]["caBundle"] == one(docs, "Secret")["data"]["ca.crt"]
-    (excluded,) = hook["namespaceSelector"]["matchExpressions"]
-    assert excluded["operator"] == "NotIn"
-    assert set(excluded["values"]) == {"sidegate-system", "kube-system"}
-    policy = one(docs, "NetworkPolicy")
-    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-
-
-def test_an_image_digest_pins_operator_and_sidecar(render: Render) -> None:
-    (container,) = one(render(f"image.digest={DIGEST}"), "Deployment")["spec"]["template"]["spec"][
-        "containers"
+    deployment = one(docs, "Deployment", "sidegate-broker")
+    assert deployment["spec"]["replicas"] == 2
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    budget = one(docs, "PodDisruptionBudget", "sidegate-broker")
+    assert budget["spec"]["minAvailable"] == 1
+    selected = budget["spec"]["selector"]["matchLabels"]
+    assert (
+        selected.items() <= labels.items() and selected["app.kubernetes.io/component"] == "broker"
+    )
+    (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
     ]
-    assert container["image"] == f"sidegate@{DIGEST}"
-    assert f"--sidecar-image=sidegate@{DIGEST}" in container["args"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selected
+    service = one(docs, "Service", "sidegate-broker")
+    assert service["spec"]["selector"] == selected
+    # The operator pod gets the broker's CA, never its private key.
+    volumes = {v["name"]: v for v in pod_of(docs, "Deployment", "sidegate-operator")["volumes"]}
+    assert volumes["broker-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+
+
+def test_rbac_is_least_privilege_and_secrets_stay_in_the_release_namespace(
+    render: Render,
+) -> None:
+    """Nothing cluster-wide on Secrets for anyone: the operator and the broker each hold a
+    Role in the release namespace; the cleanup hook's rights exist only while it runs."""
+    docs = render()
+    for role in (d for d in docs if d["kind"] == "ClusterRole"):
+        assert not {r for rule in role["rules"] for r in rule["resources"]} & {
+            "secrets",
+            "configmaps",
+        }, role["metadata"]["name"]
+    operator = rules_of(one(docs, "ClusterRole", "sidegate-operator"))
+    assert operator[("sidegate.io", "rbacpolicies")] == {"get", "list", "watch", "patch"}
+    assert operator[("sidegate.io", "rbacpolicies/status")] == {"get", "patch"}
+    assert ("", "pods") not in operator  # the webhook answers; it needs no rights on pods
+    operator_role = one(docs, "Role", "sidegate-operator")
+    assert operator_role["metadata"]["namespace"] == "sidegate-system"
+    assert rules_of(operator_role) == {
+        ("", "secrets"): {"get", "list", "watch", "create", "patch"},  # no delete
+        ("", "configmaps"): {"get", "create", "patch"},
+    }
+    broker_role = one(docs, "Role", "sidegate-broker")
+    assert broker_role["metadata"]["namespace"] == "sidegate-system"
+    assert rules_of(broker_role) == {
+        ("", "secrets"): {"get", "list", "watch"},
+        ("", "configmaps"): {"get", "list", "watch"},
+    }
+    assert rules_of(one(docs, "ClusterRole", "sidegate-broker")) == {
+        ("authentication.k8s.io", "tokenreviews"): {"create"},
+        ("", "pods"): {"get"},
+    }
+    for kind, name, account in (
+        ("RoleBinding", "sidegate-operator", "sidegate"),
+        ("RoleBinding", "sidegate-broker", "sidegate-broker"),
+        ("ClusterRoleBinding", "sidegate-broker", "sidegate-broker"),
+    ):
+        (subject,) = one(docs, kind, name)["subjects"]
+        assert subject == {
+            "kind": "ServiceAccount",
+            "name": account,
+            "namespace": "sidegate-system",
+        }
+    hook = [d for d in docs if d["metadata"]["name"] == "sidegate-cleanup"]
+    assert {d["kind"] for d in hook} == {
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "NetworkPolicy",
+        "Job",
+    }
+    for doc in hook:
+        annotations = doc["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-delete"
+        assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
+    assert rules_of(one(docs, "ClusterRole", "sidegate-cleanup")) == {
+        ("sidegate.io", "rbacpolicies"): {"list", "patch"}
+    }
+    (deployments,) = [
+        rule
+        for rule in one(docs, "Role", "sidegate-cleanup")["rules"]
+        if "apps" in rule["apiGroups"]
+    ]
+    assert deployments["resourceNames"] == ["sidegate-operator"]
+
+
+def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) -> None:
+    docs = render()
+    ca = one(docs, "Secret", "sidegate-webhook-tls")["data"]["ca.crt"]
+    paths = {"MutatingWebhookConfiguration": "/inject", "ValidatingWebhookConfiguration": "/guard"}
+    for kind, path in paths.items():
+        (hook,) = one(docs, kind)["webhooks"]
+        assert hook["failurePolicy"] == "Fail" and hook["sideEffects"] == "None"
+        assert hook["clientConfig"]["service"]["path"] == path
+        assert hook["clientConfig"]["caBundle"] == ca
+        (excluded,) = hook["namespaceSelector"]["matchExpressions"]
+        assert excluded["operator"] == "NotIn"
+        assert set(excluded["values"]) == {"sidegate-system", "kube-system"}
+    (guard,) = one(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    assert {(r["resources"][0], r["operations"][0]) for r in guard["rules"]} == {
+        ("pods", "CREATE"),
+        ("pods/ephemeralcontainers", "UPDATE"),
+        ("pods/exec", "CONNECT"),
+    }
+    for name in ("sidegate-operator", "sidegate-broker"):
+        policy = one(docs, "NetworkPolicy", name)
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    # Every pod may reach the broker's API (the token decides), nothing else of it.
+    api, probe = one(docs, "NetworkPolicy", "sidegate-broker")["spec"]["ingress"]
+    assert api == {
+        "from": [{"namespaceSelector": {}}],
+        "ports": [{"port": "https", "protocol": "TCP"}],
+    }
+    assert probe == {"ports": [{"port": "probe", "protocol": "TCP"}]}
+
+
+def test_an_image_digest_pins_every_pod_and_the_sidecar(render: Render) -> None:
+    docs = render(f"image.digest={DIGEST}")
+    for kind, name in (
+        ("Deployment", "sidegate-operator"),
+        ("Deployment", "sidegate-broker"),
+        ("Job", "sidegate-cleanup"),
+    ):
+        (container,) = pod_of(docs, kind, name)["containers"]
+        assert container["image"] == f"sidegate@{DIGEST}"
+        if name != "sidegate-cleanup":
+            assert f"--sidecar-image=sidegate@{DIGEST}" in container["args"]
 
 
 def checkov(*args: str) -> subprocess.CompletedProcess[str]:
@@ -209,3 +385,21 @@ def test_notes_tell_the_next_steps(helm: Helm) -> None:
     assert "label secret llm-keys sidegate.io/credentials=source" in notes
     assert "kubectl label namespace team-a sidegate.io/injection=enabled\n" in notes
     assert "http://127.0.0.1:4000/v1" in notes
+    assert "-n sidegate-system get secret sidegate-admin-team-a" in notes
+    assert "nothing is copied into application namespaces" in notes
+
+
+def test_the_emulator_holds_the_operator_to_the_rendered_rbac() -> None:
+    """The authorizer the kmock tests run the operator under: Secrets in the release
+    namespace, never elsewhere nor cluster-wide; no delete; policies everywhere."""
+    grants = authorizing.operator_grants()
+    assert grants.allows("watch", "", "secrets", "sidegate-system", None)
+    assert grants.allows("patch", "", "secrets", "sidegate-system", "sidegate-bundle-team-a")
+    assert not grants.allows("delete", "", "secrets", "sidegate-system", "sidegate-credentials")
+    assert not grants.allows("get", "", "secrets", "team-a", "anything")
+    assert not grants.allows("list", "", "secrets", None, None)
+    assert grants.allows("list", "sidegate.io", "rbacpolicies", None, None)
+    assert grants.allows("patch", "sidegate.io", "rbacpolicies/status", "team-a", "p")
+    cleanup = authorizing.cleanup_grants()
+    assert cleanup.allows("patch", "apps", "deployments", "sidegate-system", "sidegate-operator")
+    assert not cleanup.allows("patch", "apps", "deployments", "sidegate-system", "other")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
+import yaml
 
 from sidegate.operator import injection
 
@@ -47,3 +49,42 @@ def test_only_true_asks_for_injection() -> None:
     assert injection.wants_injection({injection.ANNOTATION: "True"})
     for asked in (None, {}, {injection.ANNOTATION: "yes"}, {injection.ANNOTATION: "false"}):
         assert not injection.wants_injection(asked)
+
+
+def test_the_config_gets_the_keys_the_ca_and_the_token_path() -> None:
+    spec = injection.SidecarSpec(
+        image="sidegate:1",
+        config="broker: {url: 'https://b:8443'}\npolicy: {cache_ttl_seconds: 5}\n",
+        trusted_keys=("ed25519:AAA", "ed25519:BBB"),
+        broker_ca_pem="PEM",
+    )
+    config = yaml.safe_load(injection.sidecar_config(spec))
+    assert config["policy"] == {
+        "cache_ttl_seconds": 5,
+        "trusted_keys": ["ed25519:AAA", "ed25519:BBB"],
+    }
+    assert config["broker"] == {
+        "url": "https://b:8443",
+        "ca_pem": "PEM",
+        "token_file": "/var/run/sidegate/token/token",
+    }
+    with pytest.raises(ValueError, match="mapping"):
+        injection.sidecar_config(injection.SidecarSpec(image="x", config="[1, 2]"))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_only_the_sidecar_may_mount_its_volumes(native: bool) -> None:
+    """In either mode: the injected pod passes; the same pod with the app mounting the
+    token, or sharing its process namespace, does not."""
+    spec = injection.SidecarSpec(image="sidegate:1", config="{}", native=native)
+    injected = injection.apply(pod(), injection.inject(pod(), spec))
+    assert injection.carries_sidegate(injected, "sidegate")
+    assert injection.exposure(injected, "sidegate") is None
+    assert not injection.carries_sidegate(pod(), "sidegate")
+    mounting = copy.deepcopy(injected)
+    app = next(c for c in mounting["spec"]["containers"] if c["name"] == "app")
+    app["volumeMounts"] = [{"name": "sidegate-token", "mountPath": "/t"}]
+    assert "'app' mounts 'sidegate-token'" in (injection.exposure(mounting, "sidegate") or "")
+    sharing = copy.deepcopy(injected)
+    sharing["spec"]["shareProcessNamespace"] = True
+    assert "shareProcessNamespace" in (injection.exposure(sharing, "sidegate") or "")

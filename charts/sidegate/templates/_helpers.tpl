@@ -38,3 +38,57 @@ app.kubernetes.io/component: operator
 {{- define "sidegate.webhookSecretName" -}}
 {{- default (printf "%s-webhook-tls" (include "sidegate.fullname" .)) .Values.webhook.certificate.existingSecret -}}
 {{- end -}}
+
+{{- define "sidegate.brokerSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: broker
+{{- end -}}
+
+{{- define "sidegate.brokerName" -}}
+{{- printf "%s-broker" (include "sidegate.fullname" .) -}}
+{{- end -}}
+
+{{- define "sidegate.brokerSecretName" -}}
+{{- default (printf "%s-broker-tls" (include "sidegate.fullname" .)) .Values.broker.certificate.existingSecret -}}
+{{- end -}}
+
+{{/* Where injected sidecars reach the broker: its Service, by the cluster DNS name its certificate holds. */}}
+{{- define "sidegate.brokerURL" -}}
+{{- printf "https://%s.%s.svc:%v" (include "sidegate.brokerName" .) .Release.Namespace .Values.broker.port -}}
+{{- end -}}
+
+{{/* The hardened container securityContext every Sidegate pod uses. */}}
+{{- define "sidegate.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "sidegate.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The webhook configurations' annotations: the user's, and cert-manager's CA injection. */}}
+{{- define "sidegate.webhookAnnotations" -}}
+{{- $annotations := deepCopy .Values.webhook.annotations }}
+{{- if .Values.certManager.enabled }}
+{{- $_ := set $annotations "cert-manager.io/inject-ca-from" (printf "%s/%s-webhook" .Release.Namespace (include "sidegate.fullname" .)) }}
+{{- end }}
+{{- with $annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

@@ -47,11 +47,10 @@ async def load_keys(state: OperatorState) -> bool:
     client = state.api()
     secret = await client.get(state.namespace, signing_keys.SECRET)
     if secret is None:
-        generated = signing_keys.generated()
-        await client.apply(
-            fanout.target_secret(state.namespace, signing_keys.SECRET, generated, {}, set())
-        )
-        logger.info("signing key generated in %s/%s", state.namespace, signing_keys.SECRET)
+        new = signing_keys.secret(state.namespace, signing_keys.generated())
+        # Create only: two operators starting at once must not overwrite each other's key.
+        if await client.create(new):
+            logger.info("signing key generated in %s/%s", state.namespace, signing_keys.SECRET)
         secret = await client.get(state.namespace, signing_keys.SECRET)
     try:
         loaded = signing_keys.parse(fanout.decode(secret))
@@ -89,7 +88,13 @@ async def _publish(
     async with state.lock(name):
         stored = await client.get(state.namespace, name)
         current = bundles.verified(stored, active.trusted, namespace)
-        if current is not None and current.bundle == raw and current.key_id == active.active_id:
+        last = state.published.get(namespace)
+        if (
+            current is not None
+            and current.bundle == raw
+            and current.key_id == active.active_id
+            and (last is None or current.serial >= last.serial)  # not an older one put back
+        ):
             envelope = bundles.envelope_of(stored)
             assert envelope is not None  # it verified
             state.published[namespace] = Published(
@@ -98,7 +103,6 @@ async def _publish(
             return bundle_hash  # in force already: no write, no delivery to the sidecars
         if stored is not None and current is None:
             log.warning("bundle secret %s/%s did not verify: rewritten", state.namespace, name)
-        last = state.published.get(namespace)
         in_force = max(current.serial if current else 0, last.serial if last else 0)
         now = time.time()
         serial = bundles.next_serial(in_force, now)

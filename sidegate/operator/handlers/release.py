@@ -17,7 +17,6 @@ on change, so they cost a read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -93,9 +92,7 @@ async def _restore_signing_secret(state: OperatorState) -> None:
         return
     pem = signing.private_key_to_pem(state.keys.active).decode()
     data = {state.keys.active_name: pem, signing_keys.ACTIVE: state.keys.active_name}
-    await state.api().apply(
-        fanout.target_secret(state.namespace, signing_keys.SECRET, data, {}, set())
-    )
+    await state.api().apply(signing_keys.secret(state.namespace, data))
     logger.warning(
         "signing Secret %s/%s was deleted: restored", state.namespace, signing_keys.SECRET
     )
@@ -124,8 +121,8 @@ async def stop(state: OperatorState) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Whatever it ended with was logged by _report; shutting down must not fail on it.
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _report(task: asyncio.Task[None]) -> None:
