@@ -8,9 +8,10 @@ the token can have reached nothing but an injected sidecar:
 * the pod is the one the token is bound to (same uid) and has not terminated;
 * a container named ``sidegate`` (a native sidecar: an init container with restartPolicy
   Always, or a regular container) runs the broker's configured image with the injector's
-  exact arguments and no command override, and its config trusts exactly the published
-  bundle keys (a sidecar trusting another key would accept bundles the operator never
-  signed);
+  exact arguments and no command override, and its config trusts only published bundle
+  keys, at least one (a sidecar trusting another key would accept bundles the operator never
+  signed; a subset is fine: a pod created before a signing key was added carries the
+  shorter list the webhook injected then, and rotation adds a key before it activates it);
 * no other container (init, regular or ephemeral) mounts the ``sidegate-token`` volume or any
   other volume projecting a token for the broker's audience, and no ephemeral container
   targets the sidecar's processes;
@@ -90,6 +91,10 @@ def _config_trusted_keys(container: Mapping[str, Any]) -> list[Any] | None:
     return keys if isinstance(keys, list) else None
 
 
+def _trusts_only_published(keys: list[Any] | None, published: Sequence[str]) -> bool:
+    return bool(keys) and all(isinstance(k, str) and k in published for k in keys or ())
+
+
 def check(pod: Mapping[str, Any], *, uid: str, expected: Expectations) -> None:
     """Raise Refused unless the pod passes every rule in the module docstring."""
     metadata, spec = pod.get("metadata") or {}, pod.get("spec") or {}
@@ -114,8 +119,8 @@ def check(pod: Mapping[str, Any], *, uid: str, expected: Expectations) -> None:
         raise _not_injected("the sidecar container runs another image")
     if sidecar.get("command") or tuple(sidecar.get("args") or ()) != ARGS:
         raise _not_injected("the sidecar container runs another command")
-    if _config_trusted_keys(sidecar) != list(expected.trusted_keys):
-        raise _not_injected("the sidecar's config does not trust the published bundle keys")
+    if not _trusts_only_published(_config_trusted_keys(sidecar), expected.trusted_keys):
+        raise _not_injected("the sidecar's config trusts a key the operator did not publish")
     tokens = _token_volumes(spec, expected.audience)
     for kind, container in _containers(spec):
         if container is sidecar:

@@ -38,6 +38,15 @@ def test_the_injected_pod_passes_as_a_native_or_a_plain_sidecar() -> None:
     assert refusal(plain) is None
 
 
+@pytest.mark.parametrize("keys", [TRUSTED[:1], TRUSTED[1:], list(reversed(TRUSTED))])
+def test_a_pod_trusting_some_of_the_published_keys_passes(keys: list[str]) -> None:
+    """A pod created before a signing key was added carries the shorter list the webhook
+    injected then: rotation adds a key, activates it later, retires the old one last."""
+    pod = injected()
+    pod["spec"]["initContainers"][0]["env"][0]["value"] = brokers.sidecar_config(keys)
+    assert refusal(pod) is None
+
+
 def test_an_init_container_that_is_not_a_native_sidecar_is_refused() -> None:
     pod = injected()
     del pod["spec"]["initContainers"][0]["restartPolicy"]
@@ -62,16 +71,18 @@ def test_an_init_container_that_is_not_a_native_sidecar_is_refused() -> None:
             ),
             "pod_not_injected",
         ),
-        # The published keys in another order, or only some of them: not the injected config.
+        # A key the operator never published, or no key at all: bundles it never signed.
         (
             lambda p: p["spec"]["initContainers"][0]["env"][0].update(
-                value=brokers.sidecar_config(list(reversed(TRUSTED)))
+                value=brokers.sidecar_config(
+                    [*TRUSTED[:1], *brokers.public_keys(signing.generate_private_key())]
+                )
             ),
             "pod_not_injected",
         ),
         (
             lambda p: p["spec"]["initContainers"][0]["env"][0].update(
-                value=brokers.sidecar_config(TRUSTED[:1])
+                value=brokers.sidecar_config([])
             ),
             "pod_not_injected",
         ),
