@@ -432,7 +432,10 @@ def _error(
     request: web.Request, error: errors.RequestError, record: RequestRecord, pipeline: Pipeline
 ) -> web.Response:
     record.error_code = error.code
-    if error.status >= 500:  # the request id the client is shown must lead to a log line
+    if isinstance(error, errors.UpstreamError):
+        # The request id the client is shown must lead to a log line. (Refusals of the
+        # sidecar's own, 503s under load, are counted in metrics instead: a line each would
+        # flood the log exactly when it matters.)
         logger.warning(
             "request failed",
             extra={
