@@ -373,10 +373,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request[RECORD] = record
     started = time.perf_counter()
     status = 499  # if the client goes away (the handler is cancelled), that is what it was
-    task = asyncio.current_task()
-    tracked = route in AUDITED and task is not None
-    if tracked:
-        assert task is not None
+    # Proxied requests are tracked, so a shutdown can wait for them and cut what remains.
+    task = asyncio.current_task() if route in AUDITED else None
+    if task is not None:
         pipeline.in_flight.add(task)
     try:
         try:
@@ -398,8 +397,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
     finally:
         # Exactly once per request, whatever happened, cancellation included.
-        if tracked:
-            assert task is not None
+        if task is not None:
             pipeline.in_flight.discard(task)
         pipeline.budget.release(record.charges)
         seconds = time.perf_counter() - started
