@@ -392,10 +392,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     record = RequestRecord(request_id, route, started=time.perf_counter())
     request[RECORD] = record
     status = 499  # if the client goes away (the handler is cancelled), that is what it was
-    task = asyncio.current_task()
-    tracked = route in AUDITED and task is not None
-    if tracked:
-        assert task is not None
+    # Proxied requests are tracked, so a shutdown can wait for them and cut what remains.
+    task = asyncio.current_task() if route in AUDITED else None
+    if task is not None:
         pipeline.in_flight.add(task)
     try:
         try:
@@ -424,8 +423,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
     finally:
         # Exactly once per request, whatever happened, cancellation included.
-        if tracked:
-            assert task is not None
+        if task is not None:
             pipeline.in_flight.discard(task)
         pipeline.budget.release(record.charges)
         seconds = time.perf_counter() - record.started
@@ -464,7 +462,10 @@ def _error(
     request: web.Request, error: errors.RequestError, record: RequestRecord, pipeline: Pipeline
 ) -> web.Response:
     record.error_code = error.code
-    if error.status >= 500:  # the request id the client is shown must lead to a log line
+    if isinstance(error, errors.UpstreamError):
+        # The request id the client is shown must lead to a log line. (Refusals of the
+        # sidecar's own, 503s under load, are counted in metrics instead: a line each would
+        # flood the log exactly when it matters.)
         logger.warning(
             "request failed",
             extra={

@@ -27,6 +27,8 @@ class MemoryBudget:
         self.limit = limit
         self.used = 0
         self._metrics = metrics
+        # Read when scraped: a gauge set twice per request would cost more than the budget.
+        metrics.memory_budget_used.set_function(lambda: self.used)
 
     def charge(self, charges: Charges, size: int) -> None:
         """Admit ``size`` more bytes for one request, or raise Overloaded."""
@@ -39,12 +41,10 @@ class MemoryBudget:
             )
         self.used += size
         charges.held += size
-        self._metrics.memory_budget_used.set(self.used)
 
     def release(self, charges: Charges) -> None:
         self.used -= charges.held
         charges.held = 0
-        self._metrics.memory_budget_used.set(self.used)
 
 
 class Charges:

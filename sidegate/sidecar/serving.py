@@ -90,12 +90,16 @@ class GuardedRequestHandler(RequestHandler):
     """aiohttp's connection handler with a header timeout, a connection cap and JSON
     refusals."""
 
-    __slots__ = ("_header_timer", "_limits")
+    __slots__ = ("_header_deadline", "_header_timer", "_limits")
 
     def __init__(self, manager: web.Server, *, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
+        # One timer per connection, moved rather than re-made for every request on a
+        # keep-alive connection (as aiohttp does for its keep-alive timer): the deadline is
+        # what counts, the timer only wakes up to look at it.
         self._header_timer: asyncio.TimerHandle | None = None
+        self._header_deadline: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -109,26 +113,29 @@ class GuardedRequestHandler(RequestHandler):
         waiting = not self._request_in_progress and not self._messages
         super().data_received(data)
         if self._messages:
-            self._cancel_header_timer()
+            self._header_deadline = None
             self._refuse_http09()
-        elif waiting and self._header_timer is None and not self._force_close:
+        elif waiting and self._header_deadline is None and not self._force_close:
             # The first bytes of a request: its line and headers are due within the timeout.
-            self._header_timer = self._loop.call_later(
-                self._limits.header_timeout, self._header_timeout
-            )
+            self._header_deadline = self._loop.time() + self._limits.header_timeout
+            if self._header_timer is None:
+                self._header_timer = self._loop.call_at(self._header_deadline, self._header_check)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel_header_timer()
-        super().connection_lost(exc)
-
-    def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        super().connection_lost(exc)
 
-    def _header_timeout(self) -> None:
+    def _header_check(self) -> None:
         self._header_timer = None
-        if self._request_in_progress or self._messages or self.transport is None:
+        deadline = self._header_deadline
+        if deadline is None or self.transport is None:
+            return  # the headers came; the next request arms the timer again
+        if self._loop.time() < deadline:  # a later request's deadline: look again then
+            self._header_timer = self._loop.call_at(deadline, self._header_check)
+            return
+        if self._request_in_progress or self._messages:
             return
         logger.warning("connection closed: request headers not received in time")
         body = _error_body(408, "request headers not received in time", "header_timeout")

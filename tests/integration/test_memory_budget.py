@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sidegate import standin
+from tests.conftest import Stack, wait_for
 from tests.helpers.http import call, chat_body
 from tests.helpers.processes import Process
 from tests.helpers.sidecars import address, sidecar_process
@@ -101,3 +103,17 @@ def test_a_chunked_body_is_bounded_as_it_arrives(sidecar: Process) -> None:
         status, _, _ = answer(connection)
     assert status == 413
     assert budget_used(sidecar) == 0
+
+
+def test_requests_past_the_in_flight_cap_get_a_503(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(lambda raw: raw.update(listen={"max_in_flight": 1}))
+    stack.state.delay = 1.0  # the first request waits at the provider
+    first = threading.Thread(target=call, args=(stack.origin, "/v1/chat/completions", chat_body()))
+    first.start()
+    wait_for(lambda: len(stack.state.received) == 1)
+    status, headers, answer = call(stack.origin, "/v1/chat/completions", chat_body())
+    first.join()
+    assert status == 503 and headers["retry-after"] == "1"
+    assert answer["error"]["code"] == "overloaded"
+    assert stack.metric("sidegate_refusals_total", reason="in_flight") == 1
+    assert call(stack.origin, "/v1/chat/completions", chat_body())[0] == 200
