@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import fnmatch
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.policies import APP, allow, deny, index, policy
 
 # Pieces of model-name globs, mixed case: plain characters and every glob construct.
 PIECES = ["a", "B", "4", "-", ".", "*", "*", "?", "[ab]", "[!a]", "[A-B]"]
-patterns = st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join)
+bodies = st.text(alphabet="aB4-.", min_size=1, max_size=4)
+# Every shape rules.py compiles differently is drawn on purpose (a shape left to chance can be
+# missed for a whole run), then free mixtures of the pieces.
+patterns = st.one_of(
+    st.just("*"),
+    bodies,  # an exact name
+    bodies.map(lambda b: b + "*"),  # a prefix
+    bodies.map(lambda b: "*" + b),  # a suffix
+    bodies.map(lambda b: "*" + b + "*"),  # stars on both sides: neither prefix nor suffix
+    bodies.map(lambda b: b + "**"),
+    bodies.map(lambda b: "**" + b),
+    st.lists(st.sampled_from(PIECES), min_size=1, max_size=6).map("".join),
+)
 # Model names: the same letters, plus ones whose case-folding is not ASCII lower-casing
 # ("ß" folds to "ss", the Kelvin sign to "k").
 free_models = st.text(alphabet="aAbB4-.sS\u00df\u212ak", max_size=8)
@@ -44,14 +56,27 @@ def model_for(draw: st.DrawFn, glob: str) -> str:
     return "".join(out)
 
 
+@st.composite
+def globs_and_models(draw: st.DrawFn) -> tuple[list[str], str]:
+    globs = draw(st.lists(patterns, min_size=1, max_size=3))
+    model = draw(free_models | st.sampled_from(globs).flatmap(model_for))
+    return globs, model
+
+
 def reference(model: str, globs: list[str]) -> list[str]:
     return [g for g in globs if fnmatch.fnmatchcase(model.casefold(), g.casefold())]
 
 
 @settings(max_examples=600, deadline=None)
-@given(st.lists(patterns, min_size=1, max_size=3), st.data())
-def test_a_rule_matches_exactly_what_fnmatch_matches(globs: list[str], data: st.DataObject) -> None:
-    model = data.draw(free_models | st.sampled_from(globs).flatmap(model_for), label="model")
+@given(globs_and_models())
+@example((["*-mini"], "gpt-4o"))  # a suffix glob
+@example((["gpt-4o*"], "GPT-4O-Mini"))  # a prefix glob, another case
+@example((["*a*"], "ab"))  # stars on both sides
+@example((["a**"], "ab"))
+@example((["**a"], "ba"))
+@example((["ss"], "\u00df"))  # case-folding: "ß" is "ss"
+def test_a_rule_matches_exactly_what_fnmatch_matches(case: tuple[list[str], str]) -> None:
+    globs, model = case
     expected = reference(model, globs)
 
     allowed = index(policy("p", rules=[allow(*globs)])).decide(APP, model, "chat", explain=True)

@@ -38,6 +38,7 @@ def test_the_first_deny_decides_and_every_match_is_listed() -> None:
         {"policy": "team-a/c-deny", "rule": 0, "effect": "Deny", "pattern": "GPT-4O-MINI"},
     ]
     assert answer["limits"] == {"requestsPerMinute": {"value": 7, "policy": "team-a/c-deny"}}
+    assert answer["bundleHash"] == three_policies().hash
     # Without explain the same policy decides, found the fast way.
     fast = three_policies().decide(APP, "gpt-4o-mini", "chat")
     assert (fast.allowed, fast.reason, fast.policy) == (
@@ -108,4 +109,13 @@ def test_the_text_form() -> None:
             "  applicable policies: none",
             "  limits in force: none",
         ]
+    )
+
+
+def test_the_text_form_names_the_callers_tenant() -> None:
+    answer = explaining.explain(
+        three_policies(), rules.Caller("team-b", "app", "acme"), "m", "chat"
+    )
+    assert explaining.as_text(answer).splitlines()[0] == (
+        "DENIED: m for team-b/app (tenant acme), action chat"
     )

@@ -138,6 +138,8 @@ def test_secrets_compare_by_value() -> None:
     assert redact.Secret(value) != other
     assert redact.Secret(value) != value  # never equal to the bare string
     assert len({redact.Secret(value), same, other}) == 2
+    # hashes spread like the values' (all-equal hashes would turn sets of secrets into lists)
+    assert len({hash(redact.Secret(secrets.token_hex(8))) for _ in range(32)}) > 1
     assert redact.Secret(value) and not redact.Secret("")
 
 
