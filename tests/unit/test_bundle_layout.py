@@ -55,6 +55,15 @@ def test_the_canonical_layout_byte_for_byte() -> None:
     ]
 
 
+def test_text_is_written_as_utf_8_not_escaped() -> None:
+    """Policies built from RBACPolicy objects are ASCII; a bundle policy read from elsewhere
+    need not be, and is written back byte for byte (the hash is over those bytes)."""
+    item = bundle.BundlePolicy(namespace="team-a", name="caf\u00e9")
+    data = bundle.dumps(bundle.PolicyBundle(policies=[item], hash=bundle.content_hash([item])))
+    assert '"name":"caf\u00e9"'.encode() in data
+    assert bundle.dumps(bundle.loads(data)) == data
+
+
 def test_a_glob_spelled_like_the_zero_hash_survives_the_round_trip() -> None:
     """Model globs may hold ':', so a glob can read exactly like the hash placeholder; only
     the placeholder in the header is the hash."""
