@@ -6,6 +6,8 @@ import io
 import json
 import logging
 import secrets
+import sys
+from typing import Any
 
 from sidegate import logs, redact
 from tests.conftest import fake_key
@@ -120,3 +122,144 @@ def test_extras_of_any_type_are_scrubbed() -> None:
     assert line["k8s_ref"]["keys"] == [redact.MASK, 3]
     assert line["holder"] == f"Holder(token={redact.MASK})"
     assert line["count"] == 2 and "settings" not in line
+
+
+def test_secret_masks_are_fixed_text() -> None:
+    """Logs and error bodies show exactly these masks (log searches and tests key on them)."""
+    secret = redact.Secret(fake_key())
+    assert repr(secret) == "Secret('**********')"
+    assert str(secret) == f"{secret}" == "**********"
+
+
+def test_secrets_compare_by_value() -> None:
+    value = fake_key()
+    same, other = redact.Secret(value), redact.Secret(fake_key())
+    assert redact.Secret(value) == same and hash(redact.Secret(value)) == hash(same)
+    assert redact.Secret(value) != other
+    assert redact.Secret(value) != value  # never equal to the bare string
+    assert len({redact.Secret(value), same, other}) == 2
+    # hashes spread like the values' (all-equal hashes would turn sets of secrets into lists)
+    assert len({hash(redact.Secret(secrets.token_hex(8))) for _ in range(32)}) > 1
+    assert redact.Secret(value) and not redact.Secret("")
+
+
+def test_an_empty_value_does_not_stop_the_values_after_it() -> None:
+    redactor = redact.Redactor()
+    first, second = secrets.token_hex(12), secrets.token_hex(12)
+    empty = redact.Secret("")
+    redactor.remember([empty, redact.Secret(first), empty, redact.Secret(second)])
+    assert redactor.scrub(f"{first} {second}") == f"{redact.MASK} {redact.MASK}"
+    assert redactor.scrub("nothing secret here") == "nothing secret here"
+
+
+def test_exactly_the_newest_values_up_to_the_bound_are_remembered() -> None:
+    bound = redact._MAX_REMEMBERED
+    values = [secrets.token_hex(12) for _ in range(bound + 1)]
+    full = redact.Redactor()
+    full.remember(redact.Secret(v) for v in values[1:])
+    assert all(full.scrub(v) == redact.MASK for v in values[1:])
+    one_more = redact.Redactor()
+    one_more.remember(redact.Secret(v) for v in values[:1])
+    one_more.remember(redact.Secret(v) for v in values[1:])
+    assert one_more.scrub(values[0]) == values[0]  # the oldest one went
+    assert all(one_more.scrub(v) == redact.MASK for v in values[1:])
+
+
+def test_fragments_are_masked_from_sixteen_characters_on() -> None:
+    redactor = redact.Redactor()
+    sixteen, fifteen = secrets.token_hex(8), secrets.token_hex(8)[:15]
+    redactor.remember([redact.Secret(sixteen), redact.Secret(fifteen)])
+    assert (
+        redactor.scrub(f"{sixteen[:8]}... ...{sixteen[-8:]}")
+        == f"{redact.MASK}... ...{redact.MASK}"
+    )
+    assert redactor.scrub(fifteen) == redact.MASK
+    assert redactor.scrub(f"{fifteen[:8]}...") == f"{fifteen[:8]}..."  # too short to fragment
+
+
+def _runs(value: str, length: int = 8) -> set[str]:
+    return {value[i : i + length] for i in range(len(value) - length + 1)}
+
+
+def test_prefix_sharing_and_overlapping_secrets_leave_no_run_in_clear() -> None:
+    """One secret a prefix of another, and two that overlap in the text: whichever is found
+    first, no eight characters in a row of either secret stay readable."""
+    head, middle, tail = (secrets.token_hex(5) for _ in range(3))  # ten characters each
+    short, long_ = head + middle, head + middle + tail  # short is a prefix of long_
+    left, right = head + middle, middle + tail  # overlap on `middle` in "head middle tail"
+    for pair in ((short, long_), (long_, short), (left, right)):
+        redactor = redact.Redactor()
+        redactor.remember(redact.Secret(v) for v in pair)
+        for text in (f"key={long_};", f"key={head}{middle}{tail};", f"{short}{tail}"):
+            scrubbed = redactor.scrub(text)
+            assert redact.MASK in scrubbed
+            leaked = {run for v in pair for run in _runs(v)}
+            assert not any(run in scrubbed for run in leaked), (pair, scrubbed)
+    redactor = redact.Redactor()
+    redactor.remember([redact.Secret(short), redact.Secret(long_)])
+    assert redactor.scrub(f"key={long_};") == f"key={redact.MASK};"  # the whole, not a part
+
+
+def test_scrub_bytes_survives_invalid_utf8() -> None:
+    redactor = redact.Redactor()
+    value = secrets.token_hex(12)
+    redactor.remember([redact.Secret(value)])
+    scrubbed = redactor.scrub_bytes(b"\xff\xfe " + value.encode() + " é".encode())
+    assert scrubbed == f"\ufffd\ufffd {redact.MASK} é".encode()
+
+
+def _emit(handler: logging.Handler, **record: Any) -> None:
+    """One record through one handler, as logging would send it: no other handler (pytest's
+    log capture, say) gets to format the record first."""
+    handler.handle(logging.getLogger("test.redaction.direct").makeRecord(**record))
+
+
+def test_exception_text_is_formatted_and_scrubbed_before_any_formatter_sees_it() -> None:
+    redactor = redact.Redactor()
+    value = secrets.token_hex(12)
+    redactor.remember([redact.Secret(value)])
+    for fmt in ("json", "text"):
+        stream = io.StringIO()
+        handler = logs.make_handler(redactor, fmt, stream=stream)
+        try:
+            raise ValueError(f"upstream said {value}")
+        except ValueError:
+            exc_info = sys.exc_info()
+        _emit(
+            handler,
+            name="x",
+            level=logging.ERROR,
+            fn="f",
+            lno=1,
+            msg="failed",
+            args=(),
+            exc_info=exc_info,
+        )
+        output = stream.getvalue()
+        assert value not in output and value[:8] not in output, fmt
+        assert f"ValueError: upstream said {redact.MASK}" in output.replace("\\n", "\n"), fmt
+
+
+def test_stack_info_is_kept_and_scrubbed() -> None:
+    redactor = redact.Redactor()
+    value = secrets.token_hex(12)
+    redactor.remember([redact.Secret(value)])
+    stream = io.StringIO()
+    handler = logs.make_handler(redactor, "text", stream=stream)
+    stack = (
+        f'Stack (most recent call last):\n  File "app.py", line 3, in f\n    call(key="{value}")'
+    )
+    _emit(
+        handler,
+        name="x",
+        level=logging.WARNING,
+        fn="f",
+        lno=1,
+        msg="look",
+        args=(),
+        exc_info=None,
+        sinfo=stack,
+    )
+    output = stream.getvalue()
+    assert value not in output and value[-8:] not in output
+    assert f'call(key="{redact.MASK}")' in output and "Stack (most recent call last)" in output
