@@ -142,6 +142,13 @@ class Pipeline:
             self.metrics.child(self.metrics.denials, decision.reason).inc()
             # The reason code is the caller's own; which policy decided, and what other
             # callers may do, is for the admin explain API only.
+            if decision.reason == rules.TENANT_NOT_ALLOWED:
+                raise errors.PolicyDenied(
+                    f"tenant {caller.tenant!r} is not one this caller may claim "
+                    f"({decision.reason})",
+                    param=self._tenant_header,
+                    code=decision.reason,
+                )
             raise errors.PolicyDenied(
                 f"model {payload.model!r} is not allowed for this caller ({decision.reason})",
                 param="model",

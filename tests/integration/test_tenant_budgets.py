@@ -172,6 +172,9 @@ def test_allowed_tenants_refuse_other_claims_and_a_tenant_deny_holds(
             process.origin, CHAT, chat_body(), {"x-sidegate-tenant": "initech"}
         )
         assert (status, answer["error"]["code"]) == (403, "tenant_not_allowed")
+        # The answer names the refused header, not the model: it is the claim that is wrong.
+        assert answer["error"]["param"] == "x-sidegate-tenant"
+        assert "'initech'" in answer["error"]["message"]
         status, _, answer = call(process.origin, CHAT, chat_body(), {"x-sidegate-tenant": "globex"})
         assert (status, answer["error"]["code"]) == (403, "denied_by_rule")
     finally:
