@@ -30,6 +30,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.audit_keys = Counter(
+            "sidegate_broker_audit_keys",
+            "Sidecar audit keys registered, by result (registered, malformed).",
+            ["result"],
+            registry=r,
+        )
         self.namespaces = Gauge(
             "sidegate_broker_namespaces", "Namespaces served (with a bundle).", registry=r
         )

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidegate.broker import contents, kube, pods, reviews
 from sidegate.broker.metrics import Metrics
-from sidegate.policy import delivery
+from sidegate.policy import delivery, signing
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 # later (the webhook refuses those; this is the second line) is seen within it.
 POD_RECHECK_SECONDS = 30.0
 _MAX_POD_VERDICTS = 50_000
+_MAX_AUDIT_KEYS = 50_000
 _CHUNKED_FROM = 1024 * 1024
 
 
@@ -51,6 +53,47 @@ class Broker:
     _verdicts: collections.OrderedDict[tuple[str, tuple[str, ...]], float] = dataclasses.field(
         default_factory=collections.OrderedDict, init=False
     )
+    # Audit keys registered, by (pod uid, key id): each is logged once per replica.
+    _audit_keys: collections.OrderedDict[tuple[str, str], None] = dataclasses.field(
+        default_factory=collections.OrderedDict, init=False
+    )
+
+    def register_audit_key(self, identity: reviews.Identity, header: str | None) -> None:
+        """Record the key a checked pod's sidecar signs its audit digests with: one INFO
+        line in the broker's log (the release namespace's, out of the application's reach)
+        naming the pod, its uid and the key. A verifier takes the key from there, so a key
+        the application put beside the trail in S3 proves nothing. A malformed header is
+        counted and ignored: the sidecar still gets its delivery."""
+        if not header:
+            return
+        try:
+            public_key = signing.decode_public_key(header.strip())
+        except ValueError:
+            self.metrics.audit_keys.labels("malformed").inc()
+            return
+        key_id = signing.key_id(public_key)
+        seen = (identity.pod_uid, key_id)
+        if seen in self._audit_keys:
+            return
+        self._audit_keys[seen] = None
+        while len(self._audit_keys) > _MAX_AUDIT_KEYS:
+            self._audit_keys.popitem(last=False)
+        self.metrics.audit_keys.labels("registered").inc()
+        logger.info(
+            "audit key registered",
+            extra={
+                "namespace": identity.namespace,
+                "service_account": identity.service_account,
+                "pod": identity.pod_name,
+                "pod_uid": identity.pod_uid,
+                "audit_key_id": key_id,
+                "audit_public_key": signing.encode_public_key(public_key),
+                # What `sidegate audit verify --public-key` reads.
+                "audit_public_key_pem": public_key.public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                ).decode(),
+            },
+        )
 
     async def check_pod(self, identity: reviews.Identity) -> None:
         keys = self.contents.trusted_keys
@@ -131,6 +174,7 @@ async def deliver(request: web.Request) -> web.StreamResponse:
         return _refuse(broker, 403, exc.code, exc.message)
     except kube.ApiError:
         return _refuse(broker, 503, delivery.NOT_READY, "the API server cannot be read")
+    broker.register_audit_key(identity, request.headers.get(delivery.AUDIT_KEY_HEADER))
     broker.metrics.waiting.inc()
     try:
         found = await broker.contents.next_snapshot(identity.namespace, after, wait)

@@ -30,6 +30,10 @@ from sidegate import errors
 
 SCHEMA_VERSION = 1
 PATH = "/v1/delivery"
+# The sidecar's audit signing key (``ed25519:<base64>``), sent with every long-poll: the
+# broker registers it for the pod the token is bound to (one log line in the release
+# namespace per pod and key), where the application cannot change it.
+AUDIT_KEY_HEADER = "Sidegate-Audit-Key"
 # A delivery carries one bundle, from a Secret (at most 1 MiB of data), and a few keys.
 MAX_DELIVERY_BYTES = 8 * 1024 * 1024
 

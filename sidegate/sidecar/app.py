@@ -29,6 +29,7 @@ from sidegate import errors, tls
 from sidegate.audit import exporting, signing, spool
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
+from sidegate.policy import signing as policy_signing
 from sidegate.redact import Redactor
 from sidegate.sidecar import (
     brokering,
@@ -846,9 +847,11 @@ def create_app(
         config, metrics, redactor, store, holder, build_limiter(config, metrics), trail
     )
     if config.broker is not None:
-        app[BROKER] = brokering.BrokerClient(
+        client = app[BROKER] = brokering.BrokerClient(
             config.broker, config.identity.namespace, store, holder, metrics, redactor
         )
+        if trail is not None:  # the audit key is registered through the broker
+            client.audit_key = policy_signing.encode_public_key(trail.signer.public_key)
     for endpoint in endpoints.ALL:
         app.router.add_post(
             "/v1" + endpoint.path, _endpoint_handler(endpoint), name=endpoint.action

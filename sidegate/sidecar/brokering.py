@@ -89,6 +89,8 @@ class BrokerClient:
         self._redis_sinks: list[RedisSink] = []
         self._admin_tokens: tuple[Secret, ...] = ()
         self._redis: tuple[Secret, Secret | None] | None = None
+        # The audit trail's public key (``ed25519:...``), registered with every poll.
+        self.audit_key: str | None = None
 
     def on_admin_tokens(self, sink: AdminTokensSink) -> None:
         self._admin_sinks.append(sink)
@@ -127,6 +129,8 @@ class BrokerClient:
         """One long-poll: install what it brings; raise Unreachable when it fails."""
         wait = self.config.wait_seconds
         headers = {"Authorization": f"Bearer {self._token()}", "Accept": "application/json"}
+        if self.audit_key is not None:
+            headers[delivery.AUDIT_KEY_HEADER] = self.audit_key
         try:
             async with session.get(
                 self.config.url + delivery.PATH,

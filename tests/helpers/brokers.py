@@ -250,12 +250,17 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
 
 
 async def deliver(
-    session: aiohttp.ClientSession, port: int, token: str, after: str = "", wait: float = 0
+    session: aiohttp.ClientSession,
+    port: int,
+    token: str,
+    after: str = "",
+    wait: float = 0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     async with session.get(
         f"https://127.0.0.1:{port}/v1/delivery",
         params={"after": after, "wait": str(wait)},
-        headers={"Authorization": f"Bearer {token}"},
+        headers={"Authorization": f"Bearer {token}", **(headers or {})},
     ) as answer:
         body = await answer.read()
         return answer.status, json.loads(body) if body else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import aiohttp
 import pytest
 import trustme
 
-from sidegate.policy import bundle, signing
+from sidegate.policy import bundle, delivery, signing
 from tests.conftest import fake_key
 from tests.helpers import brokers
 from tests.helpers.kubernetes import eventually, send
@@ -182,3 +183,34 @@ async def test_two_replicas_give_the_same_version_so_a_sidecar_can_move_between_
         assert status == 304
         status, again = await brokers.deliver(world.session, second.api_port, token)
         assert status == 200 and again == first
+
+
+async def test_a_sidecars_audit_key_is_registered_once_for_its_pod(
+    world: brokers.World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker logs the key a checked pod's sidecar signs its audit digests with, in its
+    own log (out of the application's reach); never for a caller it refused."""
+    audit_key = signing.generate_private_key().public_key()
+    header = {delivery.AUDIT_KEY_HEADER: signing.encode_public_key(audit_key)}
+    refused = world.k8s.issue_token("team-b", "app", audiences=("sidegate",))
+    token = await world.pod_token()
+    with caplog.at_level(logging.INFO, logger="sidegate.broker.server"):
+        assert (
+            await brokers.deliver(world.session, world.replica.api_port, refused, headers=header)
+        )[0] in (401, 403)
+        for _ in range(2):
+            status, _ = await brokers.deliver(
+                world.session, world.replica.api_port, token, headers=header
+            )
+            assert status == 200
+        garbage = {delivery.AUDIT_KEY_HEADER: "ed25519:not-a-key"}
+        status, _ = await brokers.deliver(
+            world.session, world.replica.api_port, token, headers=garbage
+        )
+        assert status == 200  # a malformed key is ignored, not a reason to starve the sidecar
+    registered = [r for r in caplog.records if r.getMessage() == "audit key registered"]
+    assert len(registered) == 1
+    record = registered[0]
+    assert (record.namespace, record.pod) == ("team-a", "app-1")  # type: ignore[attr-defined]
+    assert record.audit_key_id == signing.key_id(audit_key)  # type: ignore[attr-defined]
+    assert record.audit_public_key == header[delivery.AUDIT_KEY_HEADER]  # type: ignore[attr-defined]

@@ -6,6 +6,8 @@ then answers 503 broker_unreachable."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -79,7 +81,9 @@ async def test_the_sdks_through_a_broker_fed_sidecar_get_200_with_the_delivered_
     ca_file: Path,
     tmp_path: Path,
     provider: tuple[int, standin.StandInState],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="sidegate.broker.server")
     port, state = provider
     state.accepted_keys.update(world.keys.values())
     new_key = fake_key()  # delivered later, not accepted by the provider yet
@@ -87,6 +91,7 @@ async def test_the_sdks_through_a_broker_fed_sidecar_get_200_with_the_delivered_
     token_file.write_text(await world.pod_token())
     admin_port = free_port()
     config = sidecar_config(world, ca_file, token_file, port, admin_port=admin_port)
+    config["audit"] = {"spool_directory": str(tmp_path / "spool")}
     process = await start(config, tmp_path)
     try:
         chat = await asyncio.to_thread(_chat, process.origin)
@@ -119,6 +124,12 @@ async def test_the_sdks_through_a_broker_fed_sidecar_get_200_with_the_delivered_
     secrets_used = {*world.keys.values(), new_key, world.admin_token, token_file.read_text()}
     assert_no_secrets(log, secrets_used)
     assert "delivery installed" in log
+    # The audit key this run printed is the one the broker registered for the pod.
+    printed = next(
+        json.loads(line) for line in log.splitlines() if "audit signing key for this run" in line
+    )
+    registered = [r for r in caplog.records if r.getMessage() == "audit key registered"]
+    assert [r.audit_key_id for r in registered] == [printed["key_id"]]  # type: ignore[attr-defined]
 
 
 def _chat(origin: str) -> str | None:
