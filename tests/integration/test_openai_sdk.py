@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import openai
 import pytest
@@ -39,12 +40,16 @@ def test_streamed_chat_arrives_in_chunks_without_the_usage_chunk(stack: Stack) -
     # The sidecar asked upstream for usage, but the client did not: no choice-less chunk.
     assert all(c.choices for c in chunks)
     assert stack.state.received[-1].body["stream_options"] == {"include_usage": True}
-    assert (
-        stack.metric(
+    # The middleware counts tokens once the stream's last bytes are written, which the
+    # client can see first: wait a little for the metric, never accept another value.
+    deadline = time.monotonic() + 5
+    while (
+        output := stack.metric(
             "sidegate_tokens_total", provider="openai", model="gpt-4o-mini", direction="output"
         )
-        == 4
-    )
+    ) != 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert output == 4
 
 
 def test_streamed_chat_keeps_usage_chunk_when_client_asked(stack: Stack) -> None:
