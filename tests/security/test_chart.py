@@ -403,3 +403,37 @@ def test_the_emulator_holds_the_operator_to_the_rendered_rbac() -> None:
     cleanup = authorizing.cleanup_grants()
     assert cleanup.allows("patch", "apps", "deployments", "sidegate-system", "sidegate-operator")
     assert not cleanup.allows("patch", "apps", "deployments", "sidegate-system", "other")
+
+
+def test_only_kubelets_may_request_tokens_for_the_brokers_audience(render: Render) -> None:
+    """A token `kubectl create token --audience sidegate --bound-object-kind Pod` makes is
+    indistinguishable from the kubelet's in a TokenReview: the chart refuses such requests
+    at admission, in every namespace."""
+    docs = render()
+    policy = one(docs, "ValidatingAdmissionPolicy")
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule == {
+        "apiGroups": [""],
+        "apiVersions": ["v1"],
+        "operations": ["CREATE"],
+        "resources": ["serviceaccounts/token"],
+    }
+    assert "namespaceSelector" not in spec["matchConstraints"]  # every namespace
+    (validation,) = spec["validations"]
+    expression = " ".join(validation["expression"].split())
+    assert "a == 'sidegate'" in expression
+    assert "request.userInfo.username.startsWith('system:node:')" in expression
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    audience = render("broker.audience=llm-broker")
+    assert (
+        "a == 'llm-broker'"
+        in one(audience, "ValidatingAdmissionPolicy")["spec"]["validations"][0]["expression"]
+    )
+    off = render("broker.tokenRequestPolicy.enabled=false")
+    assert not [d for d in off if d["kind"].startswith("ValidatingAdmissionPolicy")]
