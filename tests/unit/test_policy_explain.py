@@ -97,7 +97,7 @@ def test_the_text_form() -> None:
             "    team-a/a-allow rules[1]: Allow *-mini",
             "    team-a/b-deny rules[1]: Deny gpt-4o*",
             "    team-a/c-deny rules[0]: Deny GPT-4O-MINI",
-            "  limits in force:",
+            "  limits in force (the service account's, over all its tenants):",
             "    requestsPerMinute: 7 (from team-a/c-deny)",
         ]
     )
