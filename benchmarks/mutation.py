@@ -53,6 +53,8 @@ def mutmut_config(module: str, tests: list[str]) -> str:
         "",
         "[tool.mutmut]",
         'source_paths = ["sidegate"]',
+        # mutmut copies only the sources and tests/; some tests read the CRDs, the chart…
+        f"also_copy = {json.dumps(beside_the_code())}",
         f"only_mutate = [{json.dumps(module)}]",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         # The copy's own cache and hypothesis database; nothing is written back to the tree.
@@ -60,6 +62,15 @@ def mutmut_config(module: str, tests: list[str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def beside_the_code() -> list[str]:
+    """The project's other top-level files and directories, for tests that read them."""
+    return sorted(
+        p.name
+        for p in ROOT.iterdir()
+        if not p.name.startswith(".") and p.name not in ("sidegate", "tests", "mutants")
+    )
 
 
 @dataclass

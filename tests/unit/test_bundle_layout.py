@@ -55,12 +55,12 @@ def test_the_canonical_layout_byte_for_byte() -> None:
     ]
 
 
-def test_text_is_written_as_utf_8_not_escaped() -> None:
+def test_text_is_written_as_utf_8_not_escaped_and_read_back_whole() -> None:
     """Policies built from RBACPolicy objects are ASCII; a bundle policy read from elsewhere
     need not be, and is written back byte for byte (the hash is over those bytes)."""
-    item = bundle.BundlePolicy(namespace="team-a", name="caf\u00e9")
+    item = bundle.BundlePolicy(namespace="team-a", name="caf\u00e9 au lait")
     data = bundle.dumps(bundle.PolicyBundle(policies=[item], hash=bundle.content_hash([item])))
-    assert '"name":"caf\u00e9"'.encode() in data
+    assert '"name":"caf\u00e9 au lait"'.encode() in data
     assert bundle.dumps(bundle.loads(data)) == data
 
 
