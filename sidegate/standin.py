@@ -1,5 +1,8 @@
 """A local stand-in provider that speaks OpenAI's, Azure OpenAI's and Anthropic's wire formats.
 
+OpenAI: chat completions, completions, embeddings, moderations, models. Anthropic: messages
+and token counting. Azure OpenAI: chat completions and embeddings under a deployment.
+
 It lets ``sidegate demo``, the tests and the benchmarks run with no provider account. It
 checks the auth header the way the real APIs do (and, like them, echoes a masked fragment
 of a rejected key in the 401 message) and records what it received, so a test can prove
@@ -339,6 +342,73 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     return await _sse(request, events())
 
 
+async def anthropic_count_tokens(request: web.Request) -> web.Response:
+    body, _ = await _check(request, "x-api-key", bearer=False)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or "max_tokens" in body:
+        return _anthropic_invalid("messages: a non-empty list, and no max_tokens, is required")
+    tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+    tokens += len(str(body.get("system", "")).split())
+    return web.json_response({"input_tokens": tokens})
+
+
+# Words the stand-in's moderation flags, so a test can see both answers.
+_FLAGGED_WORDS = frozenset({"attack", "kill"})
+_CATEGORIES = ("harassment", "hate", "self-harm", "sexual", "violence")
+
+
+async def openai_moderations(request: web.Request) -> web.Response:
+    body, _ = await _check(request, "Authorization", bearer=True)
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        items = [inputs]
+    elif isinstance(inputs, list) and inputs:
+        items = [i if isinstance(i, str) else str(i.get("text", "")) for i in inputs]
+    else:
+        return _openai_invalid("input must be a string or a non-empty array", "input")
+    results = []
+    for item in items:
+        flagged = not _FLAGGED_WORDS.isdisjoint(item.lower().split())
+        categories = {name: flagged and name == "violence" for name in _CATEGORIES}
+        scores = {name: 0.9 if value else 0.001 for name, value in categories.items()}
+        results.append(
+            {
+                "flagged": flagged,
+                "categories": categories,
+                "category_scores": scores,
+                "category_applied_input_types": {name: ["text"] for name in _CATEGORIES},
+            }
+        )
+    return web.json_response(
+        {
+            "id": "modr-standin",
+            "model": body.get("model", "omni-moderation-latest"),
+            "results": results,
+        }
+    )
+
+
+def _openai_invalid(message: str, param: str | None = None) -> web.Response:
+    return web.json_response(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param,
+                "code": None,
+            }
+        },
+        status=400,
+    )
+
+
+def _anthropic_invalid(message: str) -> web.Response:
+    return web.json_response(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": message}},
+        status=400,
+    )
+
+
 async def openai_models(request: web.Request) -> web.Response:
     return web.json_response(
         {
@@ -358,6 +428,8 @@ def create_app(state: StandInState | None = None) -> web.Application:
     app.router.add_post("/v1/embeddings", openai_embeddings)
     app.router.add_get("/v1/models", openai_models)
     app.router.add_post("/v1/messages", anthropic_messages)
+    app.router.add_post("/v1/messages/count_tokens", anthropic_count_tokens)
+    app.router.add_post("/v1/moderations", openai_moderations)
     # Azure OpenAI: deployment in the path, key in `api-key`, api-version required.
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", openai_chat)
     app.router.add_post("/openai/deployments/{deployment}/embeddings", openai_embeddings)

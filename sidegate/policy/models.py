@@ -16,8 +16,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 API_VERSION = "sidegate.io/v1alpha1"
 KIND = "RBACPolicy"
 
-Action = Literal["chat", "completions", "embeddings", "messages", "models.list"]
-ACTIONS: tuple[Action, ...] = ("chat", "completions", "embeddings", "messages", "models.list")
+Action = Literal[
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "messages.count_tokens",
+    "moderations",
+    "models.list",
+]
+ACTIONS: tuple[Action, ...] = (
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "messages.count_tokens",
+    "moderations",
+    "models.list",
+)
 
 # Kubernetes names: RFC 1123 subdomain for objects, DNS label for namespaces.
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -184,7 +184,9 @@ class Pipeline:
             )
         reservation = await self.limiter.acquire(
             budgets,
-            estimate_tokens(data, payload, self._default_output_tokens),
+            estimate_tokens(data, payload, self._default_output_tokens)
+            if endpoint.spends_tokens
+            else 0,
             self.new_request_id(),  # the concurrency slot's id: never a client-chosen one
         )
         outcome = record.outcome
@@ -206,7 +208,7 @@ class Pipeline:
             used = (
                 outcome.usage.total
                 if outcome.usage.reported
-                else (0 if not outcome.status else None)
+                else (0 if not outcome.status or not endpoint.spends_tokens else None)
             )
             await self.limiter.settle(reservation, used)
 
@@ -515,6 +517,8 @@ AUDITED = {
     "completions": "llm.completions",
     "embeddings": "llm.embeddings",
     "messages": "llm.messages",
+    "messages.count_tokens": "llm.messages.count_tokens",
+    "moderations": "llm.moderations",
     "models": "llm.models.list",
 }
 

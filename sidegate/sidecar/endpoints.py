@@ -18,11 +18,22 @@ class Endpoint:
     path: str  # path under the sidecar's /v1 and under an OpenAI-style base URL
     dialect: Dialect
     streams: bool  # whether `stream: true` is meaningful here
+    # Whether the request spends model tokens: token budgets reserve and settle for it.
+    # Token counting and moderation are free at the providers; they count as requests only.
+    spends_tokens: bool = True
 
 
 CHAT = Endpoint("chat", "/chat/completions", "openai", streams=True)
 COMPLETIONS = Endpoint("completions", "/completions", "openai", streams=True)
 EMBEDDINGS = Endpoint("embeddings", "/embeddings", "openai", streams=False)
 MESSAGES = Endpoint("messages", "/messages", "anthropic", streams=True)
+COUNT_TOKENS = Endpoint(
+    "messages.count_tokens",
+    "/messages/count_tokens",
+    "anthropic",
+    streams=False,
+    spends_tokens=False,
+)
+MODERATIONS = Endpoint("moderations", "/moderations", "openai", streams=False, spends_tokens=False)
 
-ALL = (CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES)
+ALL = (CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, COUNT_TOKENS, MODERATIONS)

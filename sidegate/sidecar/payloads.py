@@ -98,6 +98,26 @@ class MessagesBody(_Body):
         return self.max_tokens
 
 
+class CountTokensBody(_Body):
+    """Anthropic's ``/v1/messages/count_tokens``: a messages request without its output
+    parameters (no ``max_tokens``, no streaming)."""
+
+    messages: list[_AnthropicMessage] = Field(min_length=1, max_length=_MAX_MESSAGES)
+    system: str | list[dict[str, Any]] | None = None
+    stream: None = None
+
+
+# The model OpenAI moderates with when a request names none (its documented default): the
+# name policy decides on and routing resolves. The body goes upstream as sent.
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+
+
+class ModerationBody(_Body):
+    input: str | list[str] | list[dict[str, Any]]
+    model: str = Field(DEFAULT_MODERATION_MODEL, min_length=1, max_length=256)
+    stream: None = None
+
+
 # Documented parameters of each API that the sidecar forwards without reading. Keep in step
 # with the providers' API references; a new one can be allowed meanwhile through
 # `limits.allowed_extra_fields`.
@@ -167,6 +187,10 @@ _KNOWN: dict[str, frozenset[str]] = {
             "top_p",
         }
     ),
+    "messages.count_tokens": frozenset(
+        {"context_management", "mcp_servers", "thinking", "tool_choice", "tools"}
+    ),
+    "moderations": frozenset(),
 }
 
 _MODELS: dict[str, type[_Body]] = {
@@ -174,9 +198,18 @@ _MODELS: dict[str, type[_Body]] = {
     "completions": CompletionBody,
     "embeddings": EmbeddingBody,
     "messages": MessagesBody,
+    "messages.count_tokens": CountTokensBody,
+    "moderations": ModerationBody,
 }
 
-Body = ChatCompletionBody | CompletionBody | EmbeddingBody | MessagesBody
+Body = (
+    ChatCompletionBody
+    | CompletionBody
+    | EmbeddingBody
+    | MessagesBody
+    | CountTokensBody
+    | ModerationBody
+)
 
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
 
