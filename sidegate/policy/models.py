@@ -23,6 +23,7 @@ Action = Literal[
     "messages",
     "messages.count_tokens",
     "moderations",
+    "responses",
     "models.list",
 ]
 ACTIONS: tuple[Action, ...] = (
@@ -32,6 +33,7 @@ ACTIONS: tuple[Action, ...] = (
     "messages",
     "messages.count_tokens",
     "moderations",
+    "responses",
     "models.list",
 )
 

@@ -519,6 +519,7 @@ AUDITED = {
     "messages": "llm.messages",
     "messages.count_tokens": "llm.messages.count_tokens",
     "moderations": "llm.moderations",
+    "responses": "llm.responses",
     "models": "llm.models.list",
 }
 

@@ -27,6 +27,7 @@ CHAT = Endpoint("chat", "/chat/completions", "openai", streams=True)
 COMPLETIONS = Endpoint("completions", "/completions", "openai", streams=True)
 EMBEDDINGS = Endpoint("embeddings", "/embeddings", "openai", streams=False)
 MESSAGES = Endpoint("messages", "/messages", "anthropic", streams=True)
+RESPONSES = Endpoint("responses", "/responses", "openai", streams=True)
 COUNT_TOKENS = Endpoint(
     "messages.count_tokens",
     "/messages/count_tokens",
@@ -36,4 +37,4 @@ COUNT_TOKENS = Endpoint(
 )
 MODERATIONS = Endpoint("moderations", "/moderations", "openai", streams=False, spends_tokens=False)
 
-ALL = (CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, COUNT_TOKENS, MODERATIONS)
+ALL = (CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, COUNT_TOKENS, MODERATIONS, RESPONSES)

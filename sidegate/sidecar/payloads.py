@@ -98,6 +98,22 @@ class MessagesBody(_Body):
         return self.max_tokens
 
 
+class ResponseBody(_Body):
+    """OpenAI's Responses API, create. ``store`` and ``background`` are read here because
+    policy may require that nothing is kept at the provider."""
+
+    input: str | list[dict[str, Any]] | None = Field(None, max_length=_MAX_MESSAGES)
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    previous_response_id: str | None = Field(None, min_length=1, max_length=256)
+    store: bool | None = None
+    background: bool | None = None
+
+    @property
+    def output_budget(self) -> int | None:
+        return self.max_output_tokens
+
+
 class CountTokensBody(_Body):
     """Anthropic's ``/v1/messages/count_tokens``: a messages request without its output
     parameters (no ``max_tokens``, no streaming)."""
@@ -187,6 +203,30 @@ _KNOWN: dict[str, frozenset[str]] = {
             "top_p",
         }
     ),
+    "responses": frozenset(
+        {
+            "conversation",
+            "include",
+            "max_tool_calls",
+            "metadata",
+            "parallel_tool_calls",
+            "prompt",
+            "prompt_cache_key",
+            "prompt_cache_retention",
+            "reasoning",
+            "safety_identifier",
+            "service_tier",
+            "stream_options",
+            "temperature",
+            "text",
+            "tool_choice",
+            "tools",
+            "top_logprobs",
+            "top_p",
+            "truncation",
+            "user",
+        }
+    ),
     "messages.count_tokens": frozenset(
         {"context_management", "mcp_servers", "thinking", "tool_choice", "tools"}
     ),
@@ -200,6 +240,7 @@ _MODELS: dict[str, type[_Body]] = {
     "messages": MessagesBody,
     "messages.count_tokens": CountTokensBody,
     "moderations": ModerationBody,
+    "responses": ResponseBody,
 }
 
 Body = (
@@ -209,6 +250,7 @@ Body = (
     | MessagesBody
     | CountTokensBody
     | ModerationBody
+    | ResponseBody
 )
 
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')

@@ -59,7 +59,7 @@ class Upstream:
 
     def serves(self, endpoint: endpoints.Endpoint) -> bool:
         if self.kind == "azure" and endpoint not in _AZURE_DEPLOYMENT_APIS:
-            return False  # Azure OpenAI deployments serve no moderations (or Responses)
+            return False  # Azure OpenAI deployments serve no moderations or Responses
         return endpoint.dialect == self.dialect
 
 

@@ -71,9 +71,13 @@ class Outcome:
     before_end: Callable[[], Awaitable[None]] | None = None
 
 
-# The event that ends a stream (OpenAI's [DONE], Anthropic's message_stop): held back until
-# ``before_end`` returns, so no client sees a complete answer before its audit event is on disk.
-_LAST_EVENT = re.compile(rb"^(?:data: ?\[DONE\]|event: ?message_stop)")
+# The event that ends a stream (OpenAI's [DONE], Anthropic's message_stop, the Responses API's
+# response.completed/failed/incomplete): held back until ``before_end`` returns, so no client
+# sees a complete answer before its audit event is on disk.
+_LAST_EVENT = re.compile(
+    rb"^(?:data: ?\[DONE\]|event: ?(?:message_stop|response\.(?:completed|failed|incomplete))"
+    rb"[\r\n])"
+)
 
 
 def upstream_body(
@@ -182,7 +186,7 @@ class Proxy:
         try:
             if answer.status < 400 and answer.content_type == "text/event-stream":
                 return await self._relay_stream(
-                    request, upstream, answer, outcome, hide_usage_chunk
+                    request, upstream, endpoint, answer, outcome, hide_usage_chunk
                 )
             return await self._relay_whole(upstream, endpoint, answer, outcome, charges)
         finally:
@@ -269,6 +273,7 @@ class Proxy:
         self,
         request: web.Request,
         upstream: providers.Upstream,
+        endpoint: endpoints.Endpoint,
         answer: aiohttp.ClientResponse,
         outcome: Outcome,
         hide_usage_chunk: bool,
@@ -279,6 +284,10 @@ class Proxy:
         await response.prepare(request)
         splitter = usage.EventSplitter(self._max_event_bytes)
         meter = usage.StreamMeter(upstream.dialect, hide_usage_chunk=hide_usage_chunk)
+        # The meter fills this in place as events go by: what was used until then is settled
+        # and audited, and the audit event written before the last event (acknowledged
+        # durability) already has the usage the last events reported.
+        outcome.usage = meter.usage
         failure: errors.RequestError | None = None
         held = b""  # the last event, while the audit event is not yet durable
         try:
@@ -328,12 +337,10 @@ class Proxy:
             if task is not None:
                 task.uncancel()
             failure = errors.ShuttingDown("the sidecar is shutting down; the stream was cut")
-        finally:
-            outcome.usage = meter.usage  # what was used until then is settled and audited
         if failure is None:
             await finish_stream(request, response, held)
         else:
-            await self._fail_stream(request, response, upstream, outcome, failure)
+            await self._fail_stream(request, response, upstream, endpoint, outcome, failure)
         return response
 
     async def _fail_stream(
@@ -341,6 +348,7 @@ class Proxy:
         request: web.Request,
         response: web.StreamResponse,
         upstream: providers.Upstream,
+        endpoint: endpoints.Endpoint,
         outcome: Outcome,
         error: errors.RequestError,
     ) -> None:
@@ -357,16 +365,30 @@ class Proxy:
             },
         )
         outcome.status, outcome.error_code = error.status, error.code
-        event = error_event(upstream.dialect, error, request_id)
+        event = error_event(
+            upstream.dialect, error, request_id, typed=endpoint is endpoints.RESPONSES
+        )
         await finish_stream(request, response, event, complete=False)
 
 
-def error_event(dialect: endpoints.Dialect, error: errors.RequestError, request_id: str) -> bytes:
+def error_event(
+    dialect: endpoints.Dialect, error: errors.RequestError, request_id: str, *, typed: bool = False
+) -> bytes:
     """An SSE error event the official SDKs raise on: OpenAI reads a `data:` object with an
-    `error` key, Anthropic an `event: error`."""
+    `error` key, Anthropic an `event: error`.
+
+    ``typed``: a Responses API stream, whose events are named. Its own error event
+    (`event: error`, with type, code and message at the top) is what an events-minded client
+    reads; the `error` object alongside is what makes the openai SDK raise."""
     message = f"{error.message} (request id {request_id})"
+    document: dict[str, Any]
+    if typed:
+        detail = {"message": message, "type": error.error_type, "param": None, "code": error.code}
+        document = {"type": "error", "code": error.code, "message": message, "param": None}
+        document["error"] = detail
+        return b"event: error\ndata: " + json.dumps(document).encode() + b"\n\n"
     if dialect == "anthropic":
-        document: dict[str, Any] = {
+        document = {
             "type": "error",
             "error": {"type": error.error_type, "message": message},
         }
