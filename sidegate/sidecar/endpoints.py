@@ -38,3 +38,27 @@ COUNT_TOKENS = Endpoint(
 MODERATIONS = Endpoint("moderations", "/moderations", "openai", streams=False, spends_tokens=False)
 
 ALL = (CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, COUNT_TOKENS, MODERATIONS, RESPONSES)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredOperation:
+    """An operation on a response the provider stored: ``/v1/responses/{id}{suffix}``.
+    Decided as the ``responses`` action on the model the response was created with."""
+
+    action: str  # route name, metrics and audit label ("responses.retrieve", ...)
+    method: str
+    suffix: str
+    query: frozenset[str]  # the query parameters the provider documents for it
+
+
+RETRIEVE = StoredOperation("responses.retrieve", "GET", "", frozenset({"include", "include[]"}))
+DELETE = StoredOperation("responses.delete", "DELETE", "", frozenset())
+CANCEL = StoredOperation("responses.cancel", "POST", "/cancel", frozenset())
+INPUT_ITEMS = StoredOperation(
+    "responses.input_items",
+    "GET",
+    "/input_items",
+    frozenset({"after", "before", "include", "include[]", "limit", "order"}),
+)
+
+STORED = (RETRIEVE, DELETE, CANCEL, INPUT_ITEMS)

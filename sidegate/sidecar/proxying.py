@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -69,6 +70,9 @@ class Outcome:
     error_code: str | None = None  # why a stream that had started ended in an error
     # Acknowledged audit: awaited before a stream's last event and its end are written.
     before_end: Callable[[], Awaitable[None]] | None = None
+    # A Responses API answer the provider stores: awaited with its id before the client
+    # sees the id (so the creator is on record before it can use it).
+    on_response_id: Callable[[str], Awaitable[None]] | None = None
 
 
 # The event that ends a stream (OpenAI's [DONE], Anthropic's message_stop, the Responses API's
@@ -173,36 +177,75 @@ class Proxy:
     ) -> web.StreamResponse:
         body, hide_usage_chunk = upstream_body(endpoint, data, payload, target)
         url = upstream.url(endpoint, target.upstream_model or payload.model)
-        started = time.perf_counter()
-        answer = await self._send(request, upstream, url, body, credential.current)
-        if answer.status == 401 and credential.previous is not None:
-            # Rotation overlap: the kubelet may not have brought us the new key yet, or the
-            # provider may not have activated it. One retry with the previous key.
-            answer.release()
-            self._metrics.auth_retries.labels(upstream.name).inc()
-            answer = await self._send(request, upstream, url, body, credential.previous)
-        outcome.upstream_seconds = time.perf_counter() - started
-        outcome.status = answer.status
+        answer = await self._call(request, upstream, "POST", url, body, credential, outcome)
         try:
             if answer.status < 400 and answer.content_type == "text/event-stream":
                 return await self._relay_stream(
                     request, upstream, endpoint, answer, outcome, hide_usage_chunk
                 )
-            return await self._relay_whole(upstream, endpoint, answer, outcome, charges)
+            return await self._relay_whole(upstream, endpoint.dialect, answer, outcome, charges)
         finally:
             answer.release()
+
+    async def forward_stored(
+        self,
+        request: web.Request,
+        upstream: providers.Upstream,
+        operation: endpoints.StoredOperation,
+        response_id: str,
+        credential: Credential,
+        outcome: Outcome,
+        charges: budgeting.Charges,
+    ) -> web.StreamResponse:
+        """An operation on a stored response: no body, the known query parameters, the
+        answer relayed whole and not metered (the tokens were counted when it was made)."""
+        url = f"{upstream.base_url}/responses/{quote(response_id, safe='')}{operation.suffix}"
+        query = [(k, v) for k, v in request.query.items() if k in operation.query]
+        if query:
+            url += "?" + urlencode(query)
+        answer = await self._call(
+            request, upstream, operation.method, url, None, credential, outcome
+        )
+        try:
+            return await self._relay_whole(upstream, None, answer, outcome, charges)
+        finally:
+            answer.release()
+
+    async def _call(
+        self,
+        request: web.Request,
+        upstream: providers.Upstream,
+        method: str,
+        url: str,
+        body: bytes | None,
+        credential: Credential,
+        outcome: Outcome,
+    ) -> aiohttp.ClientResponse:
+        started = time.perf_counter()
+        answer = await self._send(request, upstream, method, url, body, credential.current)
+        if answer.status == 401 and credential.previous is not None:
+            # Rotation overlap: the kubelet may not have brought us the new key yet, or the
+            # provider may not have activated it. One retry with the previous key.
+            answer.release()
+            self._metrics.auth_retries.labels(upstream.name).inc()
+            answer = await self._send(request, upstream, method, url, body, credential.previous)
+        outcome.upstream_seconds = time.perf_counter() - started
+        outcome.status = answer.status
+        return answer
 
     async def _send(
         self,
         request: web.Request,
         upstream: providers.Upstream,
+        method: str,
         url: str,
-        body: bytes,
+        body: bytes | None,
         key: Secret,
     ) -> aiohttp.ClientResponse:
         headers = request_headers(request.headers, upstream, key, self._forward_headers)
         try:
-            return await self._session.post(
+            return await self._session.request(
+                method,
                 url,
                 data=body,
                 headers=headers,
@@ -219,7 +262,7 @@ class Proxy:
     async def _relay_whole(
         self,
         upstream: providers.Upstream,
-        endpoint: endpoints.Endpoint,
+        dialect: endpoints.Dialect | None,  # None: not metered
         answer: aiohttp.ClientResponse,
         outcome: Outcome,
         charges: budgeting.Charges,
@@ -266,7 +309,10 @@ class Proxy:
                 extra={"provider": upstream.name, "status": answer.status},
             )
         else:
-            outcome.usage = usage.from_body(endpoint.dialect, data)
+            if dialect is not None:
+                outcome.usage = usage.from_body(dialect, data)
+            if outcome.on_response_id is not None:
+                await outcome.on_response_id(_response_id(data, upstream.name))
         return web.Response(status=answer.status, body=data, headers=headers)
 
     async def _relay_stream(
@@ -293,6 +339,9 @@ class Proxy:
         try:
             async for chunk in answer.content.iter_any():
                 kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
+                if outcome.on_response_id is not None and meter.response_id is not None:
+                    record, outcome.on_response_id = outcome.on_response_id, None
+                    await record(meter.response_id)  # before the client sees the id
                 if held and kept:
                     kept.insert(0, held)
                     held = b""
@@ -310,6 +359,8 @@ class Proxy:
                 )
             elif outcome.before_end is not None:
                 await outcome.before_end()  # raises ConnectionResetError if not recorded
+        except errors.RequestError as exc:  # the response's creator could not be recorded
+            failure = exc
         except ConnectionResetError:
             # First: aiohttp's ClientConnectionResetError is also a ClientError, and a client
             # that hung up is not a provider failure.
@@ -369,6 +420,17 @@ class Proxy:
             upstream.dialect, error, request_id, typed=endpoint is endpoints.RESPONSES
         )
         await finish_stream(request, response, event, complete=False)
+
+
+def _response_id(data: bytes, provider: str) -> str:
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    found = document.get("id") if isinstance(document, dict) else None
+    if not isinstance(found, str) or not found:
+        raise errors.UpstreamError(f"provider {provider} answered a response without an id")
+    return found
 
 
 def error_event(

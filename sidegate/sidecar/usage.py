@@ -166,12 +166,14 @@ class StreamMeter:
     read here and not shown to a client that did not ask for it.
     """
 
-    __slots__ = ("_dialect", "_hide_usage_chunk", "finished", "usage")
+    __slots__ = ("_dialect", "_hide_usage_chunk", "finished", "response_id", "usage")
 
     def __init__(self, dialect: endpoints.Dialect, *, hide_usage_chunk: bool) -> None:
         self._dialect: endpoints.Dialect = dialect
         self._hide_usage_chunk = hide_usage_chunk
         self.usage = Usage()
+        # The Responses API's id, from its first event (response.created).
+        self.response_id: str | None = None
         # Whether the stream's own last word went by: OpenAI's `data: [DONE]`, Anthropic's
         # message_stop, the Responses API's response.completed/failed/incomplete, or an
         # error event from the provider. A stream that ends without one
@@ -182,6 +184,11 @@ class StreamMeter:
         """Record any usage in ``event``; False if the event must not reach the client."""
         if not self.finished and _MAYBE_LAST.search(event) is not None:
             self.finished = _is_last(self._dialect, event)
+        if self.response_id is None and event.startswith(b"event: response.created"):
+            created = _event_json(event)
+            response = created.get("response") if isinstance(created, dict) else None
+            if isinstance(response, dict) and isinstance(response.get("id"), str):
+                self.response_id = response["id"]
         if _USAGE_OBJECT.search(event) is None:
             return True
         document = _event_json(event)

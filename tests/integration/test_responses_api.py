@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import APP_PLACEHOLDER, Stack
+from tests.conftest import APP_PLACEHOLDER, Stack, wait_for
 from tests.helpers.http import call
 from tests.integration.test_count_tokens_and_moderations import audit_events
 from tests.integration.test_policy_enforcement import SA, allow_all_limited, policy_yaml
@@ -82,15 +82,18 @@ def test_a_broken_stream_raises_in_the_sdk(stack: Stack, fault: str) -> None:
     with pytest.raises(openai.APIError) as caught:
         list(stack.openai().responses.create(model=MODEL, input="a b c d", stream=True))
     assert "request id" in str(caught.value)
-    assert (
-        stack.metric(
-            "sidegate_requests_total",
-            route="responses",
-            provider="openai",
-            model="gpt-*",
-            status="502",
+    # Counted once the handler ends, which may be just after the client saw the error.
+    wait_for(
+        lambda: (
+            stack.metric(
+                "sidegate_requests_total",
+                route="responses",
+                provider="openai",
+                model="gpt-*",
+                status="502",
+            )
+            == 1
         )
-        == 1
     )
     stack.state.stream_fault = None
     events = list(stack.openai().responses.create(model=MODEL, input="a", stream=True))
