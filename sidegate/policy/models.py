@@ -153,6 +153,18 @@ class RateLimits(Limits):
         return value
 
 
+class Retention(_Model):
+    provider_storage: Literal["Allowed", "Forbidden"] = Field(
+        "Allowed",
+        alias="providerStorage",
+        description="Forbidden: the provider may keep nothing of the subjects' requests. A "
+        "Responses API request that leaves `store` out is sent with `store: false`; one that "
+        "asks for `store: true` or `background: true`, or a chat completion with "
+        "`store: true`, is refused (403 store_forbidden). Applies if any of the caller's "
+        "policies says so.",
+    )
+
+
 class RBACPolicySpec(_Model):
     subjects: list[Subject] = Field(
         default_factory=list,
@@ -175,6 +187,9 @@ class RBACPolicySpec(_Model):
         alias="rateLimits",
         description="Limits for each caller (service account) the policy applies to, in "
         "aggregate over every tenant it claims.",
+    )
+    retention: Retention | None = Field(
+        None, description="What the provider may keep of the subjects' requests."
     )
 
     @model_validator(mode="before")

@@ -43,6 +43,7 @@ from sidegate.sidecar import (
     policies,
     providers,
     proxying,
+    retention,
     routing,
     settings,
     watching,
@@ -153,6 +154,12 @@ class Pipeline:
                 param="model",
                 code=decision.reason,
             )
+        if decision.storage_forbidden_by is not None:
+            try:
+                payload, data = retention.enforce(payload, data)
+            except retention.StoreForbidden:
+                self.metrics.child(self.metrics.denials, rules.STORE_FORBIDDEN).inc()
+                raise
         target = self.routes.resolve(payload.model)
         if target is None:
             raise errors.NotFound(
@@ -624,7 +631,7 @@ def _result(status: int, code: str | None) -> str:
     if (
         status == 403
         and code is not None
-        and (code in rules.DENIALS or code == ownership.NotOwned.code)
+        and (code in rules.DENIALS or code in (ownership.NotOwned.code, rules.STORE_FORBIDDEN))
     ):
         return "denied"
     return "error"

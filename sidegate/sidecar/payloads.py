@@ -59,6 +59,7 @@ class ChatCompletionBody(_Body):
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int | None = Field(None, ge=1, le=128)
     stream_options: StreamOptions | None = None
+    store: bool | None = None  # read for retention policies
 
     @property
     def output_budget(self) -> int | None:
@@ -159,7 +160,6 @@ _KNOWN: dict[str, frozenset[str]] = {
             "seed",
             "service_tier",
             "stop",
-            "store",
             "temperature",
             "tool_choice",
             "tools",
