@@ -46,6 +46,9 @@ class StandInState:
     stream_fault: str | None = None
     fault_after: int = 2
     event_padding: int = 0  # bytes of padding added to the first streamed event
+    # How a streamed Responses answer ends: "completed", "failed" (response.failed: the model
+    # run failed, usage so far reported) or "error" (an `event: error`, no final response).
+    responses_end: str = "completed"
     # Responses API: what the provider stores (store: true, the default), by id.
     responses: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     input_items: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
@@ -477,6 +480,13 @@ async def openai_responses(request: web.Request) -> web.StreamResponse:
             yield event("response.output_text.delta", **where, delta=delta, logprobs=[])
         yield event("response.output_text.done", **where, text=text, logprobs=[])
         yield event("response.content_part.done", **where, part=output_item["content"][0])
+        if state.responses_end == "error":
+            yield event("error", code="server_error", message="The model failed.", param=None)
+            return
+        if state.responses_end == "failed":
+            error = {"code": "server_error", "message": "The model failed."}
+            yield event("response.failed", response={**final, "status": "failed", "error": error})
+            return
         yield event("response.output_item.done", output_index=0, item=output_item)
         yield event("response.completed", response=final)
 

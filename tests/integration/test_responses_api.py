@@ -152,3 +152,19 @@ def test_strict_validation(stack: Stack) -> None:
     status, body = create(input="x", model="azure-chat")
     assert status == 400 and body["error"]["code"] == "wrong_api_for_model"
     assert not stack.state.received
+
+
+@pytest.mark.parametrize("end", ["failed", "error"])
+def test_the_providers_own_failure_events_end_the_stream(
+    make_stack: Callable[..., Stack], tmp_path: Path, end: str
+) -> None:
+    stack = make_stack(with_audit(tmp_path / "spool"))
+    stack.state.responses_end = end
+    events = list(stack.openai().responses.create(model=MODEL, input="a b", stream=True))
+    # Relayed as the provider sent them: the stream is complete, not cut by the sidecar.
+    assert events[-1].type == ("response.failed" if end == "failed" else "error")
+    (event,) = [e for e in audit_events(tmp_path / "spool") if e.get("request_id")]
+    assert event["outcome"]["status"] == 200
+    # response.failed carries the usage so far, and it is what is metered and audited.
+    expected = {"input_tokens": 2, "output_tokens": 3} if end == "failed" else None
+    assert event["usage"] == expected
