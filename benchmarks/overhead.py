@@ -29,7 +29,13 @@ import yaml
 
 HERE = Path(__file__).parent
 BODY = b'{"model":"bench-model","messages":[{"role":"user","content":"Say something short."}],"max_tokens":64}'
-STREAM_BODY = BODY[:-1] + b',"stream":true}'
+# --api responses: OpenAI's Responses API, stored (the default), so every answer's id is also
+# put on record for its creator.
+RESPONSES_BODY = b'{"model":"bench-model","input":"Say something short.","max_output_tokens":64}'
+APIS = {
+    "chat": ("/v1/chat/completions", BODY),
+    "responses": ("/v1/responses", RESPONSES_BODY),
+}
 
 
 def free_port() -> int:
@@ -54,7 +60,7 @@ def to_ms(value: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
+def wrk(url: str, connections: int, seconds: int, body: bytes = BODY) -> dict[str, float]:
     output = subprocess.run(
         [
             "taskset",
@@ -72,7 +78,7 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "BODY": BODY.decode()},
+        env={**os.environ, "BODY": body.decode()},
     ).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}  # type: ignore[union-attr]
     for percentile in ("50", "90", "99"):
@@ -84,12 +90,13 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
     return result
 
 
-def ttfb(port: int, path: str, count: int = 2000) -> float:
+def ttfb(port: int, path: str, body: bytes, count: int = 2000) -> float:
     """Median ms from sending a streaming request to the first body byte, keep-alive."""
+    streamed = body[:-1] + b',"stream":true}'
     request = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(STREAM_BODY)}\r\n\r\n"
-    ).encode() + STREAM_BODY
+        f"Content-Length: {len(streamed)}\r\n\r\n"
+    ).encode() + streamed
     samples = []
     with socket.create_connection(("127.0.0.1", port)) as connection:
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -172,7 +179,11 @@ def main() -> None:
     parser.add_argument(
         "--audit", action="store_true", help="audit on: an event per request, spooled and fsync'd"
     )
+    parser.add_argument(
+        "--api", choices=sorted(APIS), default="chat", help="the API requests are made to"
+    )
     args = parser.parse_args()
+    path, body = APIS[args.api]
 
     upstream_port, sidecar_port = free_port(), free_port()
     upstream = subprocess.Popen(
@@ -206,9 +217,9 @@ def main() -> None:
         try:
             wait_listening(upstream_port)
             wait_listening(sidecar_port)
-            direct = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-            proxied = f"http://127.0.0.1:{sidecar_port}/v1/chat/completions"
-            wrk(proxied, 8, 3)  # warm-up: connection pool, caches
+            direct = f"http://127.0.0.1:{upstream_port}{path}"
+            proxied = f"http://127.0.0.1:{sidecar_port}{path}"
+            wrk(proxied, 8, 3, body)  # warm-up: connection pool, caches
             rows: dict[str, list[dict[str, float]]] = {
                 "direct c1": [],
                 "sidecar c1": [],
@@ -217,20 +228,20 @@ def main() -> None:
             }
             cpu_per_request: list[float] = []
             for _ in range(args.repeat):
-                rows["direct c1"].append(wrk(direct, 1, args.seconds))
-                rows["sidecar c1"].append(wrk(proxied, 1, args.seconds))
-                rows["direct c32"].append(wrk(direct, 32, args.seconds))
+                rows["direct c1"].append(wrk(direct, 1, args.seconds, body))
+                rows["sidecar c1"].append(wrk(proxied, 1, args.seconds, body))
+                rows["direct c32"].append(wrk(direct, 32, args.seconds, body))
                 before = cpu_seconds(sidecar.pid)
-                result = wrk(proxied, 32, args.seconds)
+                result = wrk(proxied, 32, args.seconds, body)
                 cpu_per_request.append(
                     (cpu_seconds(sidecar.pid) - before) / result["requests"] * 1000
                 )
                 rows["sidecar c32"].append(result)
             ttfb_direct = statistics.median(
-                ttfb(upstream_port, "/v1/chat/completions") for _ in range(args.repeat)
+                ttfb(upstream_port, path, body) for _ in range(args.repeat)
             )
             ttfb_sidecar = statistics.median(
-                ttfb(sidecar_port, "/v1/chat/completions") for _ in range(args.repeat)
+                ttfb(sidecar_port, path, body) for _ in range(args.repeat)
             )
             rss = rss_mb(sidecar.pid)
         finally:

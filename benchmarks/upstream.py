@@ -1,7 +1,8 @@
 """A deliberately minimal, fast upstream for the overhead benchmark.
 
 An asyncio protocol (uvloop) answering every POST with a fixed OpenAI-style chat completion
-(~400 bytes), or a short SSE stream when the body asks for one. No framework, so the
+(~400 bytes), or a short SSE stream when the body asks for one; on /v1/responses, the
+Responses API's answer and typed event stream instead. No framework, so the
 upstream is never the bottleneck. Usage: python benchmarks/upstream.py PORT
 """
 
@@ -59,6 +60,50 @@ STREAM = (
     + b"".join(_chunk(e) for e in _EVENTS)
     + b"0\r\n\r\n"
 )
+_RESPONSE_OBJECT = {
+    "id": "resp_bench",
+    "object": "response",
+    "created_at": 1700000000,
+    "status": "completed",
+    "model": "bench-model",
+    "output": [
+        {
+            "type": "message",
+            "id": "msg_bench",
+            "status": "completed",
+            "role": "assistant",
+            "content": [
+                {"type": "output_text", "text": "Benchmark answer: " + "lorem ipsum " * 12}
+            ],
+        }
+    ],
+    "store": True,
+    "usage": {"input_tokens": 12, "output_tokens": 30, "total_tokens": 42},
+}
+_RESPONSE_BODY = json.dumps(_RESPONSE_OBJECT).encode()
+RESPONSES = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+    + str(len(_RESPONSE_BODY)).encode()
+    + b"\r\n\r\n"
+    + _RESPONSE_BODY
+)
+
+
+def _typed(kind: str, **fields: object) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n".encode()
+
+
+_STARTED = {**_RESPONSE_OBJECT, "status": "in_progress", "output": [], "usage": None}
+_RESPONSE_EVENTS = [
+    _typed("response.created", response=_STARTED),
+    *(_typed("response.output_text.delta", item_id="msg_bench", delta=f"w{i} ") for i in range(10)),
+    _typed("response.completed", response=_RESPONSE_OBJECT),
+]
+RESPONSES_STREAM = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"".join(_chunk(e) for e in _RESPONSE_EVENTS)
+    + b"0\r\n\r\n"
+)
 _LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
@@ -78,10 +123,14 @@ class Upstream(asyncio.Protocol):
             if len(self.buffer) < end + 4 + length:
                 return
             body = self.buffer[end + 4 : end + 4 + length]
+            responses = b"/responses " in self.buffer[: self.buffer.find(b"\r\n")]
             self.buffer = self.buffer[end + 4 + length :]
-            self.transport.write(
-                STREAM if b'"stream":true' in body.replace(b" ", b"") else RESPONSE
-            )  # type: ignore[attr-defined]
+            streamed = b'"stream":true' in body.replace(b" ", b"")
+            if responses:
+                answer = RESPONSES_STREAM if streamed else RESPONSES
+            else:
+                answer = STREAM if streamed else RESPONSE
+            self.transport.write(answer)  # type: ignore[attr-defined]
 
 
 async def main(port: int) -> None:

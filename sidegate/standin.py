@@ -1,5 +1,10 @@
 """A local stand-in provider that speaks OpenAI's, Azure OpenAI's and Anthropic's wire formats.
 
+OpenAI: chat completions, completions, embeddings, moderations, models, and the Responses
+API (create whole and streamed, stored responses: retrieve, delete, cancel, input items,
+``previous_response_id``, ``background``). Anthropic: messages
+and token counting. Azure OpenAI: chat completions and embeddings under a deployment.
+
 It lets ``sidegate demo``, the tests and the benchmarks run with no provider account. It
 checks the auth header the way the real APIs do (and, like them, echoes a masked fragment
 of a rejected key in the 401 message) and records what it received, so a test can prove
@@ -12,6 +17,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,6 +46,12 @@ class StandInState:
     stream_fault: str | None = None
     fault_after: int = 2
     event_padding: int = 0  # bytes of padding added to the first streamed event
+    # How a streamed Responses answer ends: "completed", "failed" (response.failed: the model
+    # run failed, usage so far reported) or "error" (an `event: error`, no final response).
+    responses_end: str = "completed"
+    # Responses API: what the provider stores (store: true, the default), by id.
+    responses: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    input_items: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
 
 
 STATE = web.AppKey("standin.state", StandInState)
@@ -76,7 +88,7 @@ async def _check(
             )
     raw = request.headers.get(header)
     key = raw[7:] if bearer and raw and raw.startswith("Bearer ") else (None if bearer else raw)
-    body = await request.json()
+    body = await request.json() if request.can_read_body else {}
     if state.record:
         state.received.append(
             Received(request.path, {k.lower(): v for k, v in request.headers.items()}, body, key)
@@ -339,6 +351,271 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     return await _sse(request, events())
 
 
+def _input_items(value: Any) -> list[dict[str, Any]]:
+    """A Responses ``input`` as the provider lists it back: messages with ids."""
+    if isinstance(value, str):
+        value = [{"role": "user", "content": value}]
+    items = []
+    for item in value if isinstance(value, list) else []:
+        content = item.get("content") if isinstance(item, dict) else None
+        if isinstance(content, str):
+            content = [{"type": "input_text", "text": content}]
+        items.append(
+            {
+                "id": "msg_" + secrets.token_hex(8),
+                "type": "message",
+                "role": item.get("role", "user") if isinstance(item, dict) else "user",
+                "status": "completed",
+                "content": content or [],
+            }
+        )
+    return items
+
+
+def _words_of(items: list[dict[str, Any]]) -> list[str]:
+    last = items[-1]["content"] if items else []
+    return ("echo: " + " ".join(str(part.get("text", "")) for part in last)).split()
+
+
+def _not_found(message: str, param: str | None = None, status: int = 404) -> web.Response:
+    return web.json_response(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param,
+                "code": None,
+            }
+        },
+        status=status,
+    )
+
+
+async def openai_responses(request: web.Request) -> web.StreamResponse:
+    body, _ = await _check(request, "Authorization", bearer=True)
+    state = request.app[STATE]
+    store = body.get("store", True)
+    background = bool(body.get("background"))
+    if background and not store:
+        return _openai_invalid("Background mode requires store to be true.", "background")
+    previous = body.get("previous_response_id")
+    if previous is not None and previous not in state.responses:
+        return _not_found(
+            f"Previous response with id '{previous}' not found.", "previous_response_id", 400
+        )
+    items = _input_items(body.get("input"))
+    words = _words_of(items)
+    history = state.input_items.get(previous, []) if previous else []
+    input_tokens = sum(
+        len(str(part.get("text", "")).split()) for item in items for part in item["content"]
+    )
+    response_id = "resp_" + secrets.token_hex(12)
+    message_id = "msg_" + secrets.token_hex(12)
+    text = " ".join(words)
+    usage = {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": len(words),
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + len(words),
+    }
+    output_item = {
+        "type": "message",
+        "id": message_id,
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+    }
+    final: dict[str, Any] = {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": "completed",
+        "background": background,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body.get("model"),
+        "output": [output_item],
+        "parallel_tool_calls": True,
+        "previous_response_id": previous,
+        "store": store,
+        "temperature": 1.0,
+        "text": {"format": {"type": "text"}},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": None,
+        "metadata": body.get("metadata") or {},
+    }
+    if store:
+        state.input_items[response_id] = history + items
+        state.responses[response_id] = final
+    if background:  # accepted, not yet run: it completes when first retrieved
+        queued = {**final, "status": "queued", "output": [], "usage": None}
+        state.responses[response_id] = {**final, "status": "queued_then_completed"}
+        return web.json_response(queued)
+    if not body.get("stream"):
+        return web.json_response(final)
+    sequence = iter(range(1_000_000))
+
+    def event(kind: str, **fields: Any) -> bytes:
+        document = {"type": kind, "sequence_number": next(sequence), **fields}
+        return f"event: {kind}\ndata: {json.dumps(document)}\n\n".encode()
+
+    async def events() -> AsyncIterator[bytes]:
+        started = {**final, "status": "in_progress", "output": [], "usage": None}
+        yield event("response.created", response=started)
+        yield event("response.in_progress", response=started)
+        empty_item = {**output_item, "status": "in_progress", "content": []}
+        yield event("response.output_item.added", output_index=0, item=empty_item)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        where = {"item_id": message_id, "output_index": 0, "content_index": 0}
+        yield event("response.content_part.added", **where, part=part)
+        for index, word in enumerate(words):
+            delta = (" " if index else "") + word
+            yield event("response.output_text.delta", **where, delta=delta, logprobs=[])
+        yield event("response.output_text.done", **where, text=text, logprobs=[])
+        yield event("response.content_part.done", **where, part=output_item["content"][0])
+        if state.responses_end == "error":
+            yield event("error", code="server_error", message="The model failed.", param=None)
+            return
+        if state.responses_end == "failed":
+            error = {"code": "server_error", "message": "The model failed."}
+            yield event("response.failed", response={**final, "status": "failed", "error": error})
+            return
+        yield event("response.output_item.done", output_index=0, item=output_item)
+        yield event("response.completed", response=final)
+
+    return await _sse(request, events())
+
+
+def _stored(request: web.Request) -> dict[str, Any] | None:
+    found = request.app[STATE].responses.get(request.match_info["response_id"])
+    if found is not None and found["status"] == "queued_then_completed":
+        found["status"] = "completed"
+    return found
+
+
+async def openai_response_get(request: web.Request) -> web.Response:
+    await _check(request, "Authorization", bearer=True)
+    found = _stored(request)
+    if found is None:
+        return _not_found(f"Response with id '{request.match_info['response_id']}' not found.")
+    return web.json_response(found)
+
+
+async def openai_response_delete(request: web.Request) -> web.Response:
+    await _check(request, "Authorization", bearer=True)
+    response_id = request.match_info["response_id"]
+    state = request.app[STATE]
+    if state.responses.pop(response_id, None) is None:
+        return _not_found(f"Response with id '{response_id}' not found.")
+    state.input_items.pop(response_id, None)
+    return web.json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+async def openai_response_cancel(request: web.Request) -> web.Response:
+    await _check(request, "Authorization", bearer=True)
+    response_id = request.match_info["response_id"]
+    found = request.app[STATE].responses.get(response_id)
+    if found is None:
+        return _not_found(f"Response with id '{response_id}' not found.")
+    if not found["background"]:
+        return _openai_invalid("Only responses created with background=true can be cancelled.")
+    if found["status"] == "queued_then_completed":
+        found.update(status="cancelled", output=[], usage=None)
+    return web.json_response(found)
+
+
+async def openai_response_input_items(request: web.Request) -> web.Response:
+    await _check(request, "Authorization", bearer=True)
+    response_id = request.match_info["response_id"]
+    items = request.app[STATE].input_items.get(response_id)
+    if items is None:
+        return _not_found(f"Response with id '{response_id}' not found.")
+    listed = list(reversed(items)) if request.query.get("order", "desc") == "desc" else items
+    return web.json_response(
+        {
+            "object": "list",
+            "data": listed,
+            "first_id": listed[0]["id"] if listed else None,
+            "last_id": listed[-1]["id"] if listed else None,
+            "has_more": False,
+        }
+    )
+
+
+async def anthropic_count_tokens(request: web.Request) -> web.Response:
+    body, _ = await _check(request, "x-api-key", bearer=False)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or "max_tokens" in body:
+        return _anthropic_invalid("messages: a non-empty list, and no max_tokens, is required")
+    tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+    tokens += len(str(body.get("system", "")).split())
+    return web.json_response({"input_tokens": tokens})
+
+
+# Words the stand-in's moderation flags, so a test can see both answers.
+_FLAGGED_WORDS = frozenset({"attack", "kill"})
+_CATEGORIES = ("harassment", "hate", "self-harm", "sexual", "violence")
+
+
+async def openai_moderations(request: web.Request) -> web.Response:
+    body, _ = await _check(request, "Authorization", bearer=True)
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        items = [inputs]
+    elif isinstance(inputs, list) and inputs:
+        items = [i if isinstance(i, str) else str(i.get("text", "")) for i in inputs]
+    else:
+        return _openai_invalid("input must be a string or a non-empty array", "input")
+    results = []
+    for item in items:
+        flagged = not _FLAGGED_WORDS.isdisjoint(item.lower().split())
+        categories = {name: flagged and name == "violence" for name in _CATEGORIES}
+        scores = {name: 0.9 if value else 0.001 for name, value in categories.items()}
+        results.append(
+            {
+                "flagged": flagged,
+                "categories": categories,
+                "category_scores": scores,
+                "category_applied_input_types": {name: ["text"] for name in _CATEGORIES},
+            }
+        )
+    return web.json_response(
+        {
+            "id": "modr-standin",
+            "model": body.get("model", "omni-moderation-latest"),
+            "results": results,
+        }
+    )
+
+
+def _openai_invalid(message: str, param: str | None = None) -> web.Response:
+    return web.json_response(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": param,
+                "code": None,
+            }
+        },
+        status=400,
+    )
+
+
+def _anthropic_invalid(message: str) -> web.Response:
+    return web.json_response(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": message}},
+        status=400,
+    )
+
+
 async def openai_models(request: web.Request) -> web.Response:
     return web.json_response(
         {
@@ -358,6 +635,13 @@ def create_app(state: StandInState | None = None) -> web.Application:
     app.router.add_post("/v1/embeddings", openai_embeddings)
     app.router.add_get("/v1/models", openai_models)
     app.router.add_post("/v1/messages", anthropic_messages)
+    app.router.add_post("/v1/messages/count_tokens", anthropic_count_tokens)
+    app.router.add_post("/v1/moderations", openai_moderations)
+    app.router.add_post("/v1/responses", openai_responses)
+    app.router.add_get("/v1/responses/{response_id}", openai_response_get)
+    app.router.add_delete("/v1/responses/{response_id}", openai_response_delete)
+    app.router.add_post("/v1/responses/{response_id}/cancel", openai_response_cancel)
+    app.router.add_get("/v1/responses/{response_id}/input_items", openai_response_input_items)
     # Azure OpenAI: deployment in the path, key in `api-key`, api-version required.
     app.router.add_post("/openai/deployments/{deployment}/chat/completions", openai_chat)
     app.router.add_post("/openai/deployments/{deployment}/embeddings", openai_embeddings)

@@ -34,6 +34,9 @@ class BundlePolicy(BaseModel):
     rules: list[models.Rule] = Field(default_factory=list)
     allowed_tenants: list[models.TenantName] | None = Field(None, alias="allowedTenants")
     rate_limits: models.RateLimits | None = Field(None, alias="rateLimits")
+    # Optional and left out when unset, so bundles without it keep their hash; a sidecar
+    # too old to know it refuses the bundle rather than ignore a retention rule.
+    retention: models.Retention | None = None
 
     @property
     def key(self) -> str:
@@ -56,6 +59,7 @@ def to_bundle_policy(policy: models.RBACPolicy) -> BundlePolicy:
         rules=policy.spec.rules,
         allowed_tenants=policy.spec.allowed_tenants,
         rate_limits=policy.spec.rate_limits,
+        retention=policy.spec.retention,
     )
 
 

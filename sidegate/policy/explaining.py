@@ -36,6 +36,10 @@ def explain(
         ],
         "limits": _limits(decision.limits),
         "tenantLimits": _limits(decision.tenant_limits),
+        "retention": {
+            "providerStorage": "Forbidden" if decision.storage_forbidden_by else "Allowed",
+            "policy": decision.storage_forbidden_by,
+        },
         "bundleHash": index.hash,
     }
 
@@ -89,4 +93,12 @@ def as_text(answer: dict[str, Any]) -> str:
             f"    {name}: {v['value']} (from {v['policy']})"
             for name, v in answer["tenantLimits"].items()
         ]
+    retention = answer["retention"]
+    if retention["policy"]:
+        lines.append(
+            f"  provider storage: Forbidden (from {retention['policy']}): Responses requests "
+            "go with store: false; store: true and background: true are refused"
+        )
+    else:
+        lines.append("  provider storage: Allowed")
     return "\n".join(lines)

@@ -16,8 +16,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 API_VERSION = "sidegate.io/v1alpha1"
 KIND = "RBACPolicy"
 
-Action = Literal["chat", "completions", "embeddings", "messages", "models.list"]
-ACTIONS: tuple[Action, ...] = ("chat", "completions", "embeddings", "messages", "models.list")
+Action = Literal[
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "messages.count_tokens",
+    "moderations",
+    "responses",
+    "models.list",
+]
+ACTIONS: tuple[Action, ...] = (
+    "chat",
+    "completions",
+    "embeddings",
+    "messages",
+    "messages.count_tokens",
+    "moderations",
+    "responses",
+    "models.list",
+)
 
 # Kubernetes names: RFC 1123 subdomain for objects, DNS label for namespaces.
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -135,6 +153,18 @@ class RateLimits(Limits):
         return value
 
 
+class Retention(_Model):
+    provider_storage: Literal["Allowed", "Forbidden"] = Field(
+        "Allowed",
+        alias="providerStorage",
+        description="Forbidden: the provider may keep nothing of the subjects' requests. A "
+        "Responses API request that leaves `store` out is sent with `store: false`; one that "
+        "asks for `store: true` or `background: true`, or a chat completion with "
+        "`store: true`, is refused (403 store_forbidden). Applies if any of the caller's "
+        "policies says so.",
+    )
+
+
 class RBACPolicySpec(_Model):
     subjects: list[Subject] = Field(
         default_factory=list,
@@ -157,6 +187,9 @@ class RBACPolicySpec(_Model):
         alias="rateLimits",
         description="Limits for each caller (service account) the policy applies to, in "
         "aggregate over every tenant it claims.",
+    )
+    retention: Retention | None = Field(
+        None, description="What the provider may keep of the subjects' requests."
     )
 
     @model_validator(mode="before")

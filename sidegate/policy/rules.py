@@ -40,6 +40,8 @@ NO_MATCHING_ALLOW = "no_matching_allow"
 NO_POLICY = "no_policy_for_caller"
 TENANT_NOT_ALLOWED = "tenant_not_allowed"
 DENIALS = frozenset({DENIED_BY_RULE, NO_MATCHING_ALLOW, NO_POLICY, TENANT_NOT_ALLOWED})
+# A request asking the provider to keep what a retention policy forbids it to keep.
+STORE_FORBIDDEN = "store_forbidden"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,6 +84,9 @@ class Decision:
     matches: tuple[RuleMatch, ...] = ()
     # The claimed tenant's sub-budget (its overrides), checked as well as ``limits``.
     tenant_limits: EffectiveLimits = NO_LIMITS
+    # The first applicable policy (by namespace/name) whose retention forbids provider
+    # storage; None when none does.
+    storage_forbidden_by: str | None = None
 
 
 _GLOB_SPECIALS = frozenset("*?[")
@@ -167,6 +172,7 @@ class _CompiledPolicy(NamedTuple):
     limits: _LimitTuple | None
     overrides: dict[str, _LimitTuple]
     allowed_tenants: frozenset[str] | None
+    storage_forbidden: bool
 
 
 def _limit_tuple(limits: models.Limits) -> _LimitTuple:
@@ -185,6 +191,8 @@ def _compile(policy: bundles.BundlePolicy) -> _CompiledPolicy:
         allowed_tenants=frozenset(policy.allowed_tenants)
         if policy.allowed_tenants is not None
         else None,
+        storage_forbidden=policy.retention is not None
+        and policy.retention.provider_storage == "Forbidden",
     )
 
 
@@ -279,13 +287,20 @@ class PolicyIndex:
         tenant = caller.tenant
         limits = _limits_for(policies)
         tenant_limits = _tenant_limits_for(policies, tenant)
+        forbidding = next((p.key for p in policies if p.storage_forbidden), None)
         if not policies:
-            return Decision(False, NO_POLICY, None, limits)
+            return Decision(False, NO_POLICY, None, limits, storage_forbidden_by=forbidding)
         if tenant is not None:
             for policy in policies:
                 if policy.allowed_tenants is not None and tenant not in policy.allowed_tenants:
                     return Decision(
-                        False, TENANT_NOT_ALLOWED, policy.key, limits, (), tenant_limits
+                        False,
+                        TENANT_NOT_ALLOWED,
+                        policy.key,
+                        limits,
+                        (),
+                        tenant_limits,
+                        storage_forbidden_by=forbidding,
                     )
         matches: list[RuleMatch] = []
         deciding_deny: str | None = None
@@ -296,7 +311,13 @@ class PolicyIndex:
                     deciding_deny = deciding_deny or policy.key
                     if not explain:
                         return Decision(
-                            False, DENIED_BY_RULE, policy.key, limits, (), tenant_limits
+                            False,
+                            DENIED_BY_RULE,
+                            policy.key,
+                            limits,
+                            (),
+                            tenant_limits,
+                            storage_forbidden_by=forbidding,
                         )
                     matches.append(
                         RuleMatch(policy.key, rule.position, "Deny", rule.matching_pattern(model))
@@ -315,7 +336,31 @@ class PolicyIndex:
                             break
         found = tuple(matches)
         if deciding_deny is not None:
-            return Decision(False, DENIED_BY_RULE, deciding_deny, limits, found, tenant_limits)
+            return Decision(
+                False,
+                DENIED_BY_RULE,
+                deciding_deny,
+                limits,
+                found,
+                tenant_limits,
+                storage_forbidden_by=forbidding,
+            )
         if deciding_allow is not None:
-            return Decision(True, ALLOWED, deciding_allow, limits, found, tenant_limits)
-        return Decision(False, NO_MATCHING_ALLOW, None, limits, found, tenant_limits)
+            return Decision(
+                True,
+                ALLOWED,
+                deciding_allow,
+                limits,
+                found,
+                tenant_limits,
+                storage_forbidden_by=forbidding,
+            )
+        return Decision(
+            False,
+            NO_MATCHING_ALLOW,
+            None,
+            limits,
+            found,
+            tenant_limits,
+            storage_forbidden_by=forbidding,
+        )

@@ -39,10 +39,12 @@ from sidegate.sidecar import (
     endpoints,
     hosts,
     limiting,
+    ownership,
     payloads,
     policies,
     providers,
     proxying,
+    retention,
     routing,
     settings,
     watching,
@@ -52,6 +54,7 @@ from sidegate.sidecar.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_RESPONSE_ID = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
 def request_ids() -> Callable[[], str]:
@@ -100,6 +103,7 @@ class Pipeline:
         policy: policies.PolicyHolder,
         limiter: limiting.Limiter,
         audit: spool.Spool | None,
+        owners: ownership.Owners,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -108,8 +112,11 @@ class Pipeline:
         self.policies = policy
         self.limiter = limiter
         self.audit = audit
+        self.owners = owners
         identity = config.identity
         self._namespace, self._service_account = identity.namespace, identity.service_account
+        # Stored responses belong to the service account, whatever tenant it claims.
+        self._owner = f"{identity.namespace}/{identity.service_account}"
         self._tenant_header = identity.tenant_header
         self._default_output_tokens = config.rate_limits.default_output_tokens
         self.routes = routing.RouteTable(config.routes)
@@ -155,6 +162,12 @@ class Pipeline:
                 param="model",
                 code=decision.reason,
             )
+        if decision.storage_forbidden_by is not None:
+            try:
+                payload, data = retention.enforce(payload, data)
+            except retention.StoreForbidden:
+                self.metrics.child(self.metrics.denials, rules.STORE_FORBIDDEN).inc()
+                raise
         target = self.routes.resolve(payload.model)
         if target is None:
             raise errors.NotFound(
@@ -175,6 +188,8 @@ class Pipeline:
         if credential is None:
             raise errors.NotReady(f"no credential loaded for provider {target.provider}")
         assert self.proxy is not None  # set by the client_session context
+        if isinstance(payload, payloads.ResponseBody):
+            await self._check_stored(payload, target, record.outcome)
         if self.acknowledged:  # a stream's last event waits for its audit event
             record.outcome.before_end = functools.partial(self._end_stream, request, record)
         budgets = limiting.budgets(caller, decision)
@@ -192,7 +207,9 @@ class Pipeline:
             )
         reservation = await self.limiter.acquire(
             budgets,
-            estimate_tokens(data, payload, self._default_output_tokens),
+            estimate_tokens(data, payload, self._default_output_tokens)
+            if endpoint.spends_tokens
+            else 0,
             self.new_request_id(),  # the concurrency slot's id: never a client-chosen one
         )
         outcome = record.outcome
@@ -214,9 +231,89 @@ class Pipeline:
             used = (
                 outcome.usage.total
                 if outcome.usage.reported
-                else (0 if not outcome.status else None)
+                else (0 if not outcome.status or not endpoint.spends_tokens else None)
             )
             await self.limiter.settle(reservation, used)
+
+    async def _check_stored(
+        self, payload: payloads.ResponseBody, target: routing.Target, outcome: proxying.Outcome
+    ) -> None:
+        """Continue only your own stored responses; put what the provider will store on
+        record as yours before you learn its id."""
+        previous = payload.previous_response_id
+        if previous is not None:
+            binding = await self.owners.get(previous)
+            if binding is None or binding.owner != self._owner:
+                self.metrics.child(self.metrics.denials, ownership.NotOwned.code).inc()
+                raise ownership.not_owned(previous)
+        if payload.store is not False:  # the provider's default is to store
+            binding = ownership.Binding(self._owner, target.provider, payload.model)
+            outcome.on_response_id = functools.partial(self.owners.bind, binding=binding)
+
+    async def handle_stored(
+        self, operation: endpoints.StoredOperation, request: web.Request
+    ) -> web.StreamResponse:
+        """Retrieve, delete, cancel or list the input of a stored response: its creator only,
+        decided as ``responses`` on the model it was created with."""
+        record = request[RECORD]
+        if self.audit is not None and not self.audit.accepting:
+            raise AuditUnavailable("the audit trail cannot be written; requests are refused")
+        response_id = request.match_info["response_id"]
+        if _RESPONSE_ID.match(response_id) is None:
+            raise errors.InvalidRequest("not a response id", param="response_id")
+        for name in request.query:
+            if name not in operation.query:
+                raise errors.UnknownField(
+                    f"unknown query parameter {name!r} for {operation.action}", param=name
+                )
+        caller = record.caller = self.identify(request)
+        binding = await self.owners.get(response_id)
+        if binding is None or binding.owner != self._owner:
+            self.metrics.child(self.metrics.denials, ownership.NotOwned.code).inc()
+            raise ownership.not_owned(response_id)
+        if self.audit is not None:
+            record.requested_model = self.redactor.scrub(binding.model)
+        decision = record.decision = self.policies.decide(caller, binding.model, "responses")
+        if not decision.allowed:
+            self.metrics.child(self.metrics.denials, decision.reason).inc()
+            raise errors.PolicyDenied(
+                f"model {binding.model!r} is not allowed for this caller ({decision.reason})",
+                code=decision.reason,
+            )
+        upstream = self.upstreams.get(binding.provider)
+        target = self.routes.resolve(binding.model)
+        if upstream is None:
+            raise errors.NotFound(
+                f"provider {binding.provider!r} of this response is no longer configured",
+                code="provider_not_found",
+            )
+        record.provider = binding.provider
+        if target is not None and target.provider == binding.provider:
+            record.model = target.pattern
+        credential = self.credentials.get(binding.provider)
+        if credential is None:
+            raise errors.NotReady(f"no credential loaded for provider {binding.provider}")
+        assert self.proxy is not None  # set by the client_session context
+        budgets = limiting.budgets(caller, decision)
+        reservation = (
+            await self.limiter.acquire(budgets, 0, self.new_request_id()) if budgets else None
+        )
+        try:
+            answer = await self.proxy.forward_stored(
+                request,
+                upstream,
+                operation,
+                response_id,
+                credential,
+                record.outcome,
+                record.charges,
+            )
+        finally:
+            if reservation is not None:
+                await self.limiter.settle(reservation, 0)
+        if operation is endpoints.DELETE and answer.status < 300:
+            await self.owners.forget(response_id)
+        return answer
 
     @property
     def acknowledged(self) -> bool:
@@ -524,6 +621,13 @@ AUDITED = {
     "completions": "llm.completions",
     "embeddings": "llm.embeddings",
     "messages": "llm.messages",
+    "messages.count_tokens": "llm.messages.count_tokens",
+    "moderations": "llm.moderations",
+    "responses": "llm.responses",
+    "responses.retrieve": "llm.responses.retrieve",
+    "responses.delete": "llm.responses.delete",
+    "responses.cancel": "llm.responses.cancel",
+    "responses.input_items": "llm.responses.input_items",
     "models": "llm.models.list",
 }
 
@@ -533,7 +637,11 @@ def _result(status: int, code: str | None) -> str:
         return "allowed"
     if status == 429:
         return "rate_limited"
-    if status == 403 and code is not None and code in rules.DENIALS:
+    if (
+        status == 403
+        and code is not None
+        and (code in rules.DENIALS or code in (ownership.NotOwned.code, rules.STORE_FORBIDDEN))
+    ):
         return "denied"
     return "error"
 
@@ -583,6 +691,13 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
     if record is not None:
         response.headers["x-request-id"] = record.request_id
     response.headers.popall("Server", None)  # aiohttp's own, naming its and Python's version
+
+
+def _stored_handler(operation: endpoints.StoredOperation) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await request.app[PIPELINE].handle_stored(operation, request)
+
+    return handler
 
 
 def _endpoint_handler(endpoint: endpoints.Endpoint) -> Handler:
@@ -746,6 +861,18 @@ def build_limiter(config: settings.SidecarSettings, metrics: Metrics) -> limitin
     return limiting.LocalLimiter(max_keys=limits.local_max_keys, metrics=metrics)
 
 
+def build_owners(config: settings.SidecarSettings, limiter: limiting.Limiter) -> ownership.Owners:
+    """Where the creators of stored responses are kept: with the Redis rate-limit backend,
+    in Redis (every replica sees them), else in this process."""
+    limits = config.rate_limits
+    if limits.backend == "redis":
+        from sidegate.sidecar import redis_limiting, redis_ownership
+
+        assert limits.redis is not None and isinstance(limiter, redis_limiting.RedisLimiter)
+        return redis_ownership.RedisOwners(limiter, limits.redis.key_prefix)
+    return ownership.LocalOwners(max_entries=limits.local_max_keys)
+
+
 def build_spool(config: settings.SidecarSettings, metrics: Metrics) -> spool.Spool | None:
     audit = config.audit
     if audit is None:
@@ -843,8 +970,9 @@ def create_app(
     app = web.Application(
         middlewares=[request_context], client_max_size=config.limits.max_body_bytes
     )
+    limiter = build_limiter(config, metrics)
     app[PIPELINE] = Pipeline(
-        config, metrics, redactor, store, holder, build_limiter(config, metrics), trail
+        config, metrics, redactor, store, holder, limiter, trail, build_owners(config, limiter)
     )
     if config.broker is not None:
         client = app[BROKER] = brokering.BrokerClient(
@@ -855,6 +983,13 @@ def create_app(
     for endpoint in endpoints.ALL:
         app.router.add_post(
             "/v1" + endpoint.path, _endpoint_handler(endpoint), name=endpoint.action
+        )
+    for operation in endpoints.STORED:
+        app.router.add_route(
+            operation.method,
+            "/v1/responses/{response_id}" + operation.suffix,
+            _stored_handler(operation),
+            name=operation.action,
         )
     app.router.add_get("/v1/models", _models, name="models")
     app.router.add_get("/healthz", healthz, name="healthz")

@@ -59,6 +59,7 @@ class ChatCompletionBody(_Body):
     max_completion_tokens: int | None = Field(None, ge=1)
     n: int | None = Field(None, ge=1, le=128)
     stream_options: StreamOptions | None = None
+    store: bool | None = None  # read for retention policies
 
     @property
     def output_budget(self) -> int | None:
@@ -98,6 +99,42 @@ class MessagesBody(_Body):
         return self.max_tokens
 
 
+class ResponseBody(_Body):
+    """OpenAI's Responses API, create. ``store`` and ``background`` are read here because
+    policy may require that nothing is kept at the provider."""
+
+    input: str | list[dict[str, Any]] | None = Field(None, max_length=_MAX_MESSAGES)
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    previous_response_id: str | None = Field(None, min_length=1, max_length=256)
+    store: bool | None = None
+    background: bool | None = None
+
+    @property
+    def output_budget(self) -> int | None:
+        return self.max_output_tokens
+
+
+class CountTokensBody(_Body):
+    """Anthropic's ``/v1/messages/count_tokens``: a messages request without its output
+    parameters (no ``max_tokens``, no streaming)."""
+
+    messages: list[_AnthropicMessage] = Field(min_length=1, max_length=_MAX_MESSAGES)
+    system: str | list[dict[str, Any]] | None = None
+    stream: None = None
+
+
+# The model OpenAI moderates with when a request names none (its documented default): the
+# name policy decides on and routing resolves. The body goes upstream as sent.
+DEFAULT_MODERATION_MODEL = "omni-moderation-latest"
+
+
+class ModerationBody(_Body):
+    input: str | list[str] | list[dict[str, Any]]
+    model: str = Field(DEFAULT_MODERATION_MODEL, min_length=1, max_length=256)
+    stream: None = None
+
+
 # Documented parameters of each API that the sidecar forwards without reading. Keep in step
 # with the providers' API references; a new one can be allowed meanwhile through
 # `limits.allowed_extra_fields`.
@@ -123,7 +160,6 @@ _KNOWN: dict[str, frozenset[str]] = {
             "seed",
             "service_tier",
             "stop",
-            "store",
             "temperature",
             "tool_choice",
             "tools",
@@ -167,6 +203,34 @@ _KNOWN: dict[str, frozenset[str]] = {
             "top_p",
         }
     ),
+    "responses": frozenset(
+        {
+            "conversation",
+            "include",
+            "max_tool_calls",
+            "metadata",
+            "parallel_tool_calls",
+            "prompt",
+            "prompt_cache_key",
+            "prompt_cache_retention",
+            "reasoning",
+            "safety_identifier",
+            "service_tier",
+            "stream_options",
+            "temperature",
+            "text",
+            "tool_choice",
+            "tools",
+            "top_logprobs",
+            "top_p",
+            "truncation",
+            "user",
+        }
+    ),
+    "messages.count_tokens": frozenset(
+        {"context_management", "mcp_servers", "thinking", "tool_choice", "tools"}
+    ),
+    "moderations": frozenset(),
 }
 
 _MODELS: dict[str, type[_Body]] = {
@@ -174,9 +238,20 @@ _MODELS: dict[str, type[_Body]] = {
     "completions": CompletionBody,
     "embeddings": EmbeddingBody,
     "messages": MessagesBody,
+    "messages.count_tokens": CountTokensBody,
+    "moderations": ModerationBody,
+    "responses": ResponseBody,
 }
 
-Body = ChatCompletionBody | CompletionBody | EmbeddingBody | MessagesBody
+Body = (
+    ChatCompletionBody
+    | CompletionBody
+    | EmbeddingBody
+    | MessagesBody
+    | CountTokensBody
+    | ModerationBody
+    | ResponseBody
+)
 
 _STRUCTURE = re.compile(rb'[\[\]{}"\\]')
 

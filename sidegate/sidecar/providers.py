@@ -17,6 +17,8 @@ from sidegate import errors, tls
 from sidegate.redact import Secret
 from sidegate.sidecar import endpoints, settings
 
+_AZURE_DEPLOYMENT_APIS = frozenset({endpoints.CHAT, endpoints.COMPLETIONS, endpoints.EMBEDDINGS})
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Upstream:
@@ -56,6 +58,8 @@ class Upstream:
         return {"authorization": "Bearer " + key.reveal()}
 
     def serves(self, endpoint: endpoints.Endpoint) -> bool:
+        if self.kind == "azure" and endpoint not in _AZURE_DEPLOYMENT_APIS:
+            return False  # Azure OpenAI deployments serve no moderations or Responses
         return endpoint.dialect == self.dialect
 
 

@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
@@ -69,11 +70,18 @@ class Outcome:
     error_code: str | None = None  # why a stream that had started ended in an error
     # Acknowledged audit: awaited before a stream's last event and its end are written.
     before_end: Callable[[], Awaitable[None]] | None = None
+    # A Responses API answer the provider stores: awaited with its id before the client
+    # sees the id (so the creator is on record before it can use it).
+    on_response_id: Callable[[str], Awaitable[None]] | None = None
 
 
-# The event that ends a stream (OpenAI's [DONE], Anthropic's message_stop): held back until
-# ``before_end`` returns, so no client sees a complete answer before its audit event is on disk.
-_LAST_EVENT = re.compile(rb"^(?:data: ?\[DONE\]|event: ?message_stop)")
+# The event that ends a stream (OpenAI's [DONE], Anthropic's message_stop, the Responses API's
+# response.completed/failed/incomplete): held back until ``before_end`` returns, so no client
+# sees a complete answer before its audit event is on disk.
+_LAST_EVENT = re.compile(
+    rb"^(?:data: ?\[DONE\]|event: ?(?:message_stop|response\.(?:completed|failed|incomplete))"
+    rb"[\r\n])"
+)
 
 
 def upstream_body(
@@ -169,36 +177,75 @@ class Proxy:
     ) -> web.StreamResponse:
         body, hide_usage_chunk = upstream_body(endpoint, data, payload, target)
         url = upstream.url(endpoint, target.upstream_model or payload.model)
+        answer = await self._call(request, upstream, "POST", url, body, credential, outcome)
+        try:
+            if answer.status < 400 and answer.content_type == "text/event-stream":
+                return await self._relay_stream(
+                    request, upstream, endpoint, answer, outcome, hide_usage_chunk
+                )
+            return await self._relay_whole(upstream, endpoint.dialect, answer, outcome, charges)
+        finally:
+            answer.release()
+
+    async def forward_stored(
+        self,
+        request: web.Request,
+        upstream: providers.Upstream,
+        operation: endpoints.StoredOperation,
+        response_id: str,
+        credential: Credential,
+        outcome: Outcome,
+        charges: budgeting.Charges,
+    ) -> web.StreamResponse:
+        """An operation on a stored response: no body, the known query parameters, the
+        answer relayed whole and not metered (the tokens were counted when it was made)."""
+        url = f"{upstream.base_url}/responses/{quote(response_id, safe='')}{operation.suffix}"
+        query = [(k, v) for k, v in request.query.items() if k in operation.query]
+        if query:
+            url += "?" + urlencode(query)
+        answer = await self._call(
+            request, upstream, operation.method, url, None, credential, outcome
+        )
+        try:
+            return await self._relay_whole(upstream, None, answer, outcome, charges)
+        finally:
+            answer.release()
+
+    async def _call(
+        self,
+        request: web.Request,
+        upstream: providers.Upstream,
+        method: str,
+        url: str,
+        body: bytes | None,
+        credential: Credential,
+        outcome: Outcome,
+    ) -> aiohttp.ClientResponse:
         started = time.perf_counter()
-        answer = await self._send(request, upstream, url, body, credential.current)
+        answer = await self._send(request, upstream, method, url, body, credential.current)
         if answer.status == 401 and credential.previous is not None:
             # Rotation overlap: the kubelet may not have brought us the new key yet, or the
             # provider may not have activated it. One retry with the previous key.
             answer.release()
             self._metrics.auth_retries.labels(upstream.name).inc()
-            answer = await self._send(request, upstream, url, body, credential.previous)
+            answer = await self._send(request, upstream, method, url, body, credential.previous)
         outcome.upstream_seconds = time.perf_counter() - started
         outcome.status = answer.status
-        try:
-            if answer.status < 400 and answer.content_type == "text/event-stream":
-                return await self._relay_stream(
-                    request, upstream, answer, outcome, hide_usage_chunk
-                )
-            return await self._relay_whole(upstream, endpoint, answer, outcome, charges)
-        finally:
-            answer.release()
+        return answer
 
     async def _send(
         self,
         request: web.Request,
         upstream: providers.Upstream,
+        method: str,
         url: str,
-        body: bytes,
+        body: bytes | None,
         key: Secret,
     ) -> aiohttp.ClientResponse:
         headers = request_headers(request.headers, upstream, key, self._forward_headers)
         try:
-            return await self._session.post(
+            return await self._session.request(
+                method,
                 url,
                 data=body,
                 headers=headers,
@@ -215,7 +262,7 @@ class Proxy:
     async def _relay_whole(
         self,
         upstream: providers.Upstream,
-        endpoint: endpoints.Endpoint,
+        dialect: endpoints.Dialect | None,  # None: not metered
         answer: aiohttp.ClientResponse,
         outcome: Outcome,
         charges: budgeting.Charges,
@@ -262,13 +309,17 @@ class Proxy:
                 extra={"provider": upstream.name, "status": answer.status},
             )
         else:
-            outcome.usage = usage.from_body(endpoint.dialect, data)
+            if dialect is not None:
+                outcome.usage = usage.from_body(dialect, data)
+            if outcome.on_response_id is not None:
+                await outcome.on_response_id(_response_id(data, upstream.name))
         return web.Response(status=answer.status, body=data, headers=headers)
 
     async def _relay_stream(
         self,
         request: web.Request,
         upstream: providers.Upstream,
+        endpoint: endpoints.Endpoint,
         answer: aiohttp.ClientResponse,
         outcome: Outcome,
         hide_usage_chunk: bool,
@@ -279,11 +330,18 @@ class Proxy:
         await response.prepare(request)
         splitter = usage.EventSplitter(self._max_event_bytes)
         meter = usage.StreamMeter(upstream.dialect, hide_usage_chunk=hide_usage_chunk)
+        # The meter fills this in place as events go by: what was used until then is settled
+        # and audited, and the audit event written before the last event (acknowledged
+        # durability) already has the usage the last events reported.
+        outcome.usage = meter.usage
         failure: errors.RequestError | None = None
         held = b""  # the last event, while the audit event is not yet durable
         try:
             async for chunk in answer.content.iter_any():
                 kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
+                if outcome.on_response_id is not None and meter.response_id is not None:
+                    record, outcome.on_response_id = outcome.on_response_id, None
+                    await record(meter.response_id)  # before the client sees the id
                 if held and kept:
                     kept.insert(0, held)
                     held = b""
@@ -301,6 +359,8 @@ class Proxy:
                 )
             elif outcome.before_end is not None:
                 await outcome.before_end()  # raises ConnectionResetError if not recorded
+        except errors.RequestError as exc:  # the response's creator could not be recorded
+            failure = exc
         except ConnectionResetError:
             # First: aiohttp's ClientConnectionResetError is also a ClientError, and a client
             # that hung up is not a provider failure.
@@ -328,12 +388,10 @@ class Proxy:
             if task is not None:
                 task.uncancel()
             failure = errors.ShuttingDown("the sidecar is shutting down; the stream was cut")
-        finally:
-            outcome.usage = meter.usage  # what was used until then is settled and audited
         if failure is None:
             await finish_stream(request, response, held)
         else:
-            await self._fail_stream(request, response, upstream, outcome, failure)
+            await self._fail_stream(request, response, upstream, endpoint, outcome, failure)
         return response
 
     async def _fail_stream(
@@ -341,6 +399,7 @@ class Proxy:
         request: web.Request,
         response: web.StreamResponse,
         upstream: providers.Upstream,
+        endpoint: endpoints.Endpoint,
         outcome: Outcome,
         error: errors.RequestError,
     ) -> None:
@@ -357,16 +416,41 @@ class Proxy:
             },
         )
         outcome.status, outcome.error_code = error.status, error.code
-        event = error_event(upstream.dialect, error, request_id)
+        event = error_event(
+            upstream.dialect, error, request_id, typed=endpoint is endpoints.RESPONSES
+        )
         await finish_stream(request, response, event, complete=False)
 
 
-def error_event(dialect: endpoints.Dialect, error: errors.RequestError, request_id: str) -> bytes:
+def _response_id(data: bytes, provider: str) -> str:
+    try:
+        document = json.loads(data)
+    except ValueError:
+        document = None
+    found = document.get("id") if isinstance(document, dict) else None
+    if not isinstance(found, str) or not found:
+        raise errors.UpstreamError(f"provider {provider} answered a response without an id")
+    return found
+
+
+def error_event(
+    dialect: endpoints.Dialect, error: errors.RequestError, request_id: str, *, typed: bool = False
+) -> bytes:
     """An SSE error event the official SDKs raise on: OpenAI reads a `data:` object with an
-    `error` key, Anthropic an `event: error`."""
+    `error` key, Anthropic an `event: error`.
+
+    ``typed``: a Responses API stream, whose events are named. Its own error event
+    (`event: error`, with type, code and message at the top) is what an events-minded client
+    reads; the `error` object alongside is what makes the openai SDK raise."""
     message = f"{error.message} (request id {request_id})"
+    document: dict[str, Any]
+    if typed:
+        detail = {"message": message, "type": error.error_type, "param": None, "code": error.code}
+        document = {"type": "error", "code": error.code, "message": message, "param": None}
+        document["error"] = detail
+        return b"event: error\ndata: " + json.dumps(document).encode() + b"\n\n"
     if dialect == "anthropic":
-        document: dict[str, Any] = {
+        document = {
             "type": "error",
             "error": {"type": error.error_type, "message": message},
         }

@@ -174,6 +174,13 @@ class RedisLimiter:
         if old is not None:
             asyncio.get_running_loop().create_task(old.aclose())
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection in force, for the response owners (``redis_ownership``)."""
+        if self._client is None:
+            raise redis.exceptions.ConnectionError("no redis settings loaded")
+        return self._client
+
     def _keys(self, key: str) -> list[str]:
         return [f"{self._prefix}r:{key}", f"{self._prefix}t:{key}", f"{self._prefix}c:{key}"]
 

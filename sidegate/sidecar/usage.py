@@ -15,7 +15,11 @@ from sidegate.sidecar import endpoints
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 # Cheap test before an event is parsed to see whether it ends the stream.
-_MAYBE_LAST = re.compile(rb"\[DONE\]|message_stop|error")
+_MAYBE_LAST = re.compile(rb"\[DONE\]|message_stop|error|response\.(?:completed|failed|incomplete)")
+# The Responses API's events that end a stream; each carries the final response object
+# (with its usage).
+RESPONSE_ENDS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+_RESPONSE_END_NAMES = frozenset(name.encode() for name in RESPONSE_ENDS)
 # A blank line ends an event; a line ends in CRLF, LF or a lone CR. A CR is a lone one only
 # once the next byte is known not to be LF: a CR at the end of what has arrived waits, so
 # the events are the same however the stream is chunked.
@@ -42,8 +46,10 @@ def _apply(usage: Usage, dialect: endpoints.Dialect, reported: Any, *, delta: bo
         return
     usage.reported = True
     if dialect == "openai":
-        usage.input_tokens = _int(reported.get("prompt_tokens"))
-        usage.output_tokens = _int(reported.get("completion_tokens"))
+        # Chat and completions say prompt/completion; the Responses API says input/output
+        # (cached input is part of input_tokens there).
+        usage.input_tokens = _int(reported.get("prompt_tokens", reported.get("input_tokens")))
+        usage.output_tokens = _int(reported.get("completion_tokens", reported.get("output_tokens")))
         return
     # Anthropic: cache reads and writes are input too; message_delta carries cumulative
     # output (and, in newer API versions, input) counts.
@@ -160,14 +166,17 @@ class StreamMeter:
     read here and not shown to a client that did not ask for it.
     """
 
-    __slots__ = ("_dialect", "_hide_usage_chunk", "finished", "usage")
+    __slots__ = ("_dialect", "_hide_usage_chunk", "finished", "response_id", "usage")
 
     def __init__(self, dialect: endpoints.Dialect, *, hide_usage_chunk: bool) -> None:
         self._dialect: endpoints.Dialect = dialect
         self._hide_usage_chunk = hide_usage_chunk
         self.usage = Usage()
+        # The Responses API's id, from its first event (response.created).
+        self.response_id: str | None = None
         # Whether the stream's own last word went by: OpenAI's `data: [DONE]`, Anthropic's
-        # message_stop, or an error event from the provider. A stream that ends without one
+        # message_stop, the Responses API's response.completed/failed/incomplete, or an
+        # error event from the provider. A stream that ends without one
         # was cut off, however cleanly the connection closed.
         self.finished = False
 
@@ -175,12 +184,21 @@ class StreamMeter:
         """Record any usage in ``event``; False if the event must not reach the client."""
         if not self.finished and _MAYBE_LAST.search(event) is not None:
             self.finished = _is_last(self._dialect, event)
+        if self.response_id is None and event.startswith(b"event: response.created"):
+            created = _event_json(event)
+            response = created.get("response") if isinstance(created, dict) else None
+            if isinstance(response, dict) and isinstance(response.get("id"), str):
+                self.response_id = response["id"]
         if _USAGE_OBJECT.search(event) is None:
             return True
         document = _event_json(event)
         if not isinstance(document, dict):
             return True
         if self._dialect == "openai":
+            final = document.get("response")
+            if document.get("type") in RESPONSE_ENDS and isinstance(final, dict):
+                _apply(self.usage, "openai", final.get("usage"))
+                return True
             _apply(self.usage, "openai", document.get("usage"))
             return not (self._hide_usage_chunk and document.get("choices") == [])
         kind = document.get("type")
@@ -193,18 +211,22 @@ class StreamMeter:
 
 def _is_last(dialect: endpoints.Dialect, event: bytes) -> bool:
     fields = _event_fields(event)
-    if fields.get(b"event") in (b"error", b"message_stop"):
+    name = fields.get(b"event")
+    if name in (b"error", b"message_stop") or name in _RESPONSE_END_NAMES:
         return True
+    if name is not None and name.startswith(b"response."):
+        return False  # a typed Responses event that is not an end, whatever its text says
     data = fields.get(b"data", b"")
     if dialect == "openai" and data.strip() == b"[DONE]":
         return True
-    if b"error" in data or b"message_stop" in data:
+    if b"error" in data or b"message_stop" in data or b"response." in data:
         try:
             document = json.loads(data)
         except ValueError:
             return False
         if isinstance(document, dict):
-            return "error" in document or document.get("type") in ("error", "message_stop")
+            kind = document.get("type")
+            return "error" in document or kind in ("error", "message_stop") or kind in RESPONSE_ENDS
     return False
 
 

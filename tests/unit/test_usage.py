@@ -98,3 +98,26 @@ def test_a_stream_is_finished_only_by_its_last_event() -> None:
     assert not anthropic_meter.finished
     anthropic_meter.keep(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
     assert anthropic_meter.finished
+
+
+def typed(kind: str, **fields: object) -> bytes:
+    return f"event: {kind}\n".encode() + sse({"type": kind, **fields})
+
+
+@pytest.mark.parametrize("end", ["response.completed", "response.failed", "response.incomplete"])
+def test_a_responses_stream_ends_with_its_final_response_and_its_usage(end: str) -> None:
+    meter = usage.StreamMeter("openai", hide_usage_chunk=False)
+    assert meter.keep(typed("response.created", response={"usage": None}))
+    # Model output that mentions the end, and an event whose text looks like usage.
+    assert meter.keep(typed("response.output_text.delta", delta=f'{end} "usage": {{'))
+    assert not meter.finished and not meter.usage.reported
+    final = {"status": "completed", "usage": {"input_tokens": 7, "output_tokens": 11}}
+    assert meter.keep(typed(end, response=final))
+    assert meter.finished
+    assert (meter.usage.input_tokens, meter.usage.output_tokens) == (7, 11)
+
+
+def test_responses_whole_body_usage() -> None:
+    body = {"id": "resp_1", "output": [], "usage": {"input_tokens": 4, "output_tokens": 6}}
+    found = usage.from_body("openai", json.dumps(body).encode())
+    assert (found.input_tokens, found.output_tokens, found.reported) == (4, 6, True)
