@@ -43,9 +43,13 @@ def run_spool(directory: Path, pod: str, count: int, signer: signing.Signer) -> 
         writer = asyncio.create_task(trail.run())
         for index in range(count):
             result = "denied" if index % 4 == 3 else "allowed"
-            trail.emit(trail.system_event("llm.chat.completions", result, reason=str(index)))
+            ticket = trail.emit(
+                trail.system_event("llm.chat.completions", result, reason=str(index))
+            )
             if index % 3 == 2:
-                await asyncio.sleep(0.005)
+                # Batches of three, each on disk before the next: the segments (sealed at
+                # 1,500 bytes, after a batch) come out the same however loaded the machine.
+                assert await trail.durable(ticket)
         await trail.close()
         writer.cancel()
 

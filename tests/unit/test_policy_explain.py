@@ -99,6 +99,7 @@ def test_the_text_form() -> None:
             "    team-a/c-deny rules[0]: Deny GPT-4O-MINI",
             "  limits in force (the service account's, over all its tenants):",
             "    requestsPerMinute: 7 (from team-a/c-deny)",
+            "  provider storage: Allowed",
         ]
     )
     nobody = explaining.explain(policies, rules.Caller("team-b", "app"), "m", "embeddings")
@@ -108,6 +109,7 @@ def test_the_text_form() -> None:
             "  reason: no_policy_for_caller: no policy applies to this caller (deny by default)",
             "  applicable policies: none",
             "  limits in force: none",
+            "  provider storage: Allowed",
         ]
     )
 
