@@ -92,7 +92,7 @@ async def test_the_operator_command_reconciles_injects_and_stops(
             assert await eventually(probe, seconds=10)
 
             _response, ops = await admission.admit(
-                listener, ca, admission.pod({injection.ANNOTATION: "true"})
+                listener, ca, admission.pod({injection.LABEL: "true"})
             )
             added = next(op["value"] for op in ops if op["path"] == "/spec/initContainers")
             assert added[0]["resources"] == {"requests": {"cpu": "10m"}}

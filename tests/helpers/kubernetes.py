@@ -186,6 +186,22 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         """A 403 when a service account's request is not allowed by its RBAC."""
         header = str(request.headers.get("Authorization") or "")
         account = self.accounts.get(header.removeprefix("Bearer "))
+        if account is None and header:
+            # A token the test did not issue to an account: kube-apiserver answers 401, so a
+            # program that logs in some other way cannot escape the chart's RBAC here.
+            self.forbidden.append("unauthenticated: a bearer token of no known account")
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": "Unauthorized",
+                    "reason": "Unauthorized",
+                    "code": 401,
+                },
+                status=401,
+            )
         if account is None or request.resource is None or not request.resource.plural:
             return None  # the test itself, or discovery (/api/v1, /apis/<group>/<version>)
         method = str(getattr(request.method, "value", request.method)).upper()

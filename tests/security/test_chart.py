@@ -17,7 +17,7 @@ from sidegate import cli
 from sidegate.operator import injection
 from sidegate.policy import signing
 from sidegate.sidecar import settings
-from tests.helpers import authorizing, binaries
+from tests.helpers import authorizing, binaries, webhook_scope
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "charts" / "sidegate"
@@ -319,7 +319,12 @@ def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) 
         assert hook["clientConfig"]["caBundle"] == ca
         (excluded,) = hook["namespaceSelector"]["matchExpressions"]
         assert excluded["operator"] == "NotIn"
-        assert set(excluded["values"]) == {"sidegate-system", "kube-system"}
+        assert set(excluded["values"]) == {
+            "sidegate-system",
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+        }
     (guard,) = one(docs, "ValidatingWebhookConfiguration")["webhooks"]
     assert {(r["resources"][0], r["operations"][0]) for r in guard["rules"]} == {
         ("pods", "CREATE"),
@@ -336,6 +341,114 @@ def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) 
         "ports": [{"port": "https", "protocol": "TCP"}],
     }
     assert probe == {"ports": [{"port": "probe", "protocol": "TCP"}]}
+
+
+ENABLED = {"sidegate.io/injection": "enabled"}
+
+
+def labelled(labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "app", "labels": labels, "annotations": annotations or {}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
+
+
+def test_only_pods_labelled_for_injection_are_sent_to_the_injector(render: Render) -> None:
+    """An operator outage (failurePolicy Fail) holds up the pods that ask for the sidecar and
+    no others: the API server does not send the rest, so they never wait for the webhook."""
+    (hook,) = one(render(), "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["reinvocationPolicy"] == "IfNeeded"  # init containers added later get the env
+
+    def sent(pod: dict[str, Any], namespace: str = "team-a", *groups: str) -> bool:
+        request = webhook_scope.request(pod, groups=groups)
+        return webhook_scope.sent(hook, namespace, ENABLED, request)
+
+    asking = labelled({injection.LABEL: "true"})
+    assert sent(asking)
+    assert not webhook_scope.sent(hook, "team-a", {}, webhook_scope.request(asking))
+    assert not sent(labelled({}))
+    assert not sent(labelled({"app": "web"}))
+    assert not sent(labelled({injection.LABEL: "false"}))
+    assert not sent(labelled({}, annotations={injection.LABEL: "true"}))  # the old opt-in
+    for system in ("kube-system", "kube-public", "kube-node-lease", "sidegate-system"):
+        assert not sent(asking, system)
+    assert not sent(asking, "team-a", "system:nodes")  # a kubelet's mirror pod
+
+
+POD_SHAPES: list[dict[str, Any]] = [
+    labelled({}),
+    labelled({injection.LABEL: "true"}),
+    {"metadata": {}, "spec": {"containers": [{"name": "sidegate", "image": "x"}]}},
+    {
+        "metadata": {},
+        "spec": {
+            "containers": [{"name": "app"}],
+            "initContainers": [{"name": "sidegate", "restartPolicy": "Always"}],
+        },
+    },
+    {
+        "metadata": {},
+        "spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "sidegate"}]},
+    },
+    {
+        "metadata": {},
+        "spec": {"containers": [{"name": "app"}], "volumes": [{"name": "sidegate-spool"}]},
+    },
+    {
+        "metadata": {},
+        "spec": {"containers": [{"name": "app"}], "volumes": [{"name": "cache", "emptyDir": {}}]},
+    },
+]
+
+
+def token_pod(audience: str | None) -> dict[str, Any]:
+    token: dict[str, Any] = {"path": "t"}
+    if audience is not None:
+        token["audience"] = audience
+    sources = [{"configMap": {"name": "c"}}, {"serviceAccountToken": token}]
+    return {
+        "metadata": {},
+        "spec": {
+            "containers": [{"name": "app"}],
+            "volumes": [{"name": "mine", "projected": {"sources": sources}}],
+        },
+    }
+
+
+@pytest.mark.parametrize("audience", ["sidegate", "llm-broker"])
+def test_the_guard_is_sent_exactly_the_pods_the_operator_judges(
+    render: Render, audience: str
+) -> None:
+    """The guard has no objectSelector (a pod need not carry the label to carry Sidegate's
+    token): its matchCondition sends what injection.carries_sidegate would look at, and
+    nothing else, so ordinary pods never wait for it."""
+    (hook,) = one(render(f"broker.audience={audience}"), "ValidatingWebhookConfiguration")[
+        "webhooks"
+    ]
+    assert "objectSelector" not in hook
+    spec = injection.SidecarSpec(image="sidegate:1", config="{}", audience=audience)
+    injected = injection.apply(labelled({}), injection.inject(labelled({}), spec))
+    pods = [
+        *POD_SHAPES,
+        injected,
+        token_pod(audience),
+        token_pod("other"),
+        token_pod(None),
+    ]
+    for pod in pods:
+        request = webhook_scope.request(pod)
+        expected = injection.carries_sidegate(pod, audience)
+        assert webhook_scope.sent(hook, "team-a", ENABLED, request) is expected, pod
+    assert webhook_scope.sent(hook, "team-a", ENABLED, webhook_scope.request(injected))
+    assert not webhook_scope.sent(hook, "team-a", ENABLED, webhook_scope.request(labelled({})))
+
+    def exec_sent(options: dict[str, Any]) -> bool:
+        request = webhook_scope.request({"kind": "PodExecOptions", **options}, "exec")
+        return webhook_scope.sent(hook, "team-a", ENABLED, request)
+
+    assert exec_sent({"container": "sidegate", "command": ["sh"]})
+    assert exec_sent({"command": ["sh"]})  # no container named: the handler decides
+    assert not exec_sent({"container": "app", "command": ["sh"]})
 
 
 def test_an_image_digest_pins_every_pod_and_the_sidecar(render: Render) -> None:
