@@ -41,7 +41,10 @@ async def test_the_operator_command_reconciles_injects_and_stops(
     listener = admission.listener_for(tmp_path, server_cert)
     health = admission.free_port()
     sidecar_config = tmp_path / "sidecar.yaml"
-    sidecar_config.write_text("listen: {port: 4000}\nbroker: {url: https://broker:8443}\n")
+    sidecar_config.write_text(  # a config the sidecar accepts: the operator checks it
+        "listen: {port: 4000}\nbroker: {url: https://broker:8443}\n"
+        "providers: {openai: {kind: openai}}\nroutes: [{model: gpt-*, provider: openai}]\n"
+    )
     broker_ca = tmp_path / "broker-ca.crt"
     broker_ca.write_text(ca.cert_pem.bytes().decode())
     key = fake_key()

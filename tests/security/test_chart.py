@@ -451,6 +451,36 @@ def test_the_guard_is_sent_exactly_the_pods_the_operator_judges(
     assert not exec_sent({"container": "app", "command": ["sh"]})
 
 
+@pytest.mark.parametrize(
+    "sets", [(), ("sidecar.mode=container", "certManager.enabled=true", "operator.replicas=2")]
+)
+def test_kubectl_kustomize_accepts_the_rendered_chart(
+    helm: Helm, tmp_path: Path, sets: tuple[str, ...]
+) -> None:
+    """GitOps pipelines run the rendered chart through kustomize, which refuses a mapping
+    with a key twice (e.g. a label from two helpers); the locked kubectl's own kustomize."""
+    flags = [flag for value in sets for flag in ("--set", value)]
+    result = helm("template", "sidegate", str(CHART), "-n", "sidegate-system", *flags)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "rendered.yaml").write_text(result.stdout)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [rendered.yaml]\ncommonLabels: {team: platform}\n"
+    )
+    (tmp_path / "bin").mkdir()
+    kubectl = binaries.extract("kubectl", tmp_path / "bin")
+    built = subprocess.run(
+        [str(kubectl), "kustomize", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "")},
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(built.stdout) if doc}
+    assert {"Deployment", "MutatingWebhookConfiguration"} <= kinds
+
+
 def test_an_image_digest_pins_every_pod_and_the_sidecar(render: Render) -> None:
     docs = render(f"image.digest={DIGEST}")
     for kind, name in (
