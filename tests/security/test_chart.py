@@ -91,7 +91,11 @@ def test_lint_strict_is_clean(helm: Helm) -> None:
         ("sidecar.mode=container",),
         ("webhook.enabled=false", "networkPolicy.enabled=false"),
         (f"image.digest={DIGEST}", "operator.watchNamespaces={team-a,team-b}"),
-        ("webhook.certificate.existingSecret=my-tls", "webhook.failurePolicy=Ignore"),
+        (
+            "webhook.certificate.existingSecret=my-tls",
+            "webhook.certificate.caBundle=Y2E=",
+            "webhook.failurePolicy=Ignore",
+        ),
         ("networkPolicy.apiServerCIDRs={10.0.0.1/32}",),
         ("broker.certificate.existingSecret=broker-tls", "broker.replicas=3"),
         ("certManager.enabled=true",),
@@ -479,6 +483,23 @@ def test_kubectl_kustomize_accepts_the_rendered_chart(
     assert built.returncode == 0, built.stderr
     kinds = {doc["kind"] for doc in yaml.safe_load_all(built.stdout) if doc}
     assert {"Deployment", "MutatingWebhookConfiguration"} <= kinds
+
+
+def test_an_existing_certificate_without_a_ca_bundle_fails_the_render(helm: Helm) -> None:
+    """A webhook with no caBundle cannot be called: with failurePolicy Fail every labelled
+    pod would be refused. `helm template` cannot look the Secret up, so it must fail loudly;
+    a caBundle, or cert-manager injecting one, makes it render."""
+    base = ["template", "sidegate", str(CHART), "-n", "sidegate-system"]
+    missing = helm(*base, "--set", "webhook.certificate.existingSecret=my-tls")
+    assert missing.returncode != 0
+    assert "needs webhook.certificate.caBundle" in missing.stderr
+    for extra in (
+        ["--set", "webhook.certificate.caBundle=Y2E="],
+        ["--set", "certManager.enabled=true"],
+        ["--set-string", "webhook.annotations.cert-manager\\.io/inject-ca-from=ns/cert"],
+    ):
+        rendered = helm(*base, "--set", "webhook.certificate.existingSecret=my-tls", *extra)
+        assert rendered.returncode == 0, (extra, rendered.stderr)
 
 
 def test_an_image_digest_pins_every_pod_and_the_sidecar(render: Render) -> None:
