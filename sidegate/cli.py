@@ -145,6 +145,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run(demo.run(port=args.port, serve=args.serve, redactor=redactor))
 
 
+def sidecar_config_problem(spec: Any) -> str | None:
+    """Why the config injected sidecars would get is invalid, if it is: the sidecar's own
+    validation of it as the injector completes it, with a throwaway signing key standing in
+    for the published ones and placeholders for what the downward API gives each pod."""
+    from sidegate.operator import injection
+    from sidegate.policy import signing
+    from sidegate.sidecar import settings
+
+    stand_in = signing.encode_public_key(signing.generate_private_key().public_key())
+    identity = {
+        "SIDEGATE_NAMESPACE": "validating",
+        "SIDEGATE_SERVICE_ACCOUNT": "validating",
+        "SIDEGATE_POD_NAME": "validating",
+    }
+    try:
+        text = injection.sidecar_config(dataclasses.replace(spec, trusted_keys=(stand_in,)))
+        settings.parse(text, "sidecar config", Path("/"), identity)
+    except errors.ConfigError as exc:
+        return str(exc).removeprefix("sidecar config: ")
+    except (ValueError, yaml.YAMLError) as exc:
+        return str(exc)
+    return None
+
+
 def cmd_operator(args: argparse.Namespace) -> int:
     from sidegate.operator import injection, running, state
 
@@ -174,10 +198,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
             port=args.sidecar_port,
             image_pull_policy=args.sidecar_pull_policy,
         )
-        try:
-            injection.sidecar_config(sidecar)
-        except (ValueError, yaml.YAMLError) as exc:
-            print(f"sidegate: --sidecar-config: {exc}", file=sys.stderr)
+        problem = sidecar_config_problem(sidecar)
+        if problem is not None:
+            # Refused here, once, rather than crash-looping every pod injected with it.
+            print(
+                f"sidegate: --sidecar-config (the chart's sidecar.config): {problem}",
+                file=sys.stderr,
+            )
             return 2
         if args.sidecar_resources is not None:
             sidecar = dataclasses.replace(sidecar, resources=args.sidecar_resources)

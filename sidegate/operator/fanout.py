@@ -96,5 +96,6 @@ async def converge(
     if data == current and expires == current_expiries:
         return None
     removed = set(current) - set(data)
-    await client.apply(target_secret(namespace, name, data, expires, removed, annotations, labels))
+    target = target_secret(namespace, name, data, expires, removed, annotations, labels)
+    await client.write(target, secret)  # only over the version read: Conflict otherwise
     return expires

@@ -1,5 +1,6 @@
-"""The sidecar injection: an annotated pod → the same pod with Sidegate in it, and the rules
-that refuse a pod whose other containers could reach the sidecar's secrets (pure, no I/O).
+"""The sidecar injection: a labelled pod (``sidegate.io/inject: "true"``) → the same pod
+with Sidegate in it, and the rules that refuse a pod whose other containers could reach the
+sidecar's secrets (pure, no I/O).
 
 ``inject(pod, spec)`` returns the fields of the pod it changes. It is a fixed point:
 injecting an injected pod returns the same fields, so the webhook's JSON patch is empty the
@@ -31,7 +32,10 @@ from typing import Any
 
 import yaml
 
-ANNOTATION = "sidegate.io/inject"
+# The opt-in is a label, not an annotation: the API server filters on labels
+# (the webhook's objectSelector), so pods that do not ask are never sent to the webhook and an
+# operator outage cannot hold them up.
+LABEL = "sidegate.io/inject"
 INJECTED = "sidegate.io/injected"
 CONTAINER = "sidegate"
 CONFIG_ENV = "SIDEGATE_CONFIG"
@@ -76,8 +80,8 @@ class SidecarSpec:
     )
 
 
-def wants_injection(annotations: Mapping[str, str] | None) -> bool:
-    return (annotations or {}).get(ANNOTATION, "").lower() == "true"
+def wants_injection(labels: Mapping[str, str] | None) -> bool:
+    return (labels or {}).get(LABEL, "").lower() == "true"
 
 
 def sidecar_config(spec: SidecarSpec) -> str:
@@ -168,7 +172,7 @@ def refusal(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
     reason = exposure(apply(pod, inject(pod, spec)), spec.audience)
     if reason is None:
         return None
-    return f"sidegate: {reason}; change the pod or remove the {ANNOTATION} annotation"
+    return f"sidegate: {reason}; change the pod or remove the {LABEL} label"
 
 
 def volumes(spec: SidecarSpec) -> list[dict[str, Any]]:

@@ -28,6 +28,11 @@ class WatchExpired(Exception):
     again."""
 
 
+class Conflict(kopf.TemporaryError):
+    """The object changed (or appeared) since it was read: another writer, e.g. a second
+    operator replica, was faster. The caller's handler runs again on a fresh read."""
+
+
 class ApiClient:
     def __init__(self, info: kopf.ConnectionInfo) -> None:
         self._server = info.server.rstrip("/")
@@ -74,7 +79,9 @@ class ApiClient:
             return True
 
     async def apply(self, obj: dict[str, Any], plural: str = SECRETS) -> None:
-        """Create, or merge-patch when it exists (a 409 on create means someone was faster)."""
+        """Create, or merge-patch when it exists (a 409 on create means someone was faster).
+        Only for objects derived from elsewhere, never read here first (every writer writes
+        the same content): a read-modify-write uses ``write``."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         async with self._session.post(self._url(namespace, plural), json=obj) as answer:
             if answer.status < 400:
@@ -88,6 +95,37 @@ class ApiClient:
             json=obj,
             headers={"Content-Type": "application/merge-patch+json"},
         ) as answer:
+            if answer.status >= 400:
+                raise kopf.TemporaryError(
+                    f"patching {plural} {namespace}/{name}: HTTP {answer.status}", delay=5
+                )
+
+    async def write(
+        self,
+        obj: dict[str, Any],
+        based_on: Mapping[str, Any] | None,
+        plural: str = SECRETS,
+    ) -> None:
+        """The write of a read-modify-write: create when ``based_on`` (the object as read)
+        is None, else a merge patch that holds only if the object still has ``based_on``'s
+        resourceVersion. Conflict (409) otherwise: nothing a concurrent writer wrote is
+        lost, the caller reads again."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        if based_on is None:
+            if not await self.create(obj, plural):
+                raise Conflict(f"{plural} {namespace}/{name} was created meanwhile", delay=1)
+            return
+        version = (based_on.get("metadata") or {}).get("resourceVersion")
+        if not version:
+            raise kopf.TemporaryError(f"{plural} {namespace}/{name} has no resourceVersion")
+        body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
+        async with self._session.patch(
+            self._url(namespace, plural, name),
+            json=body,
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as answer:
+            if answer.status in (404, 409):
+                raise Conflict(f"{plural} {namespace}/{name} changed meanwhile", delay=1)
             if answer.status >= 400:
                 raise kopf.TemporaryError(
                     f"patching {plural} {namespace}/{name}: HTTP {answer.status}", delay=5

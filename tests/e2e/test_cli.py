@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidegate import standin
+from sidegate import cli, standin
+from sidegate.operator import injection
 from tests.conftest import base_config, fake_key
 from tests.helpers.http import call, chat_body
 
@@ -48,6 +49,51 @@ def test_operator_refuses_a_webhook_without_its_certificate() -> None:
         text=True,
     )
     assert result.returncode == 2 and "--webhook-cert" in result.stderr
+
+
+CHART_VALUES = Path(__file__).parents[2] / "charts" / "sidegate" / "values.yaml"
+
+
+def operator_with_sidecar_config(
+    tmp_path: Path, config: object
+) -> subprocess.CompletedProcess[str]:
+    """`sidegate operator` as the chart starts it, up to the point it validates its flags."""
+    file = tmp_path / "sidecar.yaml"
+    file.write_text(yaml.safe_dump(config))
+    for name in ("tls.crt", "tls.key"):
+        (tmp_path / name).write_text("")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    environment["KUBECONFIG"] = str(tmp_path / "no-such-kubeconfig")
+    return subprocess.run(
+        [
+            *SIDEGATE,
+            "operator",
+            "--webhook-port=8443",
+            f"--webhook-cert={tmp_path / 'tls.crt'}",
+            f"--webhook-key={tmp_path / 'tls.key'}",
+            "--sidecar-image=registry.invalid/sidegate:1",
+            f"--sidecar-config={file}",
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
+
+
+def test_the_operator_refuses_a_sidecar_config_the_sidecar_would_refuse(tmp_path: Path) -> None:
+    """A typo in the chart's sidecar.config stops the operator at start with the field's
+    name, instead of crash-looping every pod injected with it."""
+    config = yaml.safe_load(CHART_VALUES.read_text())["sidecar"]["config"]
+    config["broker"]["url"] = "https://sidegate-broker.sidegate-system.svc:8443"  # the chart's
+    config["broker"]["max_stalenes_seconds"] = 300  # the typo
+    result = operator_with_sidecar_config(tmp_path, config)
+    assert result.returncode == 2, result.stderr
+    assert "sidecar.config" in result.stderr and "max_stalenes_seconds" in result.stderr
+    # The chart's own config passes the same check (the process would go on to log in).
+    config["broker"].pop("max_stalenes_seconds")
+    spec = injection.SidecarSpec(image="sidegate:1", config=yaml.safe_dump(config))
+    assert cli.sidecar_config_problem(spec) is None
 
 
 def test_config_env_must_be_set() -> None:

@@ -1,8 +1,8 @@
 """The whole cluster path, every part as it runs there, with a test helper as the kubelet:
 
 `sidegate operator` (a process, logged in to kmock from a kubeconfig) signs team-a's bundle
-and writes the credentials and admin token into the release namespace; its webhook injects an
-annotated pod; the pod is created in the API server; a broker replica (logged in to kmock)
+and writes the credentials and admin token into the release namespace; its webhook injects a
+labelled pod; the pod is created in the API server; a broker replica (logged in to kmock)
 checks the pod's projected token with TokenReview and the pod spec, and delivers; the injected
 sidecar runs as a process exactly as the pod says (args, env, downward API, the projected
 token at its mount path), and enforces: the app calls it with the official SDK and only the
@@ -193,7 +193,7 @@ async def test_operator_broker_and_injected_sidecar_enforce_with_no_key_in_the_n
                 await eventually(lambda n=name: get(k8s, f"{SOURCES}/{n}"), seconds=20)
 
             # The webhook injects; the API server stores the pod; the kubelet mounts.
-            original = admission.pod({injection.ANNOTATION: "true"})
+            original = admission.pod({injection.LABEL: "true"})
             _response, ops = await admission.admit(listener, ca, original)
             patched = jsonpatch.apply_patch(copy.deepcopy(original), ops)
             pod = await brokers.create_pod(k8s, patched)

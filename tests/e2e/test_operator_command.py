@@ -41,7 +41,10 @@ async def test_the_operator_command_reconciles_injects_and_stops(
     listener = admission.listener_for(tmp_path, server_cert)
     health = admission.free_port()
     sidecar_config = tmp_path / "sidecar.yaml"
-    sidecar_config.write_text("listen: {port: 4000}\nbroker: {url: https://broker:8443}\n")
+    sidecar_config.write_text(  # a config the sidecar accepts: the operator checks it
+        "listen: {port: 4000}\nbroker: {url: https://broker:8443}\n"
+        "providers: {openai: {kind: openai}}\nroutes: [{model: gpt-*, provider: openai}]\n"
+    )
     broker_ca = tmp_path / "broker-ca.crt"
     broker_ca.write_text(ca.cert_pem.bytes().decode())
     key = fake_key()
@@ -92,7 +95,7 @@ async def test_the_operator_command_reconciles_injects_and_stops(
             assert await eventually(probe, seconds=10)
 
             _response, ops = await admission.admit(
-                listener, ca, admission.pod({injection.ANNOTATION: "true"})
+                listener, ca, admission.pod({injection.LABEL: "true"})
             )
             added = next(op["value"] for op in ops if op["path"] == "/spec/initContainers")
             assert added[0]["resources"] == {"requests": {"cpu": "10m"}}

@@ -33,11 +33,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def pod(annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def pod(
+    labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "app-7d9f", "namespace": "team-a", "annotations": annotations or {}},
+        "metadata": {
+            "name": "app-7d9f",
+            "namespace": "team-a",
+            "labels": labels or {},
+            "annotations": annotations or {},
+        },
         "spec": {
             "serviceAccountName": "app",
             "containers": [

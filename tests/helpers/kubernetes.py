@@ -72,6 +72,10 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         # request without a known token is the test's own (a cluster admin's).
         self.accounts: dict[str, authorizing.Grants] = {}
         self.forbidden: list[str] = []
+        # Every accepted write's body by (plural, namespace, name), in order; and how many
+        # writes a resourceVersion precondition refused (409), as kube-apiserver does.
+        self.writes: dict[tuple[str, str | None, str | None], list[dict[str, Any]]] = {}
+        self.conflicts = 0
 
     def issue_token(
         self,
@@ -186,6 +190,22 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         """A 403 when a service account's request is not allowed by its RBAC."""
         header = str(request.headers.get("Authorization") or "")
         account = self.accounts.get(header.removeprefix("Bearer "))
+        if account is None and header:
+            # A token the test did not issue to an account: kube-apiserver answers 401, so a
+            # program that logs in some other way cannot escape the chart's RBAC here.
+            self.forbidden.append("unauthenticated: a bearer token of no known account")
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": "Unauthorized",
+                    "reason": "Unauthorized",
+                    "code": 401,
+                },
+                status=401,
+            )
         if account is None or request.resource is None or not request.resource.plural:
             return None  # the test itself, or discovery (/api/v1, /apis/<group>/<version>)
         method = str(getattr(request.method, "value", request.method)).upper()
@@ -234,12 +254,39 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 meta.setdefault("generation", 1)
                 meta["resourceVersion"] = str(next(_versions))
             elif request.action == kmock.action.UPDATE:
-                meta["resourceVersion"] = str(next(_versions))
                 key = (request.resource, request.namespace, request.name)
+                expected = meta.get("resourceVersion")
+                if expected is not None and key in self._objects:
+                    found = self._objects[key].get("metadata", {}).get("resourceVersion")
+                    if str(expected) != str(found):
+                        self.conflicts += 1
+                        return aiohttp.web.json_response(_conflict(request.name), status=409)
+                meta["resourceVersion"] = str(next(_versions))
                 if "spec" in data and key in self._objects:  # a spec change: a new generation
                     generation = self._objects[key].get("metadata", {}).get("generation", 1)
                     meta["generation"] = generation + 1
+            if request.action in (kmock.action.CREATE, kmock.action.UPDATE):
+                body = json.loads(json.dumps(data))
+                answer = await super()._handle(request)
+                if answer.status < 300:  # accepted (a create of an existing object is 409)
+                    name = request.name or meta.get("name")
+                    written = (request.resource.plural, request.namespace, name)
+                    self.writes.setdefault(written, []).append(body)
+                return answer  # type: ignore[no-any-return]
         return await super()._handle(request)  # type: ignore[no-any-return]
+
+
+def _conflict(name: str | None) -> dict[str, Any]:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f'Operation cannot be fulfilled on "{name}": the object has been modified; '
+        "please apply your changes to the latest version and try again",
+        "reason": "Conflict",
+        "code": 409,
+    }
 
 
 @contextlib.asynccontextmanager

@@ -43,7 +43,7 @@ def validate(obj: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.asyncio
-async def test_an_annotated_pod_gets_the_sidecar_once(
+async def test_a_labelled_pod_gets_the_sidecar_once(
     listener: running.WebhookListener, ca: trustme.CA, native: bool
 ) -> None:
     spec = injection.SidecarSpec(
@@ -51,7 +51,7 @@ async def test_an_annotated_pod_gets_the_sidecar_once(
         config=SIDECAR_CONFIG,
         native=native,
     )
-    original = admission.pod({injection.ANNOTATION: "true"})
+    original = admission.pod({injection.LABEL: "true"})
     ca_file = listener.certfile.parent / "broker-ca.crt"
     ca_file.write_text(BROKER_CA)
     async with (
@@ -137,16 +137,21 @@ async def test_pods_not_asking_are_admitted_untouched(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
     async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
-        for annotations in (None, {injection.ANNOTATION: "false"}, {"other": "true"}):
-            _response, ops = await admission.admit(listener, ca, admission.pod(annotations))
+        for labels in (None, {injection.LABEL: "false"}, {"other": "true"}):
+            _response, ops = await admission.admit(listener, ca, admission.pod(labels))
             assert ops == []
+        # The annotation of earlier versions no longer asks (the API server filters on the
+        # label, so such a pod is not even sent; if it were, it stays untouched).
+        old_style = admission.pod(annotations={injection.LABEL: "true"})
+        _response, ops = await admission.admit(listener, ca, old_style)
+        assert ops == []
 
 
 @pytest.mark.asyncio
 async def test_an_app_setting_its_own_base_url_keeps_it(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
-    original = admission.pod({injection.ANNOTATION: "true"})
+    original = admission.pod({injection.LABEL: "true"})
     original["spec"]["containers"][0]["env"].append(
         {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:4000/v1/custom"}
     )
@@ -158,13 +163,13 @@ async def test_an_app_setting_its_own_base_url_keeps_it(
 
 
 def app_mounting(volume: str) -> dict[str, Any]:
-    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod = admission.pod({injection.LABEL: "true"})
     pod["spec"]["containers"][0]["volumeMounts"] = [{"name": volume, "mountPath": "/x"}]
     return pod
 
 
 def token_volume(audience: str) -> dict[str, Any]:
-    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod = admission.pod({injection.LABEL: "true"})
     source = {"serviceAccountToken": {"audience": audience, "path": "t"}}
     pod["spec"]["volumes"] = [{"name": "mine", "projected": {"sources": [source]}}]
     pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "mine", "mountPath": "/t"}]
@@ -172,7 +177,7 @@ def token_volume(audience: str) -> dict[str, Any]:
 
 
 def with_spec(**fields: Any) -> dict[str, Any]:
-    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod = admission.pod({injection.LABEL: "true"})
     pod["spec"].update(fields)
     return pod
 
@@ -216,8 +221,8 @@ async def test_the_guard_admits_what_does_not_reach_the_sidecar(
     business), a token for another audience, an ephemeral container beside the app, an exec
     into the app."""
     injected = injection.apply(
-        admission.pod({injection.ANNOTATION: "true"}),
-        injection.inject(admission.pod({injection.ANNOTATION: "true"}), PLAIN),
+        admission.pod({injection.LABEL: "true"}),
+        injection.inject(admission.pod({injection.LABEL: "true"}), PLAIN),
     )
     plain = admission.pod()
     plain["spec"]["hostNetwork"] = True
@@ -264,8 +269,8 @@ async def test_no_debugging_container_or_exec_reaches_the_sidecar(
     listener: running.WebhookListener, ca: trustme.CA
 ) -> None:
     injected = injection.apply(
-        admission.pod({injection.ANNOTATION: "true"}),
-        injection.inject(admission.pod({injection.ANNOTATION: "true"}), PLAIN),
+        admission.pod({injection.LABEL: "true"}),
+        injection.inject(admission.pod({injection.LABEL: "true"}), PLAIN),
     )
     targeting = copy.deepcopy(injected)
     targeting["spec"]["ephemeralContainers"] = [

@@ -17,7 +17,7 @@ from sidegate import cli
 from sidegate.operator import injection
 from sidegate.policy import signing
 from sidegate.sidecar import settings
-from tests.helpers import authorizing, binaries
+from tests.helpers import authorizing, binaries, webhook_scope
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "charts" / "sidegate"
@@ -91,7 +91,11 @@ def test_lint_strict_is_clean(helm: Helm) -> None:
         ("sidecar.mode=container",),
         ("webhook.enabled=false", "networkPolicy.enabled=false"),
         (f"image.digest={DIGEST}", "operator.watchNamespaces={team-a,team-b}"),
-        ("webhook.certificate.existingSecret=my-tls", "webhook.failurePolicy=Ignore"),
+        (
+            "webhook.certificate.existingSecret=my-tls",
+            "webhook.certificate.caBundle=Y2E=",
+            "webhook.failurePolicy=Ignore",
+        ),
         ("networkPolicy.apiServerCIDRs={10.0.0.1/32}",),
         ("broker.certificate.existingSecret=broker-tls", "broker.replicas=3"),
         ("certManager.enabled=true",),
@@ -319,7 +323,12 @@ def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) 
         assert hook["clientConfig"]["caBundle"] == ca
         (excluded,) = hook["namespaceSelector"]["matchExpressions"]
         assert excluded["operator"] == "NotIn"
-        assert set(excluded["values"]) == {"sidegate-system", "kube-system"}
+        assert set(excluded["values"]) == {
+            "sidegate-system",
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+        }
     (guard,) = one(docs, "ValidatingWebhookConfiguration")["webhooks"]
     assert {(r["resources"][0], r["operations"][0]) for r in guard["rules"]} == {
         ("pods", "CREATE"),
@@ -336,6 +345,161 @@ def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) 
         "ports": [{"port": "https", "protocol": "TCP"}],
     }
     assert probe == {"ports": [{"port": "probe", "protocol": "TCP"}]}
+
+
+ENABLED = {"sidegate.io/injection": "enabled"}
+
+
+def labelled(labels: dict[str, str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "app", "labels": labels, "annotations": annotations or {}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
+
+
+def test_only_pods_labelled_for_injection_are_sent_to_the_injector(render: Render) -> None:
+    """An operator outage (failurePolicy Fail) holds up the pods that ask for the sidecar and
+    no others: the API server does not send the rest, so they never wait for the webhook."""
+    (hook,) = one(render(), "MutatingWebhookConfiguration")["webhooks"]
+    assert hook["reinvocationPolicy"] == "IfNeeded"  # init containers added later get the env
+
+    def sent(pod: dict[str, Any], namespace: str = "team-a", *groups: str) -> bool:
+        request = webhook_scope.request(pod, groups=groups)
+        return webhook_scope.sent(hook, namespace, ENABLED, request)
+
+    asking = labelled({injection.LABEL: "true"})
+    assert sent(asking)
+    assert not webhook_scope.sent(hook, "team-a", {}, webhook_scope.request(asking))
+    assert not sent(labelled({}))
+    assert not sent(labelled({"app": "web"}))
+    assert not sent(labelled({injection.LABEL: "false"}))
+    assert not sent(labelled({}, annotations={injection.LABEL: "true"}))  # the old opt-in
+    for system in ("kube-system", "kube-public", "kube-node-lease", "sidegate-system"):
+        assert not sent(asking, system)
+    assert not sent(asking, "team-a", "system:nodes")  # a kubelet's mirror pod
+
+
+POD_SHAPES: list[dict[str, Any]] = [
+    labelled({}),
+    labelled({injection.LABEL: "true"}),
+    {"metadata": {}, "spec": {"containers": [{"name": "sidegate", "image": "x"}]}},
+    {
+        "metadata": {},
+        "spec": {
+            "containers": [{"name": "app"}],
+            "initContainers": [{"name": "sidegate", "restartPolicy": "Always"}],
+        },
+    },
+    {
+        "metadata": {},
+        "spec": {"containers": [{"name": "app"}], "ephemeralContainers": [{"name": "sidegate"}]},
+    },
+    {
+        "metadata": {},
+        "spec": {"containers": [{"name": "app"}], "volumes": [{"name": "sidegate-spool"}]},
+    },
+    {
+        "metadata": {},
+        "spec": {"containers": [{"name": "app"}], "volumes": [{"name": "cache", "emptyDir": {}}]},
+    },
+]
+
+
+def token_pod(audience: str | None) -> dict[str, Any]:
+    token: dict[str, Any] = {"path": "t"}
+    if audience is not None:
+        token["audience"] = audience
+    sources = [{"configMap": {"name": "c"}}, {"serviceAccountToken": token}]
+    return {
+        "metadata": {},
+        "spec": {
+            "containers": [{"name": "app"}],
+            "volumes": [{"name": "mine", "projected": {"sources": sources}}],
+        },
+    }
+
+
+@pytest.mark.parametrize("audience", ["sidegate", "llm-broker"])
+def test_the_guard_is_sent_exactly_the_pods_the_operator_judges(
+    render: Render, audience: str
+) -> None:
+    """The guard has no objectSelector (a pod need not carry the label to carry Sidegate's
+    token): its matchCondition sends what injection.carries_sidegate would look at, and
+    nothing else, so ordinary pods never wait for it."""
+    (hook,) = one(render(f"broker.audience={audience}"), "ValidatingWebhookConfiguration")[
+        "webhooks"
+    ]
+    assert "objectSelector" not in hook
+    spec = injection.SidecarSpec(image="sidegate:1", config="{}", audience=audience)
+    injected = injection.apply(labelled({}), injection.inject(labelled({}), spec))
+    pods = [
+        *POD_SHAPES,
+        injected,
+        token_pod(audience),
+        token_pod("other"),
+        token_pod(None),
+    ]
+    for pod in pods:
+        request = webhook_scope.request(pod)
+        expected = injection.carries_sidegate(pod, audience)
+        assert webhook_scope.sent(hook, "team-a", ENABLED, request) is expected, pod
+    assert webhook_scope.sent(hook, "team-a", ENABLED, webhook_scope.request(injected))
+    assert not webhook_scope.sent(hook, "team-a", ENABLED, webhook_scope.request(labelled({})))
+
+    def exec_sent(options: dict[str, Any]) -> bool:
+        request = webhook_scope.request({"kind": "PodExecOptions", **options}, "exec")
+        return webhook_scope.sent(hook, "team-a", ENABLED, request)
+
+    assert exec_sent({"container": "sidegate", "command": ["sh"]})
+    assert exec_sent({"command": ["sh"]})  # no container named: the handler decides
+    assert not exec_sent({"container": "app", "command": ["sh"]})
+
+
+@pytest.mark.parametrize(
+    "sets", [(), ("sidecar.mode=container", "certManager.enabled=true", "operator.replicas=2")]
+)
+def test_kubectl_kustomize_accepts_the_rendered_chart(
+    helm: Helm, tmp_path: Path, sets: tuple[str, ...]
+) -> None:
+    """GitOps pipelines run the rendered chart through kustomize, which refuses a mapping
+    with a key twice (e.g. a label from two helpers); the locked kubectl's own kustomize."""
+    flags = [flag for value in sets for flag in ("--set", value)]
+    result = helm("template", "sidegate", str(CHART), "-n", "sidegate-system", *flags)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "rendered.yaml").write_text(result.stdout)
+    (tmp_path / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "resources: [rendered.yaml]\ncommonLabels: {team: platform}\n"
+    )
+    (tmp_path / "bin").mkdir()
+    kubectl = binaries.extract("kubectl", tmp_path / "bin")
+    built = subprocess.run(
+        [str(kubectl), "kustomize", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "PATH": os.environ.get("PATH", "")},
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(built.stdout) if doc}
+    assert {"Deployment", "MutatingWebhookConfiguration"} <= kinds
+
+
+def test_an_existing_certificate_without_a_ca_bundle_fails_the_render(helm: Helm) -> None:
+    """A webhook with no caBundle cannot be called: with failurePolicy Fail every labelled
+    pod would be refused. `helm template` cannot look the Secret up, so it must fail loudly;
+    a caBundle, or cert-manager injecting one, makes it render."""
+    base = ["template", "sidegate", str(CHART), "-n", "sidegate-system"]
+    missing = helm(*base, "--set", "webhook.certificate.existingSecret=my-tls")
+    assert missing.returncode != 0
+    assert "needs webhook.certificate.caBundle" in missing.stderr
+    for extra in (
+        ["--set", "webhook.certificate.caBundle=Y2E="],
+        ["--set", "certManager.enabled=true"],
+        ["--set-string", "webhook.annotations.cert-manager\\.io/inject-ca-from=ns/cert"],
+    ):
+        rendered = helm(*base, "--set", "webhook.certificate.existingSecret=my-tls", *extra)
+        assert rendered.returncode == 0, (extra, rendered.stderr)
 
 
 def test_an_image_digest_pins_every_pod_and_the_sidecar(render: Render) -> None:

@@ -13,7 +13,7 @@ from sidegate.operator import injection
 
 def pod() -> dict[str, Any]:
     return {
-        "metadata": {"name": "p", "annotations": {injection.ANNOTATION: "true"}},
+        "metadata": {"name": "p", "labels": {injection.LABEL: "true"}},
         "spec": {
             "initContainers": [{"name": "migrate", "image": "m"}],
             "containers": [{"name": "app", "image": "a"}, {"name": "worker", "image": "w"}],
@@ -46,8 +46,8 @@ def test_a_new_image_or_mode_replaces_the_old_sidecar() -> None:
 
 
 def test_only_true_asks_for_injection() -> None:
-    assert injection.wants_injection({injection.ANNOTATION: "True"})
-    for asked in (None, {}, {injection.ANNOTATION: "yes"}, {injection.ANNOTATION: "false"}):
+    assert injection.wants_injection({injection.LABEL: "True"})
+    for asked in (None, {}, {injection.LABEL: "yes"}, {injection.LABEL: "false"}):
         assert not injection.wants_injection(asked)
 
 

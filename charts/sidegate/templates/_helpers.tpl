@@ -92,3 +92,38 @@ annotations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/*
+Namespaces whose pods are sent to the webhooks: the selected ones, never the release's own or
+the system namespaces (kube-system, kube-public, kube-node-lease).
+*/}}
+{{- define "sidegate.webhookNamespaceSelector" -}}
+{{- with .Values.webhook.namespaceSelector.matchLabels }}
+matchLabels:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values: [{{ .Release.Namespace | quote }}, "kube-system", "kube-public", "kube-node-lease"]
+  {{- with .Values.webhook.namespaceSelector.matchExpressions }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
+{{/*
+The guard's matchCondition (CEL): an exec whose container may be the sidecar, or a pod with
+anything of Sidegate's in it: a container named sidegate, a sidegate-* volume, or a projected
+token for the broker's audience. The same test as the operator's injection.carries_sidegate.
+*/}}
+{{- define "sidegate.guardCondition" -}}
+request.subResource == 'exec'
+  ? (!has(object.container) || object.container == 'sidegate')
+  : ((has(object.spec.initContainers) && object.spec.initContainers.exists(c, c.name == 'sidegate'))
+    || (has(object.spec.containers) && object.spec.containers.exists(c, c.name == 'sidegate'))
+    || (has(object.spec.ephemeralContainers) && object.spec.ephemeralContainers.exists(c, c.name == 'sidegate'))
+    || (has(object.spec.volumes) && object.spec.volumes.exists(v, v.name.startsWith('sidegate-')
+      || (has(v.projected) && has(v.projected.sources) && v.projected.sources.exists(s,
+        has(s.serviceAccountToken) && has(s.serviceAccountToken.audience)
+        && s.serviceAccountToken.audience == {{ .Values.broker.audience | squote }})))))
+{{- end }}

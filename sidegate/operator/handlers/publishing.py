@@ -114,7 +114,7 @@ async def _publish(
             private_key=active.active,
         )
         written = bundles.desired_secret(state.namespace, namespace, bundle_hash, envelope)
-        await client.apply(written)
+        await client.write(written, stored)  # over the version judged above, or Conflict
         state.published[namespace] = Published(raw, bundle_hash, envelope, serial, active.active_id)
     log.info("bundle %s/%s signed (serial %d, %s)", state.namespace, name, serial, bundle_hash)
     return bundle_hash
@@ -145,8 +145,9 @@ async def restore(state: OperatorState, namespace: str) -> bool:
                     current.key_id,
                 )
             return False
-        await client.apply(
-            bundles.desired_secret(state.namespace, namespace, last.bundle_hash, last.envelope)
+        await client.write(
+            bundles.desired_secret(state.namespace, namespace, last.bundle_hash, last.envelope),
+            stored,
         )
     logger.warning("bundle secret %s/%s was altered: restored", state.namespace, name)
     return True

@@ -92,7 +92,8 @@ async def _restore_signing_secret(state: OperatorState) -> None:
         return
     pem = signing.private_key_to_pem(state.keys.active).decode()
     data = {state.keys.active_name: pem, signing_keys.ACTIVE: state.keys.active_name}
-    await state.api().apply(signing_keys.secret(state.namespace, data))
+    if not await state.api().create(signing_keys.secret(state.namespace, data)):
+        return  # put back already (another replica)
     logger.warning(
         "signing Secret %s/%s was deleted: restored", state.namespace, signing_keys.SECRET
     )

@@ -1,6 +1,6 @@
 """The admission webhooks (kopf serves them over TLS; the chart registers them).
 
-``/inject`` (mutating): pods annotated ``sidegate.io/inject: "true"`` get the sidecar
+``/inject`` (mutating): pods labelled ``sidegate.io/inject: "true"`` get the sidecar
 (``injection.inject``), with the signing keys in force and the broker's CA in its config;
 a pod that would expose the sidecar is refused rather than created without it.
 
@@ -58,10 +58,10 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         registry=registry,
         id=HANDLER_ID,
         operations={"CREATE"},
-        annotations={injection.ANNOTATION: kopf.PRESENT},
+        labels={injection.LABEL: kopf.PRESENT},
     )
     async def inject(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-        if not injection.wants_injection(body.metadata.annotations):
+        if not injection.wants_injection(body.metadata.labels):
             return  # "false", or any value but "true": opted out explicitly
         pod = objects.plain(body)
         now = await current_spec(state, spec)
