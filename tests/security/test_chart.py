@@ -330,6 +330,11 @@ def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) 
             "kube-node-lease",
         }
     (guard,) = one(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    # The injector only where namespaces opted in; the guard everywhere: a namespace admin
+    # needs no label to exec into a sidecar or run a hand-made one.
+    (injector,) = one(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert injector["namespaceSelector"]["matchLabels"] == {"sidegate.io/injection": "enabled"}
+    assert "matchLabels" not in guard["namespaceSelector"]
     assert {(r["resources"][0], r["operations"][0]) for r in guard["rules"]} == {
         ("pods", "CREATE"),
         ("pods/ephemeralcontainers", "UPDATE"),

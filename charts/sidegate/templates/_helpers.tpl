@@ -97,6 +97,23 @@ annotations:
 Namespaces whose pods are sent to the webhooks: the selected ones, never the release's own or
 the system namespaces (kube-system, kube-public, kube-node-lease).
 */}}
+{{/*
+The guard's namespaces: every one but the system namespaces and the release namespace, and
+any the values exclude explicitly (matchExpressions), never only those carrying the opt-in
+label. The guard is what stops a namespace admin from exec-ing into a sidecar, or running a
+hand-made one, and those need no label; its matchConditions keep it from being sent
+anything else, so an operator outage holds up nothing that does not touch a sidecar.
+*/}}
+{{- define "sidegate.guardNamespaceSelector" -}}
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values: [{{ .Release.Namespace | quote }}, "kube-system", "kube-public", "kube-node-lease"]
+  {{- with .Values.webhook.namespaceSelector.matchExpressions }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- end }}
+
 {{- define "sidegate.webhookNamespaceSelector" -}}
 {{- with .Values.webhook.namespaceSelector.matchLabels }}
 matchLabels:
