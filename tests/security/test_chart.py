@@ -321,10 +321,11 @@ def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) 
         assert excluded["operator"] == "NotIn"
         assert set(excluded["values"]) == {"sidegate-system", "kube-system"}
     (guard,) = one(docs, "ValidatingWebhookConfiguration")["webhooks"]
-    assert {(r["resources"][0], r["operations"][0]) for r in guard["rules"]} == {
-        ("pods", "CREATE"),
-        ("pods/ephemeralcontainers", "UPDATE"),
-        ("pods/exec", "CONNECT"),
+    # Pod UPDATE too: a running pod's container image may be changed, not the sidecar's.
+    assert {(r["resources"][0], tuple(r["operations"])) for r in guard["rules"]} == {
+        ("pods", ("CREATE", "UPDATE")),
+        ("pods/ephemeralcontainers", ("UPDATE",)),
+        ("pods/exec", ("CONNECT",)),
     }
     for name in ("sidegate-operator", "sidegate-broker"):
         policy = one(docs, "NetworkPolicy", name)
