@@ -11,6 +11,7 @@ import dataclasses
 import json
 import secrets
 import ssl
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -211,23 +212,25 @@ async def broker(
     url: str, cert: trustme.LeafCert, directory: Path, **options: Any
 ) -> AsyncIterator[running.Running]:
     certfile, keyfile = write_cert(cert, directory)
-    if "sidecar_config" not in options:
-        options["sidecar_config"] = directory / "sidecar.yaml"
-        options["sidecar_config"].write_text(yaml.safe_dump(CHART_CONFIG), encoding="utf-8")
-    settings = running.Options(
-        namespace=RELEASE,
-        certfile=certfile,
-        keyfile=keyfile,
-        sidecar_image=IMAGE,
-        listen_port=0,
-        probe_port=0,
-        host="127.0.0.1",
-        **options,
-    )
-    # Its requests carry its token: the emulator holds them to the chart's RBAC.
-    login = kube.Login(url, token=lambda: BROKER_TOKEN)
-    async with running.started(settings, login) as replica:
-        yield replica
+    # The chart's sidecar config, apart from the directory the tests look into.
+    with tempfile.TemporaryDirectory() as chart:
+        if "sidecar_config" not in options:
+            options["sidecar_config"] = Path(chart) / "sidecar.yaml"
+            options["sidecar_config"].write_text(yaml.safe_dump(CHART_CONFIG), encoding="utf-8")
+        settings = running.Options(
+            namespace=RELEASE,
+            certfile=certfile,
+            keyfile=keyfile,
+            sidecar_image=IMAGE,
+            listen_port=0,
+            probe_port=0,
+            host="127.0.0.1",
+            **options,
+        )
+        # Its requests carry its token: the emulator holds them to the chart's RBAC.
+        login = kube.Login(url, token=lambda: BROKER_TOKEN)
+        async with running.started(settings, login) as replica:
+            yield replica
 
 
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
