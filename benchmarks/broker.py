@@ -32,6 +32,7 @@ from typing import Any
 
 import aiohttp
 import trustme
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -165,6 +166,8 @@ async def run(connections: int, processes: int, workdir: Path) -> dict[str, floa
             )
         )
         api_port, probe_port = free_port(), free_port()
+        sidecar_config = workdir / "sidecar.yaml"  # what the pods were injected from
+        sidecar_config.write_text(yaml.safe_dump(brokers.CHART_CONFIG), encoding="utf-8")
         broker = await asyncio.create_subprocess_exec(
             *[
                 sys.executable,
@@ -183,6 +186,8 @@ async def run(connections: int, processes: int, workdir: Path) -> dict[str, floa
                 str(keyfile),
                 "--sidecar-image",
                 brokers.IMAGE,
+                "--sidecar-config",
+                str(sidecar_config),
                 "--max-wait",
                 "600",
                 "--log-level",

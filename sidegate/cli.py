@@ -248,6 +248,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
         certfile=Path(args.certfile),
         keyfile=Path(args.keyfile),
         sidecar_image=args.sidecar_image,
+        sidecar_config=Path(args.sidecar_config),
+        ca_file=Path(args.ca_file) if args.ca_file else None,
         listen_port=args.listen_port,
         probe_port=args.probe_port,
         audience=args.audience,
@@ -464,6 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--audience", default="sidegate", help="expected token audience")
     broker.add_argument(
         "--sidecar-image", required=True, help="the image an injected sidecar container runs"
+    )
+    broker.add_argument(
+        "--sidecar-config",
+        required=True,
+        help="the sidecar config the operator injects (its --sidecar-config): a pod whose "
+        "config differs from it, but for its trusted keys and the broker's CA, is not served",
+    )
+    broker.add_argument(
+        "--ca-file",
+        help="the broker's CA certificate (PEM), as the operator injects it (its "
+        "--broker-ca-file): a pod's broker.ca_pem must be this",
     )
     broker.add_argument(
         "--max-wait", type=float, default=30.0, help="longest long-poll, seconds (30)"

@@ -7,19 +7,32 @@ the token can have reached nothing but an injected sidecar:
 
 * the pod is the one the token is bound to (same uid) and has not terminated;
 * a container named ``sidegate`` (a native sidecar: an init container with restartPolicy
-  Always, or a regular container) runs the broker's configured image with the injector's
-  exact arguments and no command override, and its config trusts only published bundle
-  keys, at least one (a sidecar trusting another key would accept bundles the operator never
-  signed; a subset is fine: a pod created before a signing key was added carries the
-  shorter list the webhook injected then, and rotation adds a key before it activates it);
+  Always, or a regular container) is the one the injector builds, field by field (an
+  allow-list: anything else the pod's author adds, such as a ``lifecycle`` hook or an exec
+  probe copying the token, extra environment, ``envFrom``, another mount, a ``command`` or
+  ``workingDir``, is refused): the broker's configured image with the injector's exact
+  arguments, exactly the four injected variables (the downward-API ones exactly), exactly
+  the token and spool mounts, the injected exec probes, a security context at least as
+  strict as the injected one;
+* its config is the operator's: the chart's sidecar config (the file the operator injects,
+  ``--sidecar-config``) with the broker's own CA as ``broker.ca_pem`` and a subset of the
+  published bundle keys, at least one (a sidecar trusting another key would accept bundles
+  the operator never signed; a subset is fine: a pod created before a signing key was added
+  carries the shorter list the webhook injected then). Nothing else may differ: a provider
+  ``base_url`` or ``broker.url`` of the pod's author would receive the real keys, an
+  ``identity`` section would change who the sidecar says it serves;
+* the token volume projects only the broker's token, the spool is an emptyDir;
 * no other container (init, regular or ephemeral) mounts the ``sidegate-token`` volume or any
   other volume projecting a token for the broker's audience, and no ephemeral container
   targets the sidecar's processes;
-* the pod shares no process namespace, and neither the host's PID nor network namespace.
+* the pod shares no process namespace, and neither the host's PID nor network namespace;
+  no container is privileged or adds capabilities, and no volume is a hostPath or an inline
+  CSI volume (each would let a container read the kubelet's pod directory, the token in it).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,8 +44,64 @@ from sidegate.policy import delivery
 
 CONTAINER = "sidegate"
 TOKEN_VOLUME = "sidegate-token"  # noqa: S105  # a volume name, not a secret
+SPOOL_VOLUME = "sidegate-spool"
+TOKEN_DIR = "/var/run/sidegate/token"  # noqa: S105  # a directory, not a secret
+TOKEN_FILE = f"{TOKEN_DIR}/token"
+SPOOL = "/var/lib/sidegate"
 ARGS = ("sidecar", "--config-env", "SIDEGATE_CONFIG")
 CONFIG_ENV = "SIDEGATE_CONFIG"
+# What the injector (sidegate.operator.injection.container) writes, and what the API server
+# adds by default; any other field of the sidecar container is the pod author's.
+_FIELDS = frozenset(
+    {
+        "name",
+        "image",
+        "imagePullPolicy",
+        "args",
+        "env",
+        "resources",
+        "securityContext",
+        "volumeMounts",
+        "startupProbe",
+        "livenessProbe",
+        "restartPolicy",
+        "terminationMessagePath",
+        "terminationMessagePolicy",
+    }
+)
+_DEFAULTED = {"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
+_DOWNWARD = {
+    "SIDEGATE_NAMESPACE": "metadata.namespace",
+    "SIDEGATE_SERVICE_ACCOUNT": "spec.serviceAccountName",
+    "SIDEGATE_POD_NAME": "metadata.name",
+}
+_MOUNTS = {(TOKEN_VOLUME, TOKEN_DIR, True), (SPOOL_VOLUME, SPOOL, False)}
+_PROBE_TIMINGS = frozenset(
+    {
+        "timeoutSeconds",
+        "periodSeconds",
+        "failureThreshold",
+        "successThreshold",
+        "initialDelaySeconds",
+    }
+)
+_PROBE_COMMAND_START = ["python", "-c"]
+_PROBE_SCRIPT = (
+    "import sys, urllib.request; "
+    "sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=2).status != 200)"
+)
+_SECURITY_FIELDS = frozenset(
+    {
+        "runAsNonRoot",
+        "runAsUser",
+        "runAsGroup",
+        "allowPrivilegeEscalation",
+        "readOnlyRootFilesystem",
+        "privileged",
+        "capabilities",
+        "seccompProfile",
+    }
+)
 _TERMINATED = frozenset({"Succeeded", "Failed"})
 
 
@@ -43,6 +112,9 @@ class Expectations:
     image: str
     audience: str
     trusted_keys: tuple[str, ...]
+    # The chart's sidecar config, as the operator reads it before completing it (parsed).
+    config: Mapping[str, Any]
+    ca_pem: str | None = None  # the broker's CA bundle, which the operator injects
 
 
 class Refused(Exception):
@@ -78,21 +150,181 @@ def _token_volumes(spec: Mapping[str, Any], audience: str) -> set[str]:
     return names
 
 
-def _config_trusted_keys(container: Mapping[str, Any]) -> list[Any] | None:
+def _config(container: Mapping[str, Any]) -> dict[str, Any] | None:
     values = [e for e in container.get("env") or [] if e.get("name") == CONFIG_ENV]
-    if len(values) != 1 or "value" not in values[0] or values[0].get("valueFrom"):
+    if len(values) != 1 or set(values[0]) != {"name", "value"}:
         return None
     try:
         config = yaml.safe_load(values[0]["value"])
     except yaml.YAMLError:
         return None
-    policy = config.get("policy") if isinstance(config, dict) else None
-    keys = policy.get("trusted_keys") if isinstance(policy, dict) else None
-    return keys if isinstance(keys, list) else None
+    return config if isinstance(config, dict) else None
 
 
-def _trusts_only_published(keys: list[Any] | None, published: Sequence[str]) -> bool:
-    return bool(keys) and all(isinstance(k, str) and k in published for k in keys or ())
+def _trusts_only_published(keys: Any, published: Sequence[str]) -> bool:
+    return (
+        isinstance(keys, list)
+        and bool(keys)
+        and all(isinstance(k, str) and k in published for k in keys)
+    )
+
+
+def _config_refusal(config: dict[str, Any] | None, expected: Expectations) -> str | None:
+    """The injected config is the chart's with the keys and the CA filled in
+    (``injection.sidecar_config``): rebuilt here with the pod's keys, it must be equal."""
+    if config is None:
+        return "the sidecar's config is not the injected value"
+    keys = (
+        (config.get("policy") or {}).get("trusted_keys")
+        if isinstance(config.get("policy"), dict)
+        else None
+    )
+    if not _trusts_only_published(keys, expected.trusted_keys):
+        return "the sidecar's config trusts a key the operator did not publish"
+    wanted = copy.deepcopy(dict(expected.config))
+    wanted["policy"] = {**(wanted.get("policy") or {}), "trusted_keys": keys}
+    broker = wanted.get("broker")
+    if isinstance(broker, dict):
+        broker = {"token_file": TOKEN_FILE, **broker}
+        if expected.ca_pem:
+            broker["ca_pem"] = expected.ca_pem
+        wanted["broker"] = broker
+    if config != wanted:
+        differing = sorted(k for k in {*config, *wanted} if config.get(k) != wanted.get(k))
+        return f"the sidecar's config is not the operator's ({', '.join(differing)} differ)"
+    return None
+
+
+def _env_refusal(env: Any) -> str | None:
+    if not isinstance(env, list):
+        return "the sidecar has no injected environment"
+    names = [e.get("name") if isinstance(e, Mapping) else None for e in env]
+    if sorted(map(str, names)) != sorted([CONFIG_ENV, *_DOWNWARD]):
+        return "the sidecar's environment is not the injected one"
+    for item in env:
+        path = _DOWNWARD.get(item["name"])
+        if path is None:
+            continue
+        source = item.get("valueFrom")
+        ref = source.get("fieldRef") if isinstance(source, Mapping) else None
+        if (
+            set(item) != {"name", "valueFrom"}
+            or set(source) != {"fieldRef"}
+            or not isinstance(ref, Mapping)
+            or ref.get("fieldPath") != path
+            or ref.get("apiVersion", "v1") != "v1"
+            or not set(ref) <= {"fieldPath", "apiVersion"}
+        ):
+            return f"the sidecar's {item['name']} is not the downward API's {path}"
+    return None
+
+
+def _probe_refusal(probe: Any) -> str | None:
+    if not isinstance(probe, Mapping) or not set(probe) <= {"exec", *_PROBE_TIMINGS}:
+        return "a sidecar probe is not the injected one"
+    action = probe.get("exec")
+    command = action.get("command") if isinstance(action, Mapping) else None
+    if (
+        not isinstance(action, Mapping)
+        or set(action) != {"command"}
+        or not isinstance(command, list)
+        or len(command) != 3
+        or command[:2] != _PROBE_COMMAND_START
+        or command[2] != _PROBE_SCRIPT.format(port=_probe_port(command[2]))
+    ):
+        return "a sidecar probe runs another command"
+    return None
+
+
+def _probe_port(script: Any) -> str:
+    """The port the probe script names (the sidecar's listen port, from the chart)."""
+    marker = "http://127.0.0.1:"
+    if not isinstance(script, str) or marker not in script:
+        return ""
+    digits = script.split(marker, 1)[1].split("/", 1)[0]
+    return digits if digits.isdigit() else ""
+
+
+def _security_refusal(context: Any) -> str | None:
+    if not isinstance(context, Mapping) or not set(context) <= _SECURITY_FIELDS:
+        return "the sidecar's securityContext is not the injected one"
+    capabilities = context.get("capabilities")
+    if (
+        context.get("runAsNonRoot") is not True
+        or context.get("runAsUser") == 0
+        or context.get("allowPrivilegeEscalation") is not False
+        or context.get("readOnlyRootFilesystem") is not True
+        or context.get("privileged") not in (None, False)
+        or not isinstance(capabilities, Mapping)
+        or set(capabilities) != {"drop"}
+        or capabilities.get("drop") != ["ALL"]
+        or context.get("seccompProfile") != {"type": "RuntimeDefault"}
+    ):
+        return "the sidecar's securityContext is weaker than the injected one"
+    return None
+
+
+def _mounts_refusal(mounts: Any) -> str | None:
+    if not isinstance(mounts, list) or len(mounts) != len(_MOUNTS):
+        return "the sidecar's volume mounts are not the injected ones"
+    found = set()
+    for mount in mounts:
+        if not isinstance(mount, Mapping) or not set(mount) <= {"name", "mountPath", "readOnly"}:
+            return "the sidecar's volume mounts are not the injected ones"
+        found.add((mount.get("name"), mount.get("mountPath"), bool(mount.get("readOnly"))))
+    return None if found == _MOUNTS else "the sidecar's volume mounts are not the injected ones"
+
+
+def _sidecar_refusal(sidecar: Mapping[str, Any], expected: Expectations) -> str | None:
+    """The sidecar container against the injector's, field by field (module docstring)."""
+    extra = sorted(set(sidecar) - _FIELDS)
+    if extra:
+        return f"the sidecar container sets {', '.join(extra)}, which the injector does not"
+    for field, value in _DEFAULTED.items():
+        if sidecar.get(field, value) != value:
+            return f"the sidecar container sets {field}"
+    if sidecar.get("image") != expected.image:
+        return "the sidecar container runs another image"
+    if tuple(sidecar.get("args") or ()) != ARGS:
+        return "the sidecar container runs another command"
+    for probe in ("startupProbe", "livenessProbe"):
+        if _probe_refusal(sidecar.get(probe)) is not None:
+            return f"the sidecar's {probe} is not the injected one"
+    return (
+        _env_refusal(sidecar.get("env"))
+        or _security_refusal(sidecar.get("securityContext"))
+        or _mounts_refusal(sidecar.get("volumeMounts"))
+        or _config_refusal(_config(sidecar), expected)
+    )
+
+
+def _volumes_refusal(spec: Mapping[str, Any], audience: str) -> str | None:
+    """The token volume projects the broker's token only, the spool is an emptyDir, and no
+    volume reaches the node's filesystem (the kubelet's pod directory holds the token)."""
+    for volume in spec.get("volumes") or []:
+        if not isinstance(volume, Mapping):
+            continue
+        name = volume.get("name")
+        for kind in ("hostPath", "csi"):
+            if kind in volume:
+                return f"volume {name!r} is a {kind} volume (it could reach the sidecar's token)"
+        if name == TOKEN_VOLUME:
+            sources = (volume.get("projected") or {}).get("sources") or []
+            token = sources[0].get("serviceAccountToken") if len(sources) == 1 else None
+            if not isinstance(token, Mapping) or token.get("audience") != audience:
+                return f"volume {TOKEN_VOLUME!r} is not the injected token volume"
+        if name == SPOOL_VOLUME and "emptyDir" not in volume:
+            return f"volume {SPOOL_VOLUME!r} is not the injected emptyDir"
+    return None
+
+
+def _privilege_refusal(container: Mapping[str, Any]) -> str | None:
+    context = container.get("securityContext") or {}
+    if context.get("privileged"):
+        return f"container {container.get('name')!r} is privileged"
+    if (context.get("capabilities") or {}).get("add"):
+        return f"container {container.get('name')!r} adds capabilities"
+    return None
 
 
 def check(pod: Mapping[str, Any], *, uid: str, expected: Expectations) -> None:
@@ -115,14 +347,16 @@ def check(pod: Mapping[str, Any], *, uid: str, expected: Expectations) -> None:
     kind, sidecar = sidecars[0]
     if kind == "initContainers" and sidecar.get("restartPolicy") != "Always":
         raise _not_injected("the sidecar init container is not a native sidecar")
-    if sidecar.get("image") != expected.image:
-        raise _not_injected("the sidecar container runs another image")
-    if sidecar.get("command") or tuple(sidecar.get("args") or ()) != ARGS:
-        raise _not_injected("the sidecar container runs another command")
-    if not _trusts_only_published(_config_trusted_keys(sidecar), expected.trusted_keys):
-        raise _not_injected("the sidecar's config trusts a key the operator did not publish")
+    if kind == "containers" and sidecar.get("restartPolicy") is not None:
+        raise _not_injected("the sidecar container sets a restartPolicy")
+    reason = _sidecar_refusal(sidecar, expected) or _volumes_refusal(spec, expected.audience)
+    if reason is not None:
+        raise _not_injected(reason)
     tokens = _token_volumes(spec, expected.audience)
     for kind, container in _containers(spec):
+        reason = _privilege_refusal(container)
+        if reason is not None:
+            raise _not_injected(reason)
         if container is sidecar:
             continue
         mounted = {m.get("name") for m in container.get("volumeMounts") or []}

@@ -31,6 +31,10 @@ class Options:
     certfile: Path
     keyfile: Path
     sidecar_image: str
+    # The injected sidecar's config as the chart gives it to the operator (``--sidecar-config``)
+    # and the CA the operator adds to it: the pod check compares a pod's config with them.
+    sidecar_config: Path
+    ca_file: Path | None = None
     listen_port: int = 8443
     probe_port: int = 8080
     audience: str = "sidegate"
@@ -119,7 +123,15 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
         on_review=lambda result: metrics.token_reviews.labels(result).inc(),
     )
     broker = server.Broker(
-        state, reviewer, client, options.sidecar_image, options.audience, options.max_wait, metrics
+        state,
+        reviewer,
+        client,
+        options.sidecar_image,
+        options.audience,
+        options.max_wait,
+        metrics,
+        sidecar_config=options.sidecar_config,
+        ca_file=options.ca_file,
     )
     context = tls_context(options.certfile, options.keyfile)
     tasks = [

@@ -15,8 +15,11 @@ import dataclasses
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
+import yaml
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -46,6 +49,8 @@ class Broker:
     audience: str
     max_wait: float
     metrics: Metrics
+    sidecar_config: Path  # the chart's, as the operator injects it (re-read: it may change)
+    ca_file: Path | None = None  # the CA the operator injects as broker.ca_pem
     clock: Callable[[], float] = time.monotonic
     # The background work (watches, certificate reloads): none of it may have stopped.
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
@@ -105,7 +110,9 @@ class Broker:
         try:
             if pod is None:
                 raise pods.Refused(delivery.POD_NOT_FOUND, "the token's pod no longer exists")
-            expected = pods.Expectations(self.image, self.audience, keys)
+            expected = pods.Expectations(
+                self.image, self.audience, keys, self._sidecar_config(), self._ca_pem()
+            )
             pods.check(pod, uid=identity.pod_uid, expected=expected)
         except pods.Refused as exc:
             self._verdicts.pop(key, None)
@@ -116,6 +123,32 @@ class Broker:
         self._verdicts.move_to_end(key)
         while len(self._verdicts) > _MAX_POD_VERDICTS:
             self._verdicts.popitem(last=False)
+
+    def _sidecar_config(self) -> Mapping[str, Any]:
+        try:
+            return load_sidecar_config(self.sidecar_config)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise pods.Refused(
+                delivery.POD_NOT_INJECTED, f"the broker's sidecar config is not readable ({exc})"
+            ) from None
+
+    def _ca_pem(self) -> str | None:
+        """Read at each check, as the operator reads it at each injection (it is renewed)."""
+        if self.ca_file is None:
+            return None
+        try:
+            return self.ca_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise pods.Refused(
+                delivery.POD_NOT_INJECTED, f"the broker's CA is not readable ({exc.strerror})"
+            ) from None
+
+
+def load_sidecar_config(path: Path) -> dict[str, Any]:
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: the sidecar config must be a YAML mapping")
+    return config
 
 
 BROKER = web.AppKey("sidegate.broker", Broker)

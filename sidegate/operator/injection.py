@@ -16,15 +16,20 @@ nothing Sidegate-related is stored in the application's namespace. Who it serves
 the downward API.
 
 ``exposure(pod, audience)`` is what the webhook refuses: the sidecar's token or volumes in
-another container, a token for the broker's audience anywhere else in the pod, and the pod
+another container, a token for the broker's audience anywhere else in the pod, the pod
 settings that let other processes into the sidecar's (``hostPID``, ``hostIPC``,
-``shareProcessNamespace``) or onto its loopback port (``hostNetwork``). The broker checks
-the pod spec again before it serves anything (a pod admitted while the webhook was off
-proves nothing).
+``shareProcessNamespace``) or onto its loopback port (``hostNetwork``), and what reaches the
+kubelet's pod directory, where the token file is (hostPath and inline CSI volumes, privileged
+containers, added capabilities). ``hand_made(pod, spec)`` refuses a ``sidegate`` container
+that is not the one ``container`` builds (a ``lifecycle`` hook, an exec probe, another
+config...), and ``changed_sidecar(old, new)`` any change to it or its volumes on a running
+pod. The broker checks the pod spec again before it serves anything (a pod admitted while
+the webhook was off proves nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
@@ -157,12 +162,105 @@ def exposure(pod: Mapping[str, Any], audience: str) -> str | None:
                 return f"container {name!r} mounts {mount.get('name')!r}: only the sidecar may"
         if kind == "ephemeralContainers" and item.get("targetContainerName") == CONTAINER:
             return f"ephemeral container {name!r} targets the sidecar (it would see its memory)"
+    for _kind, item in _containers(pod):
+        # The kubelet's pod directory (the token file in it) is on the node: a privileged
+        # container or one with added capabilities can reach it.
+        context = item.get("securityContext") or {}
+        if context.get("privileged"):
+            return f"container {item.get('name')!r} is privileged (it could reach the token)"
+        if (context.get("capabilities") or {}).get("add"):
+            return f"container {item.get('name')!r} adds capabilities (it could reach the token)"
     for volume in spec.get("volumes") or []:
+        for source in ("hostPath", "csi"):
+            if source in volume:
+                return (
+                    f"volume {volume.get('name')!r} is a {source} volume (the node's files "
+                    "hold the sidecar's token)"
+                )
         if volume.get("name") != TOKEN_VOLUME and audience in _token_audiences(volume):
             return (
                 f"volume {volume.get('name')!r} projects a token for audience {audience!r}: "
                 "only the sidecar's own token volume may"
             )
+    return None
+
+
+# What the API server fills in when the injector leaves a field out: not a difference.
+_DEFAULTED = {"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
+_PROBE_DEFAULTS = {
+    "initialDelaySeconds": 0,
+    "timeoutSeconds": 1,
+    "periodSeconds": 10,
+    "successThreshold": 1,
+    "failureThreshold": 3,
+}
+
+
+def _canonical(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A container without the API server's defaults, its config parsed (so the YAML's
+    layout is no difference)."""
+    found = copy.deepcopy(dict(item))
+    for field, value in _DEFAULTED.items():
+        if found.get(field) == value:
+            del found[field]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if isinstance(found.get(probe), dict):
+            found[probe] = {k: v for k, v in found[probe].items() if _PROBE_DEFAULTS.get(k) != v}
+    for variable in found.get("env") or []:
+        if variable.get("name") == CONFIG_ENV and isinstance(variable.get("value"), str):
+            # Not YAML: compared as text, it differs from the injector's.
+            with contextlib.suppress(yaml.YAMLError):
+                variable["value"] = yaml.safe_load(variable["value"])
+    return found
+
+
+def _trusted_keys(item: Mapping[str, Any]) -> list[str] | None:
+    values = [v for v in item.get("env") or [] if v.get("name") == CONFIG_ENV]
+    config = _canonical({"env": values[:1]})["env"][0].get("value") if len(values) == 1 else None
+    if not isinstance(config, dict):
+        return None
+    keys = (config.get("policy") or {}).get("trusted_keys") or []
+    return keys if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else None
+
+
+def hand_made(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
+    """Why a container named ``sidegate`` is not the one the injector builds from ``spec``,
+    if it is not (a pod with its signing keys from before a key was added is fine: rotation
+    adds a key before it signs with it)."""
+    found = [(kind, item) for kind, item in _containers(pod) if item.get("name") == CONTAINER]
+    if not found:
+        return None
+    if len(found) != 1 or found[0][0] == "ephemeralContainers":
+        return f"only the injector's one {CONTAINER!r} container may be in the pod"
+    kind, item = found[0]
+    if (kind == "initContainers") != spec.native:
+        return f"the {CONTAINER!r} container is not where the injector puts it"
+    keys = _trusted_keys(item)
+    if keys is None or not set(keys) <= set(spec.trusted_keys):
+        return f"the {CONTAINER!r} container trusts a key the operator did not publish"
+    wanted = container(dataclasses.replace(spec, trusted_keys=tuple(keys)))
+    if _canonical(item) != _canonical(wanted):
+        return f"the {CONTAINER!r} container is not the one the injector builds"
+    ours = {v["name"]: v for v in volumes(spec)}
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        if volume.get("name") in ours and volume != ours[volume.get("name")]:
+            return f"volume {volume.get('name')!r} is not the one the injector builds"
+    return None
+
+
+def _sidecar_parts(pod: Mapping[str, Any]) -> list[Any]:
+    spec = pod.get("spec") or {}
+    return [
+        [item for kind, item in _containers(pod) if _is_sidecar(kind, item)],
+        [v for v in spec.get("volumes") or [] if str(v.get("name", "")).startswith(VOLUME_PREFIX)],
+    ]
+
+
+def changed_sidecar(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """Why an update of a running pod changes its sidecar or the volumes behind it, if it
+    does (Kubernetes lets a pod's container images be updated in place)."""
+    if _sidecar_parts(old) != _sidecar_parts(new):
+        return f"the {CONTAINER!r} container and its volumes cannot change on a running pod"
     return None
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import aiohttp
 import trustme
+import yaml
 
 from sidegate.policy import signing
 from tests.conftest import fake_key
@@ -39,7 +40,13 @@ async def test_the_broker_command_serves_deliveries_and_stops(
             ),
         ):
             await brokers.put(k8s, obj)
-        pod = await brokers.create_pod(k8s, brokers.injected_pod("team-a", "app-1", trusted))
+        # Injected with the broker's CA, as the operator does: the broker holds it to its own.
+        ca_file, sidecar_config = tmp_path / "ca.crt", tmp_path / "sidecar.yaml"
+        ca_pem = ca.cert_pem.bytes().decode()
+        ca_file.write_text(ca_pem, encoding="utf-8")
+        sidecar_config.write_text(yaml.safe_dump(brokers.CHART_CONFIG), encoding="utf-8")
+        injected = brokers.injected_pod("team-a", "app-1", trusted, broker_ca_pem=ca_pem)
+        pod = await brokers.create_pod(k8s, injected)
         token = k8s.issue_token("team-a", "app", pod=pod)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -53,6 +60,8 @@ async def test_the_broker_command_serves_deliveries_and_stops(
             f"--probe-port={probe_port}",
             "--audience=sidegate",
             f"--sidecar-image={brokers.IMAGE}",
+            f"--sidecar-config={sidecar_config}",
+            f"--ca-file={ca_file}",
             "--max-wait=5",
             "--log-level=INFO",
             "--log-format=json",

@@ -179,9 +179,16 @@ async def test_operator_broker_and_injected_sidecar_enforce_with_no_key_in_the_n
 
     async with (
         cluster() as (k8s, url),
-        brokers.broker(url, server_cert, tmp_path / "broker", max_wait=5) as replica,
+        brokers.broker(
+            url,
+            server_cert,
+            tmp_path / "broker",
+            max_wait=5,
+            sidecar_config=tmp_path / "sidecar.yaml",
+            ca_file=ca_file,
+        ) as replica,
     ):
-        config = tmp_path / "sidecar.yaml"
+        config = tmp_path / "sidecar.yaml"  # the broker reads it at each pod check
         config.write_text(chart_config(replica.api_port, provider_port, ca_file, ports))
         operator = await operator_process(url, tmp_path, listener, config, ca_file, ports[0])
         try:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import secrets
 import ssl
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sidegate.broker import kube, running
+from sidegate.operator import injection
 from sidegate.policy import bundle, models, signing
 from tests.conftest import fake_key
 from tests.helpers.kubernetes import BROKER_TOKEN, Emulator, cluster, eventually, send
@@ -30,7 +32,6 @@ RELEASE = "sidegate-system"
 IMAGE = "sidegate:test"
 SECRETS = f"/api/v1/namespaces/{RELEASE}/secrets"
 CONFIGMAPS = f"/api/v1/namespaces/{RELEASE}/configmaps"
-ARGS = ["sidecar", "--config-env", "SIDEGATE_CONFIG"]
 
 
 def _data(values: dict[str, str]) -> dict[str, str]:
@@ -114,57 +115,41 @@ async def put(k8s: Emulator, obj: dict[str, Any]) -> None:
     assert status < 400, status
 
 
-def sidecar_config(trusted: list[str], broker_url: str = "https://broker.invalid:8443") -> str:
-    return yaml.safe_dump(
-        {
-            "broker": {"url": broker_url},
-            "policy": {"trusted_keys": trusted},
-            "providers": {"openai": {"kind": "openai"}},
-            "routes": [{"model": "gpt-*", "provider": "openai"}],
-        }
+# The chart's sidecar config in these tests: what the operator completes and injects, and
+# what the broker (``--sidecar-config``) compares a pod's config with.
+CHART_CONFIG: dict[str, Any] = {
+    "broker": {"url": "https://broker.invalid:8443"},
+    "providers": {"openai": {"kind": "openai"}},
+    "routes": [{"model": "gpt-*", "provider": "openai"}],
+}
+
+
+def sidecar_spec(trusted: list[str], **options: Any) -> injection.SidecarSpec:
+    return injection.SidecarSpec(
+        image=IMAGE,
+        config=yaml.safe_dump(CHART_CONFIG),
+        trusted_keys=tuple(trusted),
+        **options,
     )
 
 
-def injected_pod(namespace: str, name: str, trusted: list[str]) -> dict[str, Any]:
-    """A pod as the webhook leaves it: the native sidecar alone mounts the token volume."""
-    return {
+def sidecar_config(trusted: list[str]) -> str:
+    """The config the injector writes for a pod made while ``trusted`` were published."""
+    return injection.sidecar_config(sidecar_spec(trusted))
+
+
+def injected_pod(namespace: str, name: str, trusted: list[str], **options: Any) -> dict[str, Any]:
+    """A pod as the webhook leaves it (the real injector): the native sidecar alone mounts
+    the token volume."""
+    pod: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "serviceAccountName": "app",
-            "initContainers": [
-                {
-                    "name": "sidegate",
-                    "image": IMAGE,
-                    "restartPolicy": "Always",
-                    "args": list(ARGS),
-                    "env": [{"name": "SIDEGATE_CONFIG", "value": sidecar_config(trusted)}],
-                    "volumeMounts": [
-                        {"name": "sidegate-token", "mountPath": "/var/run/sidegate/token"}
-                    ],
-                }
-            ],
-            "containers": [{"name": "app", "image": "app:1"}],
-            "volumes": [
-                {
-                    "name": "sidegate-token",
-                    "projected": {
-                        "sources": [
-                            {
-                                "serviceAccountToken": {
-                                    "audience": "sidegate",
-                                    "expirationSeconds": 600,
-                                    "path": "token",
-                                }
-                            }
-                        ]
-                    },
-                }
-            ],
-        },
-        "status": {"phase": "Running"},
+        "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "app:1"}]},
     }
+    pod = injection.apply(pod, injection.inject(pod, sidecar_spec(trusted, **options)))
+    pod["status"] = {"phase": "Running"}
+    return pod
 
 
 def altered(pod: dict[str, Any], change: str) -> dict[str, Any]:
@@ -227,20 +212,25 @@ async def broker(
     url: str, cert: trustme.LeafCert, directory: Path, **options: Any
 ) -> AsyncIterator[running.Running]:
     certfile, keyfile = write_cert(cert, directory)
-    settings = running.Options(
-        namespace=RELEASE,
-        certfile=certfile,
-        keyfile=keyfile,
-        sidecar_image=IMAGE,
-        listen_port=0,
-        probe_port=0,
-        host="127.0.0.1",
-        **options,
-    )
-    # Its requests carry its token: the emulator holds them to the chart's RBAC.
-    login = kube.Login(url, token=lambda: BROKER_TOKEN)
-    async with running.started(settings, login) as replica:
-        yield replica
+    # The chart's sidecar config, apart from the directory the tests look into.
+    with tempfile.TemporaryDirectory() as chart:
+        if "sidecar_config" not in options:
+            options["sidecar_config"] = Path(chart) / "sidecar.yaml"
+            options["sidecar_config"].write_text(yaml.safe_dump(CHART_CONFIG), encoding="utf-8")
+        settings = running.Options(
+            namespace=RELEASE,
+            certfile=certfile,
+            keyfile=keyfile,
+            sidecar_image=IMAGE,
+            listen_port=0,
+            probe_port=0,
+            host="127.0.0.1",
+            **options,
+        )
+        # Its requests carry its token: the emulator holds them to the chart's RBAC.
+        login = kube.Login(url, token=lambda: BROKER_TOKEN)
+        async with running.started(settings, login) as replica:
+            yield replica
 
 
 def client_context(ca: trustme.CA) -> ssl.SSLContext:

@@ -182,6 +182,18 @@ def with_spec(**fields: Any) -> dict[str, Any]:
     return pod
 
 
+def app_with(**fields: Any) -> dict[str, Any]:
+    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod["spec"]["containers"][0].update(fields)
+    return pod
+
+
+def with_volume(volume: dict[str, Any]) -> dict[str, Any]:
+    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod["spec"]["volumes"] = [volume]
+    return pod
+
+
 REFUSED = {
     "hostNetwork": (with_spec(hostNetwork=True), "hostNetwork"),
     "hostPID": (with_spec(hostPID=True), "hostPID"),
@@ -190,6 +202,14 @@ REFUSED = {
     "app mounts the token volume": (app_mounting("sidegate-token"), "'sidegate-token'"),
     "app mounts the spool": (app_mounting("sidegate-spool"), "'sidegate-spool'"),
     "a second token for the broker": (token_volume("sidegate"), "audience 'sidegate'"),
+    # The kubelet's pod directory, with the token file, is on the node's disk.
+    "a hostPath volume": (with_volume({"name": "n", "hostPath": {"path": "/"}}), "hostPath"),
+    "an inline CSI volume": (with_volume({"name": "c", "csi": {"driver": "x.io"}}), "csi"),
+    "a privileged app": (app_with(securityContext={"privileged": True}), "privileged"),
+    "an app adding capabilities": (
+        app_with(securityContext={"capabilities": {"add": ["SYS_ADMIN"]}}),
+        "adds capabilities",
+    ),
 }
 
 
@@ -308,3 +328,101 @@ async def test_no_debugging_container_or_exec_reaches_the_sidecar(
         )
         assert response["status"]["code"] == 403
         assert "exec into the sidecar" in response["status"]["message"]
+
+
+def injected_plain() -> dict[str, Any]:
+    original = admission.pod({injection.ANNOTATION: "true"})
+    return injection.apply(original, injection.inject(original, PLAIN))
+
+
+def _sidecar(change: Any) -> Any:
+    return lambda pod: change(pod["spec"]["initContainers"][0])
+
+
+def _config(change: Any) -> Any:
+    def apply(pod: dict[str, Any]) -> None:
+        env = pod["spec"]["initContainers"][0]["env"][0]
+        config = yaml.safe_load(env["value"]) or {}
+        change(config)
+        env["value"] = yaml.safe_dump(config)
+
+    return apply
+
+
+_STEAL = ["sh", "-c", "cp /var/run/sidegate/token/token /shared/"]
+HAND_MADE = {
+    "a postStart hook": _sidecar(
+        lambda s: s.update(lifecycle={"postStart": {"exec": {"command": _STEAL}}})
+    ),
+    "a probe copying the token": _sidecar(
+        lambda s: s["startupProbe"].update(exec={"command": _STEAL})
+    ),
+    "PYTHONPATH": _sidecar(lambda s: s["env"].append({"name": "PYTHONPATH", "value": "/x"})),
+    "envFrom": _sidecar(lambda s: s.update(envFrom=[{"configMapRef": {"name": "mine"}}])),
+    "a command": _sidecar(lambda s: s.update(command=["python"])),
+    "a workingDir": _sidecar(lambda s: s.update(workingDir="/x")),
+    "a mount over the package": _sidecar(
+        lambda s: s["volumeMounts"].append({"name": "x", "mountPath": "/usr/local/lib"})
+    ),
+    "a weaker securityContext": _sidecar(
+        lambda s: s["securityContext"].update(allowPrivilegeEscalation=True)
+    ),
+    "another image": _sidecar(lambda s: s.update(image="attacker/sidegate:evil")),
+    "a broker on loopback": _config(lambda c: c.update(broker={"url": "https://127.0.0.1:1"})),
+    "an identity": _config(lambda c: c.update(identity={"service_account": "other"})),
+    "an unpublished key": _config(lambda c: c.update(policy={"trusted_keys": ["ed25519:x"]})),
+    "the token volume as an emptyDir": lambda p: p["spec"]["volumes"].__setitem__(
+        0, {"name": "sidegate-token", "emptyDir": {}}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HAND_MADE))
+@pytest.mark.asyncio
+async def test_a_hand_made_sidecar_is_refused(
+    listener: running.WebhookListener, ca: trustme.CA, case: str
+) -> None:
+    """A namespace admin writes the sidecar themselves (no annotation, or after the
+    injection): only the injector's container passes; the API server's defaults are no
+    difference."""
+    defaulted = injected_plain()
+    sidecar = defaulted["spec"]["initContainers"][0]
+    sidecar.update(terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File")
+    sidecar["livenessProbe"].update(successThreshold=1, failureThreshold=3)
+    hand_made = injected_plain()
+    HAND_MADE[case](hand_made)
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
+        await admission.admit(listener, ca, defaulted, path=webhook.GUARD_ID)
+        response, _ops = await admission.admit(
+            listener, ca, hand_made, allowed=False, path=webhook.GUARD_ID
+        )
+        assert response["status"]["code"] == 403
+        assert "sidegate" in response["status"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_a_running_pods_sidecar_cannot_be_changed(
+    listener: running.WebhookListener, ca: trustme.CA
+) -> None:
+    """Kubernetes lets a container's image be updated in place: not the sidecar's. The app's
+    own image may change (the control case)."""
+    running_pod = injected_plain()
+    new_sidecar = copy.deepcopy(running_pod)
+    new_sidecar["spec"]["initContainers"][0]["image"] = "attacker/sidegate:evil"
+    new_app = copy.deepcopy(running_pod)
+    new_app["spec"]["containers"][0]["image"] = "registry.invalid/app:2"
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=PLAIN):
+        response, _ops = await admission.admit(
+            listener,
+            ca,
+            new_sidecar,
+            allowed=False,
+            path=webhook.GUARD_ID,
+            operation="UPDATE",
+            old=running_pod,
+        )
+        assert response["status"]["code"] == 403
+        assert "cannot change on a running pod" in response["status"]["message"]
+        await admission.admit(
+            listener, ca, new_app, path=webhook.GUARD_ID, operation="UPDATE", old=running_pod
+        )

@@ -167,6 +167,23 @@ def test_broker_and_cleanup_args_are_flags_the_cli_accepts(render: Render) -> No
     (operator,) = pod_of(docs, "Deployment", "sidegate-operator")["containers"]
     # The broker accepts exactly the image the webhook injects.
     assert f"--sidecar-image={parsed.sidecar_image}" in operator["args"]
+    # ...and exactly the config it injects: the same ConfigMap and the same CA, mounted.
+    assert f"--sidecar-config={parsed.sidecar_config}" in operator["args"]
+    broker_pod, operator_pod = (
+        pod_of(docs, "Deployment", name) for name in ("sidegate-broker", "sidegate-operator")
+    )
+
+    def source(pod: dict[str, Any], container: dict[str, Any], path: str) -> Any:
+        (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        return volume.get("configMap", {}).get("name") or volume["secret"]["secretName"]
+
+    assert source(broker_pod, broker, parsed.sidecar_config) == source(
+        operator_pod, operator, parsed.sidecar_config
+    )
+    operator_ca = cli.build_parser().parse_args(operator["args"]).broker_ca_file
+    assert parsed.ca_file.endswith("/ca.crt") and operator_ca.endswith("/ca.crt")
+    assert source(broker_pod, broker, parsed.ca_file) == source(operator_pod, operator, operator_ca)
     (cleanup,) = pod_of(docs, "Job", "sidegate-cleanup")["containers"]
     parsed = cli.build_parser().parse_args(cleanup["args"])
     assert parsed.command == "operator" and parsed.action == "cleanup"
@@ -335,10 +352,11 @@ def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) 
     (injector,) = one(docs, "MutatingWebhookConfiguration")["webhooks"]
     assert injector["namespaceSelector"]["matchLabels"] == {"sidegate.io/injection": "enabled"}
     assert "matchLabels" not in guard["namespaceSelector"]
-    assert {(r["resources"][0], r["operations"][0]) for r in guard["rules"]} == {
-        ("pods", "CREATE"),
-        ("pods/ephemeralcontainers", "UPDATE"),
-        ("pods/exec", "CONNECT"),
+    # Pod UPDATE too: a running pod's container image may be changed, not the sidecar's.
+    assert {(r["resources"][0], tuple(r["operations"])) for r in guard["rules"]} == {
+        ("pods", ("CREATE", "UPDATE")),
+        ("pods/ephemeralcontainers", ("UPDATE",)),
+        ("pods/exec", ("CONNECT",)),
     }
     for name in ("sidegate-operator", "sidegate-broker"):
         policy = one(docs, "NetworkPolicy", name)

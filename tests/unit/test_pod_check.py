@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
+import yaml
 
 from sidegate.broker import pods
+from sidegate.operator import injection
 from sidegate.policy import signing
 from tests.helpers import brokers
 
 TRUSTED = brokers.public_keys(signing.generate_private_key(), signing.generate_private_key())
-EXPECTED = pods.Expectations(brokers.IMAGE, "sidegate", tuple(TRUSTED))
+EXPECTED = pods.Expectations(brokers.IMAGE, "sidegate", tuple(TRUSTED), brokers.CHART_CONFIG)
 
 
 def injected(**metadata: Any) -> dict[str, Any]:
@@ -111,6 +114,121 @@ def test_refusals(change: Any, code: str) -> None:
     pod = injected()
     change(pod)
     assert refusal(pod) == code
+
+
+def _config(change: Any) -> Any:
+    """Set the sidecar's config to the injected one with ``change`` applied to it."""
+
+    def apply(pod: dict[str, Any]) -> None:
+        env = pod["spec"]["initContainers"][0]["env"][0]
+        config = yaml.safe_load(env["value"])
+        change(config)
+        env["value"] = yaml.safe_dump(config)
+
+    return apply
+
+
+def _sidecar(change: Any) -> Any:
+    return lambda pod: change(pod["spec"]["initContainers"][0])
+
+
+def _app(change: Any) -> Any:
+    return lambda pod: change(pod["spec"]["containers"][0])
+
+
+_LOOPBACK = "https://127.0.0.1:9443"
+_STEAL = ["sh", "-c", "cp /var/run/sidegate/token/token /shared/"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # (a) the config: the keys go where the pod's author says.
+        _config(lambda c: c["broker"].update(url=_LOOPBACK)),
+        _config(
+            lambda c: c["providers"]["openai"].update(
+                base_url="http://127.0.0.1:8080/v1", allow_insecure_http=True
+            )
+        ),
+        _config(lambda c: c["providers"]["openai"].update(base_url="https://evil.example/v1")),
+        _config(lambda c: c.update(identity={"service_account": "someone-else"})),
+        _config(lambda c: c.update(audit=None)),
+        _config(lambda c: c["broker"].update(ca_pem="-----BEGIN CERTIFICATE-----\nx\n")),
+        _config(lambda c: c["broker"].update(ca_file="/tmp/ca.pem")),
+        _config(lambda c: c["broker"].update(token_file="/tmp/token")),
+        # (b) the sidecar's own hooks and probes copying the token out.
+        _sidecar(lambda s: s.update(lifecycle={"postStart": {"exec": {"command": _STEAL}}})),
+        _sidecar(lambda s: s["startupProbe"].update(exec={"command": _STEAL})),
+        _sidecar(lambda s: s["livenessProbe"].update(exec={"command": _STEAL})),
+        _sidecar(lambda s: s["livenessProbe"].update(httpGet={"port": 4000})),
+        # (c) environment, mounts, working directory, command.
+        _sidecar(lambda s: s["env"].append({"name": "PYTHONPATH", "value": "/shared"})),
+        _sidecar(lambda s: s["env"].append({"name": "HTTPS_PROXY", "value": _LOOPBACK})),
+        _sidecar(lambda s: s.update(envFrom=[{"configMapRef": {"name": "mine"}}])),
+        _sidecar(
+            lambda s: s["env"][2].update(
+                valueFrom={"fieldRef": {"fieldPath": "metadata.labels['sa']"}}
+            )
+        ),
+        _sidecar(lambda s: s["env"][2].update(value="someone-else")),
+        _sidecar(lambda s: s.update(workingDir="/shared")),
+        _sidecar(lambda s: s.update(command=["python"])),
+        _sidecar(lambda s: s.update(args=[*s["args"], "--debug"])),
+        _sidecar(
+            lambda s: s["volumeMounts"].append(
+                {"name": "shared", "mountPath": "/usr/local/lib/python3.12/site-packages"}
+            )
+        ),
+        _sidecar(lambda s: s["volumeMounts"][0].update(readOnly=False)),
+        _sidecar(lambda s: s["securityContext"].update(allowPrivilegeEscalation=True)),
+        _sidecar(lambda s: s["securityContext"].update(readOnlyRootFilesystem=False)),
+        _sidecar(lambda s: s["securityContext"].update(runAsNonRoot=False, runAsUser=0)),
+        _sidecar(lambda s: s["securityContext"].update(capabilities={"drop": []})),
+        _sidecar(lambda s: s.update(terminationMessagePath="/var/run/sidegate/token/token")),
+        # The volumes behind the sidecar's mounts.
+        lambda p: p["spec"]["volumes"].__setitem__(0, {"name": "sidegate-token", "emptyDir": {}}),
+        lambda p: p["spec"]["volumes"].__setitem__(
+            1, {"name": "sidegate-spool", "persistentVolumeClaim": {"claimName": "shared"}}
+        ),
+        # (C) any container reaching the kubelet's pod directory, where the token file is.
+        lambda p: p["spec"]["volumes"].append({"name": "node", "hostPath": {"path": "/"}}),
+        lambda p: p["spec"]["volumes"].append(
+            {"name": "inline", "csi": {"driver": "example.csi.io"}}
+        ),
+        _app(lambda a: a.update(securityContext={"privileged": True})),
+        _app(lambda a: a.update(securityContext={"capabilities": {"add": ["SYS_ADMIN"]}})),
+    ],
+)
+def test_a_hand_made_sidecar_or_a_reaching_pod_is_refused(change: Any) -> None:
+    """What a namespace admin who can create pods changes in the injected sidecar to get the
+    real keys, the token or another identity: nothing but the injector's container passes."""
+    pod = injected()
+    assert refusal(pod) is None
+    change(pod)
+    assert refusal(pod) == "pod_not_injected"
+
+
+def test_the_pod_as_the_api_server_returns_it_passes() -> None:
+    """The API server fills in defaults the injector does not write: they are not refusals."""
+    pod = injected()
+    sidecar = pod["spec"]["initContainers"][0]
+    sidecar.update(terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File")
+    for probe in ("startupProbe", "livenessProbe"):
+        sidecar[probe].setdefault("successThreshold", 1)
+        sidecar[probe].setdefault("failureThreshold", 3)
+    assert refusal(pod) is None
+
+
+def test_the_broker_ca_must_be_its_own() -> None:
+    ca = "-----BEGIN CERTIFICATE-----\nbroker\n-----END CERTIFICATE-----\n"
+    expected = dataclasses.replace(EXPECTED, ca_pem=ca)
+    pod = brokers.injected_pod("team-a", "p", TRUSTED)
+    pod["metadata"]["uid"] = "u-1"
+    with pytest.raises(pods.Refused):  # injected without the CA the broker holds
+        pods.check(pod, uid="u-1", expected=expected)
+    spec = brokers.sidecar_spec(TRUSTED, broker_ca_pem=ca)
+    pod["spec"]["initContainers"][0] = injection.container(spec)
+    pods.check(pod, uid="u-1", expected=expected)
 
 
 def test_a_token_without_its_pod_in_the_extras_is_not_pod_bound() -> None:

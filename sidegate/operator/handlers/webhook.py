@@ -6,7 +6,11 @@ a pod that would expose the sidecar is refused rather than created without it.
 
 ``/guard`` (validating, after every mutation):
 - pod CREATE: a pod with anything of Sidegate's in it is refused when another container could
-  reach the sidecar's token, memory or port (``injection.exposure``), whoever put it there;
+  reach the sidecar's token, memory or port (``injection.exposure``), whoever put it there,
+  and when its ``sidegate`` container is not the injector's (``injection.hand_made``: a
+  hand-made sidecar with a hook, a probe or a config of its author's);
+- pod UPDATE: no change to the ``sidegate`` container or its volumes (``injection.
+  changed_sidecar``: a container's image may be updated on a running pod);
 - pods/ephemeralcontainers UPDATE: the same rules on the pod as it would become, so no
   ephemeral container targets the sidecar or mounts its volumes;
 - pods/exec CONNECT: no exec into the sidecar container (its memory holds the provider keys).
@@ -81,7 +85,7 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         operations={"CREATE", "UPDATE", "CONNECT"},
         subresource="*",
     )
-    def guard(body: kopf.Body, subresource: str | None, **kwargs: Any) -> None:
+    async def guard(body: kopf.Body, subresource: str | None, **kwargs: Any) -> None:
         operation = kwargs.get("operation")  # not in kopf's WebhookFn protocol, but passed
         if subresource == "exec" and operation == "CONNECT":
             # The object is the PodExecOptions: which container, which command.
@@ -92,13 +96,21 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                     code=403,
                 )
             return
-        if subresource == "ephemeralcontainers" and operation == "UPDATE":
-            pass  # judged below on the pod as it would become
-        elif subresource is not None or operation != "CREATE":
-            return  # status, binding, attach, portforward, updates of running pods...
+        if subresource not in (None, "ephemeralcontainers"):
+            return  # status, binding, attach, portforward...
+        if subresource == "ephemeralcontainers" and operation != "UPDATE":
+            return
         pod = objects.plain(body)
+        old = kwargs.get("old")
+        if operation == "UPDATE" and old is not None:
+            reason = injection.changed_sidecar(objects.plain(old), pod)
+            if reason is not None:
+                raise kopf.AdmissionError(f"sidegate: {reason}", code=403)
         if not injection.carries_sidegate(pod, spec.audience):
             return
         reason = injection.exposure(pod, spec.audience)
+        if reason is None and operation == "CREATE":
+            # Against the spec in force now: the mutating webhook has just injected with it.
+            reason = injection.hand_made(pod, await current_spec(state, spec))
         if reason is not None:
             raise kopf.AdmissionError(f"sidegate: {reason}", code=403)
