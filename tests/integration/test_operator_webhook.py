@@ -183,13 +183,13 @@ def with_spec(**fields: Any) -> dict[str, Any]:
 
 
 def app_with(**fields: Any) -> dict[str, Any]:
-    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod = admission.pod({injection.LABEL: "true"})
     pod["spec"]["containers"][0].update(fields)
     return pod
 
 
 def with_volume(volume: dict[str, Any]) -> dict[str, Any]:
-    pod = admission.pod({injection.ANNOTATION: "true"})
+    pod = admission.pod({injection.LABEL: "true"})
     pod["spec"]["volumes"] = [volume]
     return pod
 
@@ -331,7 +331,7 @@ async def test_no_debugging_container_or_exec_reaches_the_sidecar(
 
 
 def injected_plain() -> dict[str, Any]:
-    original = admission.pod({injection.ANNOTATION: "true"})
+    original = admission.pod({injection.LABEL: "true"})
     return injection.apply(original, injection.inject(original, PLAIN))
 
 
