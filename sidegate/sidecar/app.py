@@ -192,19 +192,22 @@ class Pipeline:
             await self._check_stored(payload, target, record.outcome)
         if self.acknowledged:  # a stream's last event waits for its audit event
             record.outcome.before_end = functools.partial(self._end_stream, request, record)
+        outcome = record.outcome
+        forward = functools.partial(
+            self.proxy.forward,
+            request,
+            upstream,
+            endpoint,
+            data,
+            payload,
+            target,
+            credential,
+            outcome,
+            record.charges,
+        )
         budgets = limiting.budgets(caller, decision)
         if not budgets:
-            return await self.proxy.forward(
-                request,
-                upstream,
-                endpoint,
-                data,
-                payload,
-                target,
-                credential,
-                record.outcome,
-                record.charges,
-            )
+            return await forward()
         reservation = await self.limiter.acquire(
             budgets,
             estimate_tokens(data, payload, self._default_output_tokens)
@@ -212,19 +215,8 @@ class Pipeline:
             else 0,
             self.new_request_id(),  # the concurrency slot's id: never a client-chosen one
         )
-        outcome = record.outcome
         try:
-            return await self.proxy.forward(
-                request,
-                upstream,
-                endpoint,
-                data,
-                payload,
-                target,
-                credential,
-                record.outcome,
-                record.charges,
-            )
+            return await forward()
         finally:
             # Settle with what the provider reported; nothing if it was never reached; the
             # reservation as it stands if it answered without usage.
