@@ -225,16 +225,7 @@ class ApiClient:
                 "resourceVersion": meta.get("resourceVersion"),
             }
         }
-        async with self._session.patch(
-            f"{self._server}{path}",
-            json=patch,
-            headers={"Content-Type": "application/merge-patch+json"},
-        ) as answer:
-            if answer.status == 404:
-                return False
-            if answer.status >= 400:
-                raise kopf.TemporaryError(f"patching {path}: HTTP {answer.status}", delay=1)
-            return True
+        return await self.patch(path, patch) is not None
 
     async def close(self) -> None:
         await self._session.close()
