@@ -26,6 +26,7 @@ aiohttp upgrade that moves them fails loudly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -290,6 +291,7 @@ async def drain(
     *,
     drain_seconds: float,
     grace_seconds: float,
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
     """Envoy's drain, nginx's graceful quit: the shutdown after SIGTERM.
 
@@ -299,18 +301,34 @@ async def drain(
     3. Requests in flight get ``grace_seconds`` (the one shutdown timeout) to finish.
     4. What remains is cut: streams end with an error event and no terminating chunk,
        waiting requests get a 503, and the audit records status 503 ``sidecar_shutdown``.
-    The caller then runs ``runner.cleanup()``: the application's cleanup (the audit trail
-    is written last).
+    A second signal skips what is left of the drain and the grace: what is in flight is cut
+    at once (a second Ctrl-C at a terminal). The caller then runs ``runner.cleanup()``: the
+    application's cleanup (the audit trail is written last).
     """
     in_flight.draining = True
     logger.info(
         "draining",
         extra={"drain_seconds": drain_seconds, "grace_seconds": grace_seconds},
     )
-    await asyncio.sleep(drain_seconds)
-    for site in list(runner.sites):
-        await site.stop()
-    if runner.server is not None:
-        runner.server.pre_shutdown()  # idle keep-alive connections close now
-    if not await in_flight.wait_idle(grace_seconds):
-        await in_flight.cut()
+    loop = asyncio.get_running_loop()
+    hurry = asyncio.Event()
+    for sig in signals:
+        loop.add_signal_handler(sig, hurry.set)
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain_seconds):
+                await hurry.wait()
+        for site in list(runner.sites):
+            await site.stop()
+        if runner.server is not None:
+            runner.server.pre_shutdown()  # idle keep-alive connections close now
+        idle = asyncio.create_task(in_flight.wait_idle(grace_seconds))
+        hurried = asyncio.create_task(hurry.wait())
+        await asyncio.wait((idle, hurried), return_when=asyncio.FIRST_COMPLETED)
+        hurried.cancel()
+        if not (idle.done() and idle.result()):
+            idle.cancel()
+            await in_flight.cut()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -104,3 +105,20 @@ def test_a_stream_that_ends_within_the_grace_period_completes(
     assert received.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
     sidecar.process.communicate(timeout=20)
     assert sidecar.process.returncode == 0
+
+
+def test_a_second_signal_cuts_at_once(
+    tmp_path: Path, provider: tuple[int, standin.StandInState], ca_file: Path
+) -> None:
+    provider[1].stream_delay = 0.2
+    sidecar = sidecar_process(tmp_path, provider, ca_file, draining(tmp_path / "spool"))
+    stream = open_stream(address(sidecar), 100)
+    sidecar.process.terminate()
+    time.sleep(0.5)
+    signalled = time.monotonic()
+    sidecar.process.send_signal(signal.SIGINT)  # a second Ctrl-C at a terminal
+    received = read_to_close(stream)
+    assert time.monotonic() - signalled < DRAIN  # neither the drain nor the grace waited out
+    assert b"sidecar_shutdown" in received
+    log = sidecar.process.communicate(timeout=20)[1]
+    assert sidecar.process.returncode == 0 and "Traceback" not in log
