@@ -43,6 +43,14 @@ def test_minimal_config_has_safe_defaults(tmp_path: Path) -> None:
     assert config.credentials.directory == tmp_path / "creds"  # relative to the file
 
 
+def test_an_audit_trail_is_acknowledged_unless_asked_otherwise(tmp_path: Path) -> None:
+    """No answer before its event is on disk, in a config file as in the chart (which sets
+    no durability of its own)."""
+    config = load(tmp_path, minimal(audit={"spool_directory": "spool"}))
+    assert config.audit is not None and config.audit.durability == "acknowledged"
+    assert config.audit.fail_mode == "closed"
+
+
 def test_unknown_key_is_named(tmp_path: Path) -> None:
     message = error_of(tmp_path, minimal(listen={"hots": "127.0.0.1"}))
     assert "listen.hots: unknown key" in message
