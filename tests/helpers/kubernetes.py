@@ -19,15 +19,20 @@ from typing import Any
 
 import aiohttp
 import aiohttp.web
+import jsonpatch
+import jsonpointer
 import kmock
 import kopf
 import yaml
 
 from sidegate.operator import running
+from sidegate.operator.handlers import release
 from sidegate.operator.state import OperatorState
 from tests.helpers import authorizing
 
 _versions = itertools.count(1)
+# How long kopf may take to stop: its workers finish the handler or API call in progress.
+STOP_SECONDS = 30
 POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
 RELEASE = "sidegate-system"
 SOURCES = f"/api/v1/namespaces/{RELEASE}/secrets"
@@ -245,6 +250,9 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     status=201,
                 )
             return aiohttp.web.json_response({"kind": "Status", "code": 405}, status=405)
+        refusal = self._failed_patch_test(request)
+        if refusal is not None:
+            return refusal
         data = request.data if isinstance(getattr(request, "data", None), dict) else None
         if data is not None and request.resource is not None:
             meta = data.setdefault("metadata", {})
@@ -274,6 +282,36 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     self.writes.setdefault(written, []).append(body)
                 return answer  # type: ignore[no-any-return]
         return await super()._handle(request)  # type: ignore[no-any-return]
+
+    def _failed_patch_test(self, request: Any) -> aiohttp.web.StreamResponse | None:
+        """A JSON patch whose ``test`` operations fail (kopf's finalizer and status patches
+        test the resourceVersion they read): kube-apiserver answers 422 Unprocessable Entity
+        (apiserver endpoints/handlers/patch.go, applyJSPatch), which kopf takes as "changed
+        meanwhile, patch again on the next cycle". kmock answers 500, which kopf retries for
+        a minute and then throttles the object, dropping its events (its index goes stale)."""
+        ops = getattr(request, "data", None)
+        if request.action != kmock.action.UPDATE or not isinstance(ops, list):
+            return None
+        tests = [op for op in ops if isinstance(op, dict) and op.get("op") == "test"]
+        key = (request.resource, request.namespace, request.name)
+        if not tests or key not in self._objects or self._objects[key].deleted:
+            return None  # kmock answers 404 for what is not there
+        try:
+            jsonpatch.apply_patch(dict(self._objects[key].raw), tests)
+        except (jsonpatch.JsonPatchTestFailed, jsonpointer.JsonPointerException) as exc:
+            self.conflicts += 1
+            return aiohttp.web.json_response(
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": str(exc),
+                    "code": 422,
+                },
+                status=422,
+            )
+        return None
 
 
 def _conflict(name: str | None) -> dict[str, Any]:
@@ -341,12 +379,29 @@ async def operator(
             ready_flag=ready,
         )
     )
-    await asyncio.wait_for(ready.wait(), 10)
     try:
+        await asyncio.wait_for(ready.wait(), 10)
         yield state
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
+        await _stop(task, stop, state)
+
+
+async def _stop(task: asyncio.Task[None], stop: asyncio.Event, state: OperatorState) -> None:
+    """Stop kopf, and close what the operator opened even when kopf cannot stop in time (its
+    cleanup handlers are then cancelled, not run): a test that fails must not leave sessions
+    and sockets behind to fail the next tests with ResourceWarnings."""
+    stop.set()
+    try:
+        async with asyncio.timeout(STOP_SECONDS):
+            await asyncio.shield(task)
+    except TimeoutError:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise
+    finally:
+        await release.stop(state)  # no-ops when kopf's cleanup handler did them already
+        if state.client is not None:
+            await state.client.close()
 
 
 def kubeconfig(path: Path, server: str, token: str) -> Path:

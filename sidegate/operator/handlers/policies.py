@@ -10,21 +10,15 @@ nothing new.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from sidegate.operator import objects
-from sidegate.operator.handlers import publishing, release, upkeep
+from sidegate.operator.handlers import compiling, release, upkeep
 from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import RESOURCE, OperatorState
-from sidegate.policy import bundle, models
-
-
-def validate(body: Mapping[str, Any]) -> models.RBACPolicy:
-    return models.RBACPolicy.model_validate(objects.plain(body))
+from sidegate.policy import models
 
 
 def describe(exc: ValidationError) -> str:
@@ -45,13 +39,6 @@ def condition(ready: bool, reason: str, message: str) -> dict[str, str]:
         "message": message,
         "lastTransitionTime": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-
-
-async def write_bundle(
-    state: OperatorState, namespace: str, policies: Iterable[models.RBACPolicy], logger: kopf.Logger
-) -> str:
-    """No policies give the deny-all bundle, never a stale allow."""
-    return await publishing.publish(state, namespace, bundle.to_bundle(policies), logger)
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
@@ -85,7 +72,7 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         if namespace is None:
             return None
         try:
-            return {namespace: validate(body)}
+            return {namespace: compiling.validate(body)}
         except ValidationError:
             return None  # an invalid policy never reaches a bundle
 
@@ -105,13 +92,13 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         assert namespace is not None  # RBACPolicy is namespaced
         patch.status["observedGeneration"] = meta.get("generation")
         try:
-            policy = validate(body)
+            policy = compiling.validate(body)
         except ValidationError as exc:
             message = describe(exc)
             patch.status["conditions"] = [condition(False, "Invalid", message)]
             kopf.warn(body, reason="Invalid", message=message)  # a Kubernetes Event
             return  # the bundle stays as it was: compiled from the valid policies only
-        bundle_hash = await write_bundle(
+        bundle_hash = await compiling.write_bundle(
             state, namespace, valid_policies.get(namespace, []), logger
         )
         patch.status["ruleCount"] = len(policy.spec.rules)
@@ -129,4 +116,4 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         # The index still holds the policy while its finalizer runs; leave it out. With no
         # policy left, the namespace gets the deny-all bundle.
         remaining = [p for p in valid_policies.get(namespace, []) if p.metadata.name != name]
-        await write_bundle(state, namespace, remaining, logger)
+        await compiling.write_bundle(state, namespace, remaining, logger)

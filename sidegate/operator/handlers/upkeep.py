@@ -11,9 +11,9 @@ from typing import Any
 
 import kopf
 
-from sidegate.operator.handlers import admin_tokens, credentials, publishing
+from sidegate.operator.handlers import admin_tokens, compiling, credentials
 from sidegate.operator.state import RESOURCE, OperatorState
-from sidegate.policy import bundle, models
+from sidegate.policy import models
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
@@ -34,5 +34,4 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         assert namespace is not None  # RBACPolicy is namespaced
         await admin_tokens.ensure(state, namespace, logger)
         await credentials.fan_out(state, logger)
-        compiled = bundle.to_bundle(valid_policies.get(namespace, []))
-        await publishing.publish(state, namespace, compiled, logger)
+        await compiling.write_bundle(state, namespace, valid_policies.get(namespace, []), logger)
