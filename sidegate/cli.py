@@ -197,6 +197,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             native=args.sidecar_mode == "native",
             port=args.sidecar_port,
             image_pull_policy=args.sidecar_pull_policy,
+            fixed_user=args.sidecar_user == "fixed",
         )
         problem = sidecar_config_problem(sidecar)
         if problem is not None:
@@ -421,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help='the sidecar\'s requests and limits, e.g. {"requests": {"cpu": "50m"}} '
         "(default: 50m CPU and 64Mi requested, 256Mi memory limit)",
+    )
+    webhook.add_argument(
+        "--sidecar-user",
+        choices=["fixed", "platform"],
+        default="fixed",
+        help="fixed: the sidecar runs as the image's user (runAsUser/runAsGroup 65532); "
+        "platform: neither is set, the platform assigns them (OpenShift's restricted SCC)",
     )
     operator.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]

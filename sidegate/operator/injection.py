@@ -77,6 +77,9 @@ class SidecarSpec:
     token_seconds: int = 600  # the token's lifetime; the kubelet renews it at 80%
     trusted_keys: tuple[str, ...] = ()  # "ed25519:..." public keys, active first
     broker_ca_pem: str | None = None  # the broker's CA certificate (PEM)
+    # runAsUser/runAsGroup the image's user. False leaves them to the platform: OpenShift's
+    # restricted SCC refuses a fixed uid outside the namespace's range and assigns one.
+    fixed_user: bool = True
     resources: Mapping[str, Mapping[str, str]] = dataclasses.field(
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -223,6 +226,17 @@ def _trusted_keys(item: Mapping[str, Any]) -> list[str] | None:
     return keys if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else None
 
 
+def _without_assigned_user(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The container without the non-root user the platform gave it (OpenShift's SCC
+    admission sets runAsUser, and may set runAsGroup, before the webhooks see the pod)."""
+    found = copy.deepcopy(dict(item))
+    context = found.get("securityContext") or {}
+    if context.get("runAsUser") != 0 and context.get("runAsGroup") != 0:
+        context.pop("runAsUser", None)
+        context.pop("runAsGroup", None)
+    return found
+
+
 def hand_made(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
     """Why a container named ``sidegate`` is not the one the injector builds from ``spec``,
     if it is not (a pod with its signing keys from before a key was added is fine: rotation
@@ -239,6 +253,8 @@ def hand_made(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
     if keys is None or not set(keys) <= set(spec.trusted_keys):
         return f"the {CONTAINER!r} container trusts a key the operator did not publish"
     wanted = container(dataclasses.replace(spec, trusted_keys=tuple(keys)))
+    if not spec.fixed_user:
+        item = _without_assigned_user(item)
     if _canonical(item) != _canonical(wanted):
         return f"the {CONTAINER!r} container is not the one the injector builds"
     ours = {v["name"]: v for v in volumes(spec)}
@@ -278,10 +294,12 @@ def volumes(spec: SidecarSpec) -> list[dict[str, Any]]:
         {
             "name": TOKEN_VOLUME,
             "projected": {
-                # The token file's owner and mode are the kubelet's: 0600 owned by the pod's
-                # common runAsUser, or group fsGroup with 0640, else this mode. 0444 lets the
-                # sidecar's non-root user read it in that last case; the volume is mounted in
-                # the sidecar container only, which is what keeps it from the app.
+                # The token file's owner and mode are the kubelet's (since Kubernetes 1.19):
+                # 0600 owned by the runAsUser all containers share, 0640 group fsGroup when
+                # the pod has one (every container has that group), else this mode. 0444 lets
+                # the sidecar's user read it in that last case, so the injector need not set
+                # a pod fsGroup (which would chown the app's own volumes); the volume is
+                # mounted in the sidecar container only, which is what keeps it from the app.
                 "defaultMode": 0o444,
                 "sources": [
                     {
@@ -320,8 +338,7 @@ def container(spec: SidecarSpec) -> dict[str, Any]:
         "resources": copy.deepcopy(dict(spec.resources)),
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
+            **({"runAsUser": UID, "runAsGroup": UID} if spec.fixed_user else {}),
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "privileged": False,

@@ -88,3 +88,22 @@ def test_only_the_sidecar_may_mount_its_volumes(native: bool) -> None:
     sharing = copy.deepcopy(injected)
     sharing["spec"]["shareProcessNamespace"] = True
     assert "shareProcessNamespace" in (injection.exposure(sharing, "sidegate") or "")
+
+
+def test_a_platform_assigned_user_is_left_to_the_platform_and_accepted_from_it() -> None:
+    """sidecar.user=platform (OpenShift's restricted SCC): no runAsUser/runAsGroup injected;
+    the uid the SCC's admission then sets is the injector's sidecar still, root is not."""
+    spec = injection.SidecarSpec(
+        image="sidegate:1", config="{}", fixed_user=False, trusted_keys=("ed25519:k",)
+    )
+    injected = injection.apply(pod(), injection.inject(pod(), spec))
+    sidecar = injected["spec"]["initContainers"][0]
+    assert not {"runAsUser", "runAsGroup"} & set(sidecar["securityContext"])
+    assert sidecar["securityContext"]["runAsNonRoot"] is True
+    sidecar["securityContext"]["runAsUser"] = 1000650000
+    assert injection.hand_made(injected, spec) is None
+    sidecar["securityContext"]["runAsUser"] = 0
+    assert injection.hand_made(injected, spec) is not None
+    fixed = injection.SidecarSpec(image="sidegate:1", config="{}", trusted_keys=("ed25519:k",))
+    sidecar["securityContext"]["runAsUser"] = 1000650000
+    assert injection.hand_made(injected, fixed) is not None  # a fixed user is the image's
