@@ -170,7 +170,7 @@ def sidecar_config_problem(spec: Any) -> str | None:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from sidegate.operator import injection, running, state
+    from sidegate.operator import injection, overrides, running, state
 
     redactor = redact.Redactor()
     logs.configure(redactor, args.log_level, "json")
@@ -191,6 +191,15 @@ def cmd_operator(args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"sidegate: --sidecar-config: cannot read: {exc.strerror}", file=sys.stderr)
             return 2
+        try:
+            bounds = overrides.Bounds(
+                max_cpu=args.sidecar_max_cpu or None,
+                max_memory=args.sidecar_max_memory or None,
+                log_levels=tuple(level for level in args.sidecar_log_levels.split(",") if level),
+            )
+        except ValueError as exc:
+            print(f"sidegate: the sidecar override bounds: {exc}", file=sys.stderr)
+            return 2
         sidecar = injection.SidecarSpec(
             image=args.sidecar_image,
             config=config,
@@ -198,6 +207,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             port=args.sidecar_port,
             image_pull_policy=args.sidecar_pull_policy,
             fixed_user=args.sidecar_user == "fixed",
+            bounds=bounds,
         )
         problem = sidecar_config_problem(sidecar)
         if problem is not None:
@@ -429,6 +439,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="fixed",
         help="fixed: the sidecar runs as the image's user (runAsUser/runAsGroup 65532); "
         "platform: neither is set, the platform assigns them (OpenShift's restricted SCC)",
+    )
+    bounds = operator.add_argument_group(
+        "per-pod overrides (sidegate.io/sidecar-cpu, -cpu-limit, -memory, -memory-limit, "
+        "-log-level annotations)"
+    )
+    bounds.add_argument(
+        "--sidecar-max-cpu",
+        default="1",
+        metavar="QUANTITY",
+        help="the most CPU a pod may request or limit its sidecar to (1); empty: pods may not "
+        "change it",
+    )
+    bounds.add_argument(
+        "--sidecar-max-memory",
+        default="1Gi",
+        metavar="QUANTITY",
+        help="the most memory, likewise (1Gi); empty: pods may not change it",
+    )
+    bounds.add_argument(
+        "--sidecar-log-levels",
+        default="DEBUG,INFO,WARNING,ERROR",
+        metavar="LEVELS",
+        help="the log levels a pod may choose, comma-separated (all four); empty: none",
     )
     operator.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -37,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from sidegate.operator import overrides
+
 # The opt-in is a label, not an annotation: the API server filters on labels
 # (the webhook's objectSelector), so pods that do not ask are never sent to the webhook and an
 # operator outage cannot hold them up.
@@ -80,6 +82,8 @@ class SidecarSpec:
     # runAsUser/runAsGroup the image's user. False leaves them to the platform: OpenShift's
     # restricted SCC refuses a fixed uid outside the namespace's range and assigns one.
     fixed_user: bool = True
+    # What a pod's sidegate.io/sidecar-* annotations may change (``overrides``).
+    bounds: overrides.Bounds = dataclasses.field(default_factory=overrides.Bounds)
     resources: Mapping[str, Mapping[str, str]] = dataclasses.field(
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -92,12 +96,15 @@ def wants_injection(labels: Mapping[str, str] | None) -> bool:
     return (labels or {}).get(LABEL, "").lower() == "true"
 
 
-def sidecar_config(spec: SidecarSpec) -> str:
+def sidecar_config(spec: SidecarSpec, chosen: overrides.Overrides = overrides.NONE) -> str:
     """The chart's config with what only the operator knows filled in: the keys bundles must
-    be signed with, and, with a broker section, its CA and the token's path."""
+    be signed with, and, with a broker section, its CA and the token's path; and the log
+    level the pod chose."""
     config = yaml.safe_load(spec.config) or {}
     if not isinstance(config, dict):
         raise ValueError("the sidecar config must be a YAML mapping")
+    if chosen.log_level is not None:
+        config["logging"] = {**(config.get("logging") or {}), "level": chosen.log_level}
     if spec.trusted_keys:
         config["policy"] = {**(config.get("policy") or {}), "trusted_keys": [*spec.trusted_keys]}
     broker = config.get("broker")
@@ -199,6 +206,13 @@ _PROBE_DEFAULTS = {
 }
 
 
+def _amount(value: Any) -> Any:
+    try:
+        return overrides.quantity(str(value))
+    except ValueError:
+        return value
+
+
 def _canonical(item: Mapping[str, Any]) -> dict[str, Any]:
     """A container without the API server's defaults, its config parsed (so the YAML's
     layout is no difference)."""
@@ -209,6 +223,12 @@ def _canonical(item: Mapping[str, Any]) -> dict[str, Any]:
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         if isinstance(found.get(probe), dict):
             found[probe] = {k: v for k, v in found[probe].items() if _PROBE_DEFAULTS.get(k) != v}
+    if isinstance(found.get("resources"), dict):
+        # The API server stores quantities in canonical form ("0.5" becomes "500m").
+        found["resources"] = {
+            kind: {name: _amount(value) for name, value in (amounts or {}).items()}
+            for kind, amounts in found["resources"].items()
+        }
     for variable in found.get("env") or []:
         if variable.get("name") == CONFIG_ENV and isinstance(variable.get("value"), str):
             # Not YAML: compared as text, it differs from the injector's.
@@ -252,7 +272,11 @@ def hand_made(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
     keys = _trusted_keys(item)
     if keys is None or not set(keys) <= set(spec.trusted_keys):
         return f"the {CONTAINER!r} container trusts a key the operator did not publish"
-    wanted = container(dataclasses.replace(spec, trusted_keys=tuple(keys)))
+    try:
+        chosen = overrides.parse(_annotations(pod), spec.bounds)
+        wanted = container(dataclasses.replace(spec, trusted_keys=tuple(keys)), chosen)
+    except overrides.Invalid as exc:
+        return str(exc)
     if not spec.fixed_user:
         item = _without_assigned_user(item)
     if _canonical(item) != _canonical(wanted):
@@ -280,10 +304,17 @@ def changed_sidecar(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
     return None
 
 
+def _annotations(pod: Mapping[str, Any]) -> dict[str, str]:
+    return dict((pod.get("metadata") or {}).get("annotations") or {})
+
+
 def refusal(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
-    """Why a pod that asks for the sidecar must not get it, if it must not: the pod as it
-    would be once injected is judged."""
-    reason = exposure(apply(pod, inject(pod, spec)), spec.audience)
+    """Why a pod that asks for the sidecar must not get it, if it must not: a bad override
+    annotation, or the pod as it would be once injected exposing the sidecar."""
+    try:
+        reason = exposure(apply(pod, inject(pod, spec)), spec.audience)
+    except overrides.Invalid as exc:
+        return f"sidegate: {exc}"
     if reason is None:
         return None
     return f"sidegate: {reason}; change the pod or remove the {LABEL} label"
@@ -316,7 +347,10 @@ def volumes(spec: SidecarSpec) -> list[dict[str, Any]]:
     ]
 
 
-def container(spec: SidecarSpec) -> dict[str, Any]:
+def container(spec: SidecarSpec, chosen: overrides.Overrides = overrides.NONE) -> dict[str, Any]:
+    """The sidecar container for ``spec``, with a pod's ``chosen`` overrides (``Invalid``
+    when they leave a request above its limit)."""
+
     def field(path: str) -> dict[str, Any]:
         return {"valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
@@ -330,12 +364,12 @@ def container(spec: SidecarSpec) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "args": ["sidecar", "--config-env", CONFIG_ENV],
         "env": [
-            {"name": CONFIG_ENV, "value": sidecar_config(spec)},
+            {"name": CONFIG_ENV, "value": sidecar_config(spec, chosen)},
             {"name": "SIDEGATE_NAMESPACE", **field("metadata.namespace")},
             {"name": "SIDEGATE_SERVICE_ACCOUNT", **field("spec.serviceAccountName")},
             {"name": "SIDEGATE_POD_NAME", **field("metadata.name")},
         ],
-        "resources": copy.deepcopy(dict(spec.resources)),
+        "resources": overrides.resources(spec.resources, chosen),
         "securityContext": {
             "runAsNonRoot": True,
             **({"runAsUser": UID, "runAsGroup": UID} if spec.fixed_user else {}),
@@ -385,9 +419,10 @@ def _with_env(app: Mapping[str, Any], extra: Sequence[Mapping[str, str]]) -> dic
 
 def inject(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any]:
     """The pod's changed fields: ``metadata.annotations`` and ``spec`` containers, init
-    containers and volumes. A sidecar already there is replaced by the current one."""
+    containers and volumes. A sidecar already there is replaced by the current one, with
+    the overrides the pod's annotations ask for (``overrides.Invalid`` if one is refused)."""
     pod_spec = pod.get("spec") or {}
-    ours = container(spec)
+    ours = container(spec, overrides.parse(_annotations(pod), spec.bounds))
     init = [c for c in pod_spec.get("initContainers") or [] if c.get("name") != CONTAINER]
     apps = [c for c in pod_spec.get("containers") or [] if c.get("name") != CONTAINER]
     apps = [_with_env(app, app_environment(spec)) for app in apps]

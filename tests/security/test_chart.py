@@ -262,6 +262,23 @@ def test_user_ids_left_to_the_platform_are_set_nowhere(render: Render) -> None:
         assert parsed.sidecar_user == ("platform" if sets else "fixed")
 
 
+def test_the_override_bounds_reach_the_operator(render: Render, helm: Helm) -> None:
+    """sidecarOverrides: the maximums and levels a pod's sidegate.io/sidecar-* annotations may
+    ask for; "" refuses that override; the schema refuses what is not a quantity."""
+    sets = ("sidecarOverrides.maxCpu=", "sidecarOverrides.logLevels={INFO,ERROR}")
+    for values, cpu, levels in (
+        ((), "1", "DEBUG,INFO,WARNING,ERROR"),
+        (sets, "", "INFO,ERROR"),
+    ):
+        (operator,) = pod_of(render(*values), "Deployment", "sidegate-operator")["containers"]
+        parsed = cli.build_parser().parse_args(operator["args"])
+        assert (parsed.sidecar_max_cpu, parsed.sidecar_max_memory) == (cpu, "1Gi")
+        assert parsed.sidecar_log_levels == levels
+    for bad in ("sidecarOverrides.maxMemory=lots", "sidecarOverrides.logLevels={TRACE}"):
+        result = helm("template", "x", str(CHART), "--set", bad)
+        assert result.returncode != 0 and "values don't meet the specifications" in result.stderr
+
+
 def test_the_broker_is_replicated_spread_and_disruption_safe(render: Render) -> None:
     docs = render()
     deployment = one(docs, "Deployment", "sidegate-broker")
