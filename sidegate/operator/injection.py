@@ -32,18 +32,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import yaml
 
+import sidegate
 from sidegate.operator import overrides
 
 # The opt-in is a label, not an annotation: the API server filters on labels
 # (the webhook's objectSelector), so pods that do not ask are never sent to the webhook and an
 # operator outage cannot hold them up.
 LABEL = "sidegate.io/inject"
-INJECTED = "sidegate.io/injected"
+# What was injected (JSON): for people and tools only. Nothing Sidegate decides reads it back
+# (the guard and the broker judge the containers and volumes): a pod's author can write any
+# annotation, and the injector overwrites this one.
+STATUS = "sidegate.io/status"
 CONTAINER = "sidegate"
 CONFIG_ENV = "SIDEGATE_CONFIG"
 MOUNT_ROOT = "/var/run/sidegate"
@@ -417,12 +423,40 @@ def _with_env(app: Mapping[str, Any], extra: Sequence[Mapping[str, str]]) -> dic
     return updated
 
 
+def config_hash(spec: SidecarSpec) -> str:
+    """The chart's sidecar config, hashed as parsed (its YAML layout is no difference):
+    pods with another hash were injected from another ``sidecar.config``."""
+    config = yaml.safe_load(spec.config) or {}
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+def status(spec: SidecarSpec, chosen: overrides.Overrides) -> str:
+    """The ``sidegate.io/status`` value: Sidegate's version, the image and mode, the chart
+    config's hash, the pod's overrides, and the containers and volumes that are Sidegate's
+    (what an uninjection would remove)."""
+    found: dict[str, Any] = {
+        "version": sidegate.__version__,
+        "image": spec.image,
+        "mode": "native" if spec.native else "container",
+        "configHash": config_hash(spec),
+        "containers": [CONTAINER],
+        "volumes": [TOKEN_VOLUME, SPOOL_VOLUME],
+    }
+    if chosen.resources:
+        found["resources"] = chosen.resources
+    if chosen.log_level is not None:
+        found["logLevel"] = chosen.log_level
+    return json.dumps(found, sort_keys=True, separators=(",", ":"))
+
+
 def inject(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any]:
     """The pod's changed fields: ``metadata.annotations`` and ``spec`` containers, init
     containers and volumes. A sidecar already there is replaced by the current one, with
     the overrides the pod's annotations ask for (``overrides.Invalid`` if one is refused)."""
     pod_spec = pod.get("spec") or {}
-    ours = container(spec, overrides.parse(_annotations(pod), spec.bounds))
+    chosen = overrides.parse(_annotations(pod), spec.bounds)
+    ours = container(spec, chosen)
     init = [c for c in pod_spec.get("initContainers") or [] if c.get("name") != CONTAINER]
     apps = [c for c in pod_spec.get("containers") or [] if c.get("name") != CONTAINER]
     apps = [_with_env(app, app_environment(spec)) for app in apps]
@@ -434,7 +468,7 @@ def inject(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any]:
     names = {v["name"] for v in ours_volumes}
     kept = [v for v in pod_spec.get("volumes") or [] if v.get("name") not in names]
     annotations = dict((pod.get("metadata") or {}).get("annotations") or {})
-    annotations[INJECTED] = "true"
+    annotations[STATUS] = status(spec, chosen)
     changed: dict[str, Any] = {
         "metadata": {"annotations": annotations},
         "spec": {"containers": apps, "volumes": [*kept, *ours_volumes]},

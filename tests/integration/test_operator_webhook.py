@@ -16,6 +16,7 @@ import pytest
 import trustme
 import yaml
 
+import sidegate
 from sidegate.operator import injection, overrides, running, signing_keys
 from sidegate.operator.handlers import webhook
 from tests.helpers import admission
@@ -126,7 +127,15 @@ async def test_a_labelled_pod_gets_the_sidecar_once(
             "OPENAI_API_KEY": injection.PLACEHOLDER_KEY,
             "ANTHROPIC_API_KEY": injection.PLACEHOLDER_KEY,
         }
-        assert patched["metadata"]["annotations"][injection.INJECTED] == "true"
+        status = json.loads(patched["metadata"]["annotations"][injection.STATUS])
+        assert status == {
+            "version": sidegate.__version__,
+            "image": spec.image,
+            "mode": "native" if native else "container",
+            "configHash": injection.config_hash(spec),
+            "containers": ["sidegate"],
+            "volumes": ["sidegate-token", "sidegate-spool"],
+        }
 
         # Injecting twice changes nothing: the second answer carries no patch at all.
         _response, again = await admission.admit(listener, ca, patched)

@@ -145,3 +145,18 @@ def test_the_broker_accepts_another_level_but_no_other_config_change() -> None:
     sidecar["env"][0]["value"] = yaml.safe_dump(config)
     with pytest.raises(pods.Refused):
         pods.check(pod, uid="u-1", expected=EXPECTED)
+
+
+def test_the_broker_is_not_swayed_by_a_status_annotation() -> None:
+    """The broker judges the containers, never sidegate.io/status (anyone can write it)."""
+    pod = injected({})
+    pod["status"] = {"phase": "Running"}
+    pods.check(pod, uid="u-1", expected=EXPECTED)
+    pod["metadata"]["annotations"][injection.STATUS] = "not even JSON"
+    pods.check(pod, uid="u-1", expected=EXPECTED)  # what was injected is what counts
+    pod["spec"]["initContainers"][0]["image"] = "evil:1"
+    pod["metadata"]["annotations"][injection.STATUS] = injection.status(
+        dataclasses.replace(SPEC, image="evil:1"), overrides.NONE
+    )
+    with pytest.raises(pods.Refused):
+        pods.check(pod, uid="u-1", expected=EXPECTED)
