@@ -478,6 +478,22 @@ def inject(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any]:
     return changed
 
 
+class Refused(Exception):
+    """A pod that asks for the sidecar and must not get it; the message says why."""
+
+
+def admit(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any] | None:
+    """The injection webhook's decision, and ``sidegate inject``'s: None for a pod that does
+    not ask (``"false"`` or another value opts out), the changed fields (``inject``) for one
+    that does, ``Refused`` for one that asks and must not get the sidecar."""
+    if not wants_injection((pod.get("metadata") or {}).get("labels")):
+        return None
+    reason = refusal(pod, spec)
+    if reason is not None:
+        raise Refused(reason)
+    return inject(pod, spec)
+
+
 def apply(pod: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     """The injected pod (for ``sidegate inject`` and tests)."""
     result = copy.deepcopy(dict(pod))
