@@ -3,15 +3,14 @@
 sidegate sidecar --config FILE   run the proxy (standalone: a YAML file is all it needs)
 sidegate demo                    run the proxy in front of a local stand-in provider
 sidegate operator | broker       the cluster's control plane (see docs/)
+sidegate inject -f pod.yaml      what the injection webhook would make of a pod (offline)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import io
-import json
 import logging
 import os
 import sys
@@ -19,10 +18,18 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from sidegate import __version__, audit_commands, errors, logs, policy_commands, redact
+from sidegate import (
+    __version__,
+    audit_commands,
+    errors,
+    inject_commands,
+    logs,
+    policy_commands,
+    redact,
+    sidecar_options,
+)
 
 logger = logging.getLogger("sidegate")
 
@@ -145,32 +152,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run(demo.run(port=args.port, serve=args.serve, redactor=redactor))
 
 
-def sidecar_config_problem(spec: Any) -> str | None:
-    """Why the config injected sidecars would get is invalid, if it is: the sidecar's own
-    validation of it as the injector completes it, with a throwaway signing key standing in
-    for the published ones and placeholders for what the downward API gives each pod."""
-    from sidegate.operator import injection
-    from sidegate.policy import signing
-    from sidegate.sidecar import settings
-
-    stand_in = signing.encode_public_key(signing.generate_private_key().public_key())
-    identity = {
-        "SIDEGATE_NAMESPACE": "validating",
-        "SIDEGATE_SERVICE_ACCOUNT": "validating",
-        "SIDEGATE_POD_NAME": "validating",
-    }
-    try:
-        text = injection.sidecar_config(dataclasses.replace(spec, trusted_keys=(stand_in,)))
-        settings.parse(text, "sidecar config", Path("/"), identity)
-    except errors.ConfigError as exc:
-        return str(exc).removeprefix("sidecar config: ")
-    except (ValueError, yaml.YAMLError) as exc:
-        return str(exc)
-    return None
-
-
 def cmd_operator(args: argparse.Namespace) -> int:
-    from sidegate.operator import injection, running, state
+    from sidegate.operator import running, state
 
     redactor = redact.Redactor()
     logs.configure(redactor, args.log_level, "json")
@@ -187,27 +170,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
     sidecar = None
     if args.sidecar_image:
         try:
-            config = Path(args.sidecar_config).read_text(encoding="utf-8")
-        except OSError as exc:
-            print(f"sidegate: --sidecar-config: cannot read: {exc.strerror}", file=sys.stderr)
+            sidecar = sidecar_options.spec_from(args)
+        except sidecar_options.OptionsError as exc:
+            print(f"sidegate: {exc}", file=sys.stderr)
             return 2
-        sidecar = injection.SidecarSpec(
-            image=args.sidecar_image,
-            config=config,
-            native=args.sidecar_mode == "native",
-            port=args.sidecar_port,
-            image_pull_policy=args.sidecar_pull_policy,
-        )
-        problem = sidecar_config_problem(sidecar)
-        if problem is not None:
-            # Refused here, once, rather than crash-looping every pod injected with it.
-            print(
-                f"sidegate: --sidecar-config (the chart's sidecar.config): {problem}",
-                file=sys.stderr,
-            )
-            return 2
-        if args.sidecar_resources is not None:
-            sidecar = dataclasses.replace(sidecar, resources=args.sidecar_resources)
     listener = None
     if args.webhook_port:
         listener = running.WebhookListener(
@@ -260,22 +226,6 @@ def cmd_broker(args: argparse.Namespace) -> int:
     except OSError as exc:
         logger.error("cannot serve: %s", exc.strerror or exc)
         return 1
-
-
-def _resources(text: str) -> dict[str, dict[str, str]]:
-    try:
-        found = json.loads(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not JSON") from None
-    valid = isinstance(found, dict) and all(
-        kind in ("requests", "limits")
-        and isinstance(amounts, dict)
-        and all(isinstance(k, str) and isinstance(v, str | int) for k, v in amounts.items())
-        for kind, amounts in found.items()
-    )
-    if not valid:
-        raise argparse.ArgumentTypeError('expected {"requests"|"limits": {"cpu": "50m", ...}}')
-    return {kind: {k: str(v) for k, v in amounts.items()} for kind, amounts in found.items()}
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -382,46 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     webhook.add_argument("--webhook-port", type=int, help="HTTPS port of the webhook, e.g. 8443")
     webhook.add_argument("--webhook-cert", metavar="FILE", help="serving certificate (PEM)")
     webhook.add_argument("--webhook-key", metavar="FILE", help="its private key (PEM)")
-    webhook.add_argument("--sidecar-image", help="image of the injected sidecar")
-    webhook.add_argument(
-        "--sidecar-config",
-        metavar="FILE",
-        default="/etc/sidegate/sidecar.yaml",
-        help="the injected sidecar's YAML config, passed to it in $SIDEGATE_CONFIG with the "
-        "trusted signing keys (and the broker's CA) filled in",
-    )
-    webhook.add_argument(
-        "--broker-ca-file",
-        metavar="FILE",
-        help="the broker's CA certificate (PEM), injected as broker.ca_pem; read at each "
-        "admission, so a renewed CA is picked up",
-    )
-    webhook.add_argument(
-        "--sidecar-mode",
-        choices=["native", "container"],
-        default="native",
-        help="native: an init container with restartPolicy Always (Kubernetes 1.29+); "
-        "container: a plain container",
-    )
-    webhook.add_argument(
-        "--sidecar-port",
-        type=int,
-        default=4000,
-        help="the sidecar's listen.port: where OPENAI_BASE_URL/ANTHROPIC_BASE_URL point",
-    )
-    webhook.add_argument(
-        "--sidecar-pull-policy",
-        choices=["Always", "IfNotPresent", "Never"],
-        default="IfNotPresent",
-        help="imagePullPolicy of the injected sidecar",
-    )
-    webhook.add_argument(
-        "--sidecar-resources",
-        type=_resources,
-        metavar="JSON",
-        help='the sidecar\'s requests and limits, e.g. {"requests": {"cpu": "50m"}} '
-        "(default: 50m CPU and 64Mi requested, 256Mi memory limit)",
-    )
+    sidecar_options.add_arguments(webhook, required=False)
     operator.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
@@ -486,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     broker.add_argument("--log-format", default="json", choices=["json", "text"])
     broker.set_defaults(func=cmd_broker)
+    inject_commands.add_parser(commands)
     policy_commands.add_parser(commands)
     audit_commands.add_parser(commands)
     return parser

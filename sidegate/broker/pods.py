@@ -18,7 +18,9 @@ the token can have reached nothing but an injected sidecar:
   ``--sidecar-config``) with the broker's own CA as ``broker.ca_pem`` and a subset of the
   published bundle keys, at least one (a sidecar trusting another key would accept bundles
   the operator never signed; a subset is fine: a pod created before a signing key was added
-  carries the shorter list the webhook injected then). Nothing else may differ: a provider
+  carries the shorter list the webhook injected then), and ``logging.level`` may be any level
+  the sidecar knows (the pod's ``sidegate.io/sidecar-log-level``: no secret reaches a log
+  line at any level, DESIGN.md invariant 1). Nothing else may differ: a provider
   ``base_url`` or ``broker.url`` of the pod's author would receive the real keys, an
   ``identity`` section would change who the sidecar says it serves;
 * the token volume projects only the broker's token, the spool is an emptyDir;
@@ -103,6 +105,7 @@ _SECURITY_FIELDS = frozenset(
     }
 )
 _TERMINATED = frozenset({"Succeeded", "Failed"})
+_LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})  # the sidecar's logging.level
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +192,9 @@ def _config_refusal(config: dict[str, Any] | None, expected: Expectations) -> st
         if expected.ca_pem:
             broker["ca_pem"] = expected.ca_pem
         wanted["broker"] = broker
+    logging = config.get("logging")
+    if isinstance(logging, dict) and logging.get("level") in _LOG_LEVELS:
+        wanted["logging"] = {**(wanted.get("logging") or {}), "level": logging["level"]}
     if config != wanted:
         differing = sorted(k for k in {*config, *wanted} if config.get(k) != wanted.get(k))
         return f"the sidecar's config is not the operator's ({', '.join(differing)} differ)"

@@ -32,16 +32,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import yaml
 
+import sidegate
+from sidegate.operator import overrides
+
 # The opt-in is a label, not an annotation: the API server filters on labels
 # (the webhook's objectSelector), so pods that do not ask are never sent to the webhook and an
 # operator outage cannot hold them up.
 LABEL = "sidegate.io/inject"
-INJECTED = "sidegate.io/injected"
+# What was injected (JSON): for people and tools only. Nothing Sidegate decides reads it back
+# (the guard and the broker judge the containers and volumes): a pod's author can write any
+# annotation, and the injector overwrites this one.
+STATUS = "sidegate.io/status"
 CONTAINER = "sidegate"
 CONFIG_ENV = "SIDEGATE_CONFIG"
 MOUNT_ROOT = "/var/run/sidegate"
@@ -77,6 +85,11 @@ class SidecarSpec:
     token_seconds: int = 600  # the token's lifetime; the kubelet renews it at 80%
     trusted_keys: tuple[str, ...] = ()  # "ed25519:..." public keys, active first
     broker_ca_pem: str | None = None  # the broker's CA certificate (PEM)
+    # runAsUser/runAsGroup the image's user. False leaves them to the platform: OpenShift's
+    # restricted SCC refuses a fixed uid outside the namespace's range and assigns one.
+    fixed_user: bool = True
+    # What a pod's sidegate.io/sidecar-* annotations may change (``overrides``).
+    bounds: overrides.Bounds = dataclasses.field(default_factory=overrides.Bounds)
     resources: Mapping[str, Mapping[str, str]] = dataclasses.field(
         default_factory=lambda: {
             "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -89,12 +102,15 @@ def wants_injection(labels: Mapping[str, str] | None) -> bool:
     return (labels or {}).get(LABEL, "").lower() == "true"
 
 
-def sidecar_config(spec: SidecarSpec) -> str:
+def sidecar_config(spec: SidecarSpec, chosen: overrides.Overrides = overrides.NONE) -> str:
     """The chart's config with what only the operator knows filled in: the keys bundles must
-    be signed with, and, with a broker section, its CA and the token's path."""
+    be signed with, and, with a broker section, its CA and the token's path; and the log
+    level the pod chose."""
     config = yaml.safe_load(spec.config) or {}
     if not isinstance(config, dict):
         raise ValueError("the sidecar config must be a YAML mapping")
+    if chosen.log_level is not None:
+        config["logging"] = {**(config.get("logging") or {}), "level": chosen.log_level}
     if spec.trusted_keys:
         config["policy"] = {**(config.get("policy") or {}), "trusted_keys": [*spec.trusted_keys]}
     broker = config.get("broker")
@@ -196,6 +212,13 @@ _PROBE_DEFAULTS = {
 }
 
 
+def _amount(value: Any) -> Any:
+    try:
+        return overrides.quantity(str(value))
+    except ValueError:
+        return value
+
+
 def _canonical(item: Mapping[str, Any]) -> dict[str, Any]:
     """A container without the API server's defaults, its config parsed (so the YAML's
     layout is no difference)."""
@@ -206,6 +229,12 @@ def _canonical(item: Mapping[str, Any]) -> dict[str, Any]:
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         if isinstance(found.get(probe), dict):
             found[probe] = {k: v for k, v in found[probe].items() if _PROBE_DEFAULTS.get(k) != v}
+    if isinstance(found.get("resources"), dict):
+        # The API server stores quantities in canonical form ("0.5" becomes "500m").
+        found["resources"] = {
+            kind: {name: _amount(value) for name, value in (amounts or {}).items()}
+            for kind, amounts in found["resources"].items()
+        }
     for variable in found.get("env") or []:
         if variable.get("name") == CONFIG_ENV and isinstance(variable.get("value"), str):
             # Not YAML: compared as text, it differs from the injector's.
@@ -223,6 +252,17 @@ def _trusted_keys(item: Mapping[str, Any]) -> list[str] | None:
     return keys if isinstance(keys, list) and all(isinstance(k, str) for k in keys) else None
 
 
+def _without_assigned_user(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The container without the non-root user the platform gave it (OpenShift's SCC
+    admission sets runAsUser, and may set runAsGroup, before the webhooks see the pod)."""
+    found = copy.deepcopy(dict(item))
+    context = found.get("securityContext") or {}
+    if context.get("runAsUser") != 0 and context.get("runAsGroup") != 0:
+        context.pop("runAsUser", None)
+        context.pop("runAsGroup", None)
+    return found
+
+
 def hand_made(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
     """Why a container named ``sidegate`` is not the one the injector builds from ``spec``,
     if it is not (a pod with its signing keys from before a key was added is fine: rotation
@@ -238,7 +278,13 @@ def hand_made(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
     keys = _trusted_keys(item)
     if keys is None or not set(keys) <= set(spec.trusted_keys):
         return f"the {CONTAINER!r} container trusts a key the operator did not publish"
-    wanted = container(dataclasses.replace(spec, trusted_keys=tuple(keys)))
+    try:
+        chosen = overrides.parse(_annotations(pod), spec.bounds)
+        wanted = container(dataclasses.replace(spec, trusted_keys=tuple(keys)), chosen)
+    except overrides.Invalid as exc:
+        return str(exc)
+    if not spec.fixed_user:
+        item = _without_assigned_user(item)
     if _canonical(item) != _canonical(wanted):
         return f"the {CONTAINER!r} container is not the one the injector builds"
     ours = {v["name"]: v for v in volumes(spec)}
@@ -264,10 +310,17 @@ def changed_sidecar(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
     return None
 
 
+def _annotations(pod: Mapping[str, Any]) -> dict[str, str]:
+    return dict((pod.get("metadata") or {}).get("annotations") or {})
+
+
 def refusal(pod: Mapping[str, Any], spec: SidecarSpec) -> str | None:
-    """Why a pod that asks for the sidecar must not get it, if it must not: the pod as it
-    would be once injected is judged."""
-    reason = exposure(apply(pod, inject(pod, spec)), spec.audience)
+    """Why a pod that asks for the sidecar must not get it, if it must not: a bad override
+    annotation, or the pod as it would be once injected exposing the sidecar."""
+    try:
+        reason = exposure(apply(pod, inject(pod, spec)), spec.audience)
+    except overrides.Invalid as exc:
+        return f"sidegate: {exc}"
     if reason is None:
         return None
     return f"sidegate: {reason}; change the pod or remove the {LABEL} label"
@@ -278,10 +331,12 @@ def volumes(spec: SidecarSpec) -> list[dict[str, Any]]:
         {
             "name": TOKEN_VOLUME,
             "projected": {
-                # The token file's owner and mode are the kubelet's: 0600 owned by the pod's
-                # common runAsUser, or group fsGroup with 0640, else this mode. 0444 lets the
-                # sidecar's non-root user read it in that last case; the volume is mounted in
-                # the sidecar container only, which is what keeps it from the app.
+                # The token file's owner and mode are the kubelet's (since Kubernetes 1.19):
+                # 0600 owned by the runAsUser all containers share, 0640 group fsGroup when
+                # the pod has one (every container has that group), else this mode. 0444 lets
+                # the sidecar's user read it in that last case, so the injector need not set
+                # a pod fsGroup (which would chown the app's own volumes); the volume is
+                # mounted in the sidecar container only, which is what keeps it from the app.
                 "defaultMode": 0o444,
                 "sources": [
                     {
@@ -298,7 +353,10 @@ def volumes(spec: SidecarSpec) -> list[dict[str, Any]]:
     ]
 
 
-def container(spec: SidecarSpec) -> dict[str, Any]:
+def container(spec: SidecarSpec, chosen: overrides.Overrides = overrides.NONE) -> dict[str, Any]:
+    """The sidecar container for ``spec``, with a pod's ``chosen`` overrides (``Invalid``
+    when they leave a request above its limit)."""
+
     def field(path: str) -> dict[str, Any]:
         return {"valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
@@ -312,16 +370,15 @@ def container(spec: SidecarSpec) -> dict[str, Any]:
         "imagePullPolicy": spec.image_pull_policy,
         "args": ["sidecar", "--config-env", CONFIG_ENV],
         "env": [
-            {"name": CONFIG_ENV, "value": sidecar_config(spec)},
+            {"name": CONFIG_ENV, "value": sidecar_config(spec, chosen)},
             {"name": "SIDEGATE_NAMESPACE", **field("metadata.namespace")},
             {"name": "SIDEGATE_SERVICE_ACCOUNT", **field("spec.serviceAccountName")},
             {"name": "SIDEGATE_POD_NAME", **field("metadata.name")},
         ],
-        "resources": copy.deepcopy(dict(spec.resources)),
+        "resources": overrides.resources(spec.resources, chosen),
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
+            **({"runAsUser": UID, "runAsGroup": UID} if spec.fixed_user else {}),
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
             "privileged": False,
@@ -366,11 +423,40 @@ def _with_env(app: Mapping[str, Any], extra: Sequence[Mapping[str, str]]) -> dic
     return updated
 
 
+def config_hash(spec: SidecarSpec) -> str:
+    """The chart's sidecar config, hashed as parsed (its YAML layout is no difference):
+    pods with another hash were injected from another ``sidecar.config``."""
+    config = yaml.safe_load(spec.config) or {}
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()}"
+
+
+def status(spec: SidecarSpec, chosen: overrides.Overrides) -> str:
+    """The ``sidegate.io/status`` value: Sidegate's version, the image and mode, the chart
+    config's hash, the pod's overrides, and the containers and volumes that are Sidegate's
+    (what an uninjection would remove)."""
+    found: dict[str, Any] = {
+        "version": sidegate.__version__,
+        "image": spec.image,
+        "mode": "native" if spec.native else "container",
+        "configHash": config_hash(spec),
+        "containers": [CONTAINER],
+        "volumes": [TOKEN_VOLUME, SPOOL_VOLUME],
+    }
+    if chosen.resources:
+        found["resources"] = chosen.resources
+    if chosen.log_level is not None:
+        found["logLevel"] = chosen.log_level
+    return json.dumps(found, sort_keys=True, separators=(",", ":"))
+
+
 def inject(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any]:
     """The pod's changed fields: ``metadata.annotations`` and ``spec`` containers, init
-    containers and volumes. A sidecar already there is replaced by the current one."""
+    containers and volumes. A sidecar already there is replaced by the current one, with
+    the overrides the pod's annotations ask for (``overrides.Invalid`` if one is refused)."""
     pod_spec = pod.get("spec") or {}
-    ours = container(spec)
+    chosen = overrides.parse(_annotations(pod), spec.bounds)
+    ours = container(spec, chosen)
     init = [c for c in pod_spec.get("initContainers") or [] if c.get("name") != CONTAINER]
     apps = [c for c in pod_spec.get("containers") or [] if c.get("name") != CONTAINER]
     apps = [_with_env(app, app_environment(spec)) for app in apps]
@@ -382,7 +468,7 @@ def inject(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any]:
     names = {v["name"] for v in ours_volumes}
     kept = [v for v in pod_spec.get("volumes") or [] if v.get("name") not in names]
     annotations = dict((pod.get("metadata") or {}).get("annotations") or {})
-    annotations[INJECTED] = "true"
+    annotations[STATUS] = status(spec, chosen)
     changed: dict[str, Any] = {
         "metadata": {"annotations": annotations},
         "spec": {"containers": apps, "volumes": [*kept, *ours_volumes]},
@@ -390,6 +476,22 @@ def inject(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any]:
     if init:
         changed["spec"]["initContainers"] = init
     return changed
+
+
+class Refused(Exception):
+    """A pod that asks for the sidecar and must not get it; the message says why."""
+
+
+def admit(pod: Mapping[str, Any], spec: SidecarSpec) -> dict[str, Any] | None:
+    """The injection webhook's decision, and ``sidegate inject``'s: None for a pod that does
+    not ask (``"false"`` or another value opts out), the changed fields (``inject``) for one
+    that does, ``Refused`` for one that asks and must not get the sidecar."""
+    if not wants_injection((pod.get("metadata") or {}).get("labels")):
+        return None
+    reason = refusal(pod, spec)
+    if reason is not None:
+        raise Refused(reason)
+    return inject(pod, spec)
 
 
 def apply(pod: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidegate import cli, standin
+from sidegate import sidecar_options, standin
 from sidegate.operator import injection
 from tests.conftest import base_config, fake_key
 from tests.helpers.http import call, chat_body
@@ -93,7 +93,7 @@ def test_the_operator_refuses_a_sidecar_config_the_sidecar_would_refuse(tmp_path
     # The chart's own config passes the same check (the process would go on to log in).
     config["broker"].pop("max_stalenes_seconds")
     spec = injection.SidecarSpec(image="sidegate:1", config=yaml.safe_dump(config))
-    assert cli.sidecar_config_problem(spec) is None
+    assert sidecar_options.config_problem(spec) is None
 
 
 def test_config_env_must_be_set() -> None:

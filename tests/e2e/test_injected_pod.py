@@ -16,9 +16,10 @@ import asyncio
 import base64
 import copy
 import os
+import shutil
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,8 @@ import trustme
 from sidegate import standin
 from sidegate.operator import injection
 from tests.conftest import assert_no_secrets, fake_key
-from tests.helpers import admission, brokers
+from tests.helpers import admission, brokers, kubelet, unprivileged
 from tests.helpers.http import call, chat_body
-from tests.helpers.kubelet import ProjectedVolume
 from tests.helpers.kubernetes import (
     CLEANUP_TOKEN,
     OPERATOR_TOKEN,
@@ -48,6 +48,7 @@ from tests.helpers.kubernetes import (
     send,
     source_secret,
 )
+from tests.helpers.unprivileged import sidecar_python  # noqa: F401 - a fixture
 
 ROOTS = ("/var/run/sidegate", "/var/lib/sidegate")  # the injector's mount points
 
@@ -97,25 +98,20 @@ def relocate(text: str, root: Path) -> str:
 
 def mount(k8s: Emulator, pod: dict[str, Any], root: Path) -> None:
     """The kubelet's part for the sidecar container: the projected token (TokenRequest for
-    the pod, the volume's audience and lifetime) at its mount path; the spool emptyDir."""
+    the pod, the volume's audience and lifetime) and the spool emptyDir at their mount paths,
+    as root with the kubelet's owners and modes."""
     sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "sidegate")
-    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    for volume_mount in sidecar["volumeMounts"]:
-        path = root / volume_mount["mountPath"].lstrip("/")
-        volume = volumes[volume_mount["name"]]
-        if "emptyDir" in volume:
-            path.mkdir(parents=True)
-            continue
-        (source,) = volume["projected"]["sources"]
-        request = source["serviceAccountToken"]
-        token = k8s.issue_token(
-            pod["metadata"]["namespace"],
-            pod["spec"]["serviceAccountName"],
-            pod=pod,
+
+    def issue(request: Mapping[str, Any], for_pod: Mapping[str, Any]) -> str:
+        return k8s.issue_token(
+            for_pod["metadata"]["namespace"],
+            for_pod["spec"]["serviceAccountName"],
+            pod=dict(for_pod),
             audiences=(request["audience"],),
             seconds=request["expirationSeconds"],
         )
-        ProjectedVolume(path).publish({request["path"]: token})
+
+    kubelet.mount(pod, sidecar, root, issue)
 
 
 async def operator_process(
@@ -151,6 +147,15 @@ def secret_values_outside_the_release_namespace(k8s: Emulator) -> list[str]:
 
 
 @pytest.fixture
+def node() -> Iterator[Path]:
+    """The node's disk for the pod: a directory the sidecar's user may enter (pytest's
+    tmp_path is not), the kubelet's files in it owned as the kubelet owns them."""
+    root = unprivileged.readable_directory("sidegate-node-")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 async def sidecars() -> AsyncIterator[list[asyncio.subprocess.Process]]:
     started: list[asyncio.subprocess.Process] = []
     yield started
@@ -167,6 +172,8 @@ async def test_operator_broker_and_injected_sidecar_enforce_with_no_key_in_the_n
     server_cert: trustme.LeafCert,
     ca: trustme.CA,
     sidecars: list[asyncio.subprocess.Process],
+    node: Path,
+    sidecar_python: unprivileged.Python,  # noqa: F811
 ) -> None:
     provider_port, provider_state = provider
     key = fake_key()
@@ -175,7 +182,10 @@ async def test_operator_broker_and_injected_sidecar_enforce_with_no_key_in_the_n
     (tmp_path / "webhook").mkdir()
     (tmp_path / "broker").mkdir()
     listener = admission.listener_for(tmp_path / "webhook", server_cert)
-    root = tmp_path / "pod"
+    root = node / "pod"
+    # The provider stand-in's CA, as a file of the image would be: root's, world-readable.
+    image_ca = node / "ca.pem"
+    shutil.copyfile(ca_file, image_ca)
 
     async with (
         cluster() as (k8s, url),
@@ -189,7 +199,7 @@ async def test_operator_broker_and_injected_sidecar_enforce_with_no_key_in_the_n
         ) as replica,
     ):
         config = tmp_path / "sidecar.yaml"  # the broker reads it at each pod check
-        config.write_text(chart_config(replica.api_port, provider_port, ca_file, ports))
+        config.write_text(chart_config(replica.api_port, provider_port, image_ca, ports))
         operator = await operator_process(url, tmp_path, listener, config, ca_file, ports[0])
         try:
             # The platform team: a provider key source, a policy for team-a's app.
@@ -209,13 +219,17 @@ async def test_operator_broker_and_injected_sidecar_enforce_with_no_key_in_the_n
             sidecar = pod["spec"]["initContainers"][0]
             sidecar_env = environment(sidecar, pod)
             sidecar_env["SIDEGATE_CONFIG"] = relocate(sidecar_env["SIDEGATE_CONFIG"], root)
+            # As the container's user (65532), not the test's root: the token is readable
+            # only if the kubelet's owners and modes let that user read it.
+            who = kubelet.identity(pod, sidecar)
+            assert (who.uid, who.gid) == (injection.UID, injection.UID)
             process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "sidegate",
-                *sidecar["args"],
-                env={"PATH": os.environ.get("PATH", ""), **sidecar_env},
+                *sidecar_python.argv("-m", "sidegate", *sidecar["args"]),
+                env={"PATH": os.defpath, **sidecar_python.env, **sidecar_env},
                 stderr=asyncio.subprocess.PIPE,
+                user=who.uid,
+                group=who.gid,
+                extra_groups=list(who.groups),
             )
             sidecars.append(process)
             origin = f"http://127.0.0.1:{ports[0]}"

@@ -5,6 +5,7 @@ pod whose sidecar talks to the broker; /guard refuses what would expose the side
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,8 @@ import pytest
 import trustme
 import yaml
 
-from sidegate.operator import injection, running, signing_keys
+import sidegate
+from sidegate.operator import injection, overrides, running, signing_keys
 from sidegate.operator.handlers import webhook
 from tests.helpers import admission
 from tests.helpers.kubernetes import RELEASE, cluster, eventually, get, operator
@@ -125,7 +127,15 @@ async def test_a_labelled_pod_gets_the_sidecar_once(
             "OPENAI_API_KEY": injection.PLACEHOLDER_KEY,
             "ANTHROPIC_API_KEY": injection.PLACEHOLDER_KEY,
         }
-        assert patched["metadata"]["annotations"][injection.INJECTED] == "true"
+        status = json.loads(patched["metadata"]["annotations"][injection.STATUS])
+        assert status == {
+            "version": sidegate.__version__,
+            "image": spec.image,
+            "mode": "native" if native else "container",
+            "configHash": injection.config_hash(spec),
+            "containers": ["sidegate"],
+            "volumes": ["sidegate-token", "sidegate-spool"],
+        }
 
         # Injecting twice changes nothing: the second answer carries no patch at all.
         _response, again = await admission.admit(listener, ca, patched)
@@ -425,4 +435,44 @@ async def test_a_running_pods_sidecar_cannot_be_changed(
         assert "cannot change on a running pod" in response["status"]["message"]
         await admission.admit(
             listener, ca, new_app, path=webhook.GUARD_ID, operation="UPDATE", old=running_pod
+        )
+
+
+@pytest.mark.asyncio
+async def test_a_pod_overrides_its_sidecar_within_the_charts_bounds(
+    listener: running.WebhookListener, ca: trustme.CA
+) -> None:
+    """sidegate.io/sidecar-* annotations through the webhook: applied within the bounds and
+    admitted by the guard as the API server then sends the pod (quantities canonical); a bad
+    one refused with its name, before anything is created."""
+    spec = dataclasses.replace(PLAIN, bounds=overrides.Bounds(max_cpu="2", max_memory="2Gi"))
+    asked = admission.pod(
+        {injection.LABEL: "true"},
+        {
+            overrides.CPU: "0.5",
+            overrides.MEMORY: "300Mi",
+            overrides.MEMORY_LIMIT: "1Gi",
+            overrides.LOG_LEVEL: "debug",
+        },
+    )
+    async with cluster() as (_k8s, url), operator(url, listener, sidecar=spec):
+        _response, ops = await admission.admit(listener, ca, asked)
+        patched = jsonpatch.apply_patch(copy.deepcopy(asked), ops)
+        validate(patched)
+        sidecar = patched["spec"]["initContainers"][0]
+        assert sidecar["resources"] == {
+            "requests": {"cpu": "0.5", "memory": "300Mi"},
+            "limits": {"memory": "1Gi"},
+        }
+        config = yaml.safe_load(sidecar["env"][0]["value"])
+        assert config["logging"] == {"level": "DEBUG"}
+        stored = copy.deepcopy(patched)
+        stored["spec"]["initContainers"][0]["resources"]["requests"]["cpu"] = "500m"
+        await admission.admit(listener, ca, stored, path=webhook.GUARD_ID)
+
+        too_much = admission.pod({injection.LABEL: "true"}, {overrides.CPU_LIMIT: "3"})
+        response, ops = await admission.admit(listener, ca, too_much, allowed=False)
+        assert ops == [] and response["status"]["code"] == 400
+        assert response["status"]["message"] == (
+            "sidegate: sidegate.io/sidecar-cpu-limit: '3' is above the cluster's maximum of 2"
         )

@@ -97,6 +97,7 @@ def test_lint_strict_is_clean(helm: Helm) -> None:
             "webhook.failurePolicy=Ignore",
         ),
         ("networkPolicy.apiServerCIDRs={10.0.0.1/32}",),
+        ("userIds=platform",),
         ("broker.certificate.existingSecret=broker-tls", "broker.replicas=3"),
         ("certManager.enabled=true",),
         (
@@ -237,6 +238,45 @@ def test_every_pod_runs_hardened(render: Render, kind: str, name: str) -> None:
     assert container["resources"]["limits"] and container["resources"]["requests"]
     if kind == "Deployment":
         assert container["livenessProbe"] and container["readinessProbe"]
+
+
+def test_user_ids_left_to_the_platform_are_set_nowhere(render: Render) -> None:
+    """userIds=platform (OpenShift's restricted SCC assigns uids from the namespace's range
+    and refuses a fixed one): no pod or container of the chart, and no injected sidecar,
+    names a uid, gid or fsGroup; runAsNonRoot stays."""
+    ids = {"runAsUser", "runAsGroup", "fsGroup"}
+    for sets in ((), ("userIds=platform",)):
+        docs = render(*sets)
+        for kind, name in (
+            ("Deployment", "sidegate-operator"),
+            ("Deployment", "sidegate-broker"),
+            ("Job", "sidegate-cleanup"),
+        ):
+            pod = pod_of(docs, kind, name)
+            contexts = [pod["securityContext"], *(c["securityContext"] for c in pod["containers"])]
+            assert all(c["runAsNonRoot"] is True for c in contexts)
+            named = [ids & set(c) for c in contexts]
+            assert all(named) if not sets else not any(named)
+        (operator,) = pod_of(docs, "Deployment", "sidegate-operator")["containers"]
+        parsed = cli.build_parser().parse_args(operator["args"])
+        assert parsed.sidecar_user == ("platform" if sets else "fixed")
+
+
+def test_the_override_bounds_reach_the_operator(render: Render, helm: Helm) -> None:
+    """sidecarOverrides: the maximums and levels a pod's sidegate.io/sidecar-* annotations may
+    ask for; "" refuses that override; the schema refuses what is not a quantity."""
+    sets = ("sidecarOverrides.maxCpu=", "sidecarOverrides.logLevels={INFO,ERROR}")
+    for values, cpu, levels in (
+        ((), "1", "DEBUG,INFO,WARNING,ERROR"),
+        (sets, "", "INFO,ERROR"),
+    ):
+        (operator,) = pod_of(render(*values), "Deployment", "sidegate-operator")["containers"]
+        parsed = cli.build_parser().parse_args(operator["args"])
+        assert (parsed.sidecar_max_cpu, parsed.sidecar_max_memory) == (cpu, "1Gi")
+        assert parsed.sidecar_log_levels == levels
+    for bad in ("sidecarOverrides.maxMemory=lots", "sidecarOverrides.logLevels={TRACE}"):
+        result = helm("template", "x", str(CHART), "--set", bad)
+        assert result.returncode != 0 and "values don't meet the specifications" in result.stderr
 
 
 def test_the_broker_is_replicated_spread_and_disruption_safe(render: Render) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from typing import Any
 
 import pytest
@@ -88,3 +90,50 @@ def test_only_the_sidecar_may_mount_its_volumes(native: bool) -> None:
     sharing = copy.deepcopy(injected)
     sharing["spec"]["shareProcessNamespace"] = True
     assert "shareProcessNamespace" in (injection.exposure(sharing, "sidegate") or "")
+
+
+def test_a_platform_assigned_user_is_left_to_the_platform_and_accepted_from_it() -> None:
+    """sidecar.user=platform (OpenShift's restricted SCC): no runAsUser/runAsGroup injected;
+    the uid the SCC's admission then sets is the injector's sidecar still, root is not."""
+    spec = injection.SidecarSpec(
+        image="sidegate:1", config="{}", fixed_user=False, trusted_keys=("ed25519:k",)
+    )
+    injected = injection.apply(pod(), injection.inject(pod(), spec))
+    sidecar = injected["spec"]["initContainers"][0]
+    assert not {"runAsUser", "runAsGroup"} & set(sidecar["securityContext"])
+    assert sidecar["securityContext"]["runAsNonRoot"] is True
+    sidecar["securityContext"]["runAsUser"] = 1000650000
+    assert injection.hand_made(injected, spec) is None
+    sidecar["securityContext"]["runAsUser"] = 0
+    assert injection.hand_made(injected, spec) is not None
+    fixed = injection.SidecarSpec(image="sidegate:1", config="{}", trusted_keys=("ed25519:k",))
+    sidecar["securityContext"]["runAsUser"] = 1000650000
+    assert injection.hand_made(injected, fixed) is not None  # a fixed user is the image's
+
+
+def test_the_status_annotation_records_what_was_injected_and_decides_nothing() -> None:
+    """sidegate.io/status: version, image, mode, the chart config's hash, the overrides; the
+    injector overwrites a forged one, and a forged one gets nothing past the guard."""
+    spec = injection.SidecarSpec(image="sidegate:1", config="{a: 1, b: 2}", trusted_keys=("k",))
+    asked = pod()
+    asked["metadata"]["annotations"] = {
+        injection.STATUS: '{"image": "evil:1"}',
+        "sidegate.io/sidecar-log-level": "error",
+    }
+    once = injection.apply(asked, injection.inject(asked, spec))
+    status = json.loads(once["metadata"]["annotations"][injection.STATUS])
+    assert status["image"] == "sidegate:1" and status["mode"] == "native"
+    assert status["logLevel"] == "ERROR" and "resources" not in status
+    # The hash is of the parsed config: another layout is the same config, another value not.
+    relaid = dataclasses.replace(spec, config="b: 2\na: 1\n")
+    assert injection.config_hash(relaid) == status["configHash"]
+    assert injection.config_hash(dataclasses.replace(spec, config="{a: 1}")) != status["configHash"]
+    assert injection.apply(once, injection.inject(once, spec)) == once  # still a fixed point
+
+    # A pod that claims, in the annotation, to be injected with a sidecar it wrote itself.
+    forged = copy.deepcopy(once)
+    forged["spec"]["initContainers"][0]["image"] = "evil:1"
+    forged["metadata"]["annotations"][injection.STATUS] = injection.status(
+        dataclasses.replace(spec, image="evil:1"), injection.overrides.NONE
+    )
+    assert injection.hand_made(forged, spec) is not None

@@ -58,11 +58,14 @@ app.kubernetes.io/component: broker
 {{- printf "https://%s.%s.svc:%v" (include "sidegate.brokerName" .) .Release.Namespace .Values.broker.port -}}
 {{- end -}}
 
-{{/* The hardened container securityContext every Sidegate pod uses. */}}
+{{/* The hardened container securityContext every Sidegate pod uses; with userIds=platform
+the platform (OpenShift's SCC) assigns the ids. */}}
 {{- define "sidegate.containerSecurityContext" -}}
 runAsNonRoot: true
+{{- if eq .Values.userIds "fixed" }}
 runAsUser: 65532
 runAsGroup: 65532
+{{- end }}
 allowPrivilegeEscalation: false
 privileged: false
 readOnlyRootFilesystem: true
@@ -74,9 +77,11 @@ seccompProfile:
 
 {{- define "sidegate.podSecurityContext" -}}
 runAsNonRoot: true
+{{- if eq .Values.userIds "fixed" }}
 runAsUser: 65532
 runAsGroup: 65532
 fsGroup: 65532
+{{- end }}
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}

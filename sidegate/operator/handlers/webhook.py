@@ -65,14 +65,15 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         labels={injection.LABEL: kopf.PRESENT},
     )
     async def inject(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-        if not injection.wants_injection(body.metadata.labels):
-            return  # "false", or any value but "true": opted out explicitly
         pod = objects.plain(body)
-        now = await current_spec(state, spec)
-        reason = injection.refusal(pod, now)
-        if reason is not None:
-            raise kopf.AdmissionError(reason, code=400)  # refused, not created without it
-        changes = injection.inject(pod, now)
+        if not injection.wants_injection(pod.get("metadata", {}).get("labels")):
+            return  # "false", or any value but "true": opted out explicitly
+        try:
+            changes = injection.admit(pod, await current_spec(state, spec))
+        except injection.Refused as exc:
+            raise kopf.AdmissionError(str(exc), code=400) from None  # not created without it
+        if changes is None:
+            return
         for section, fields in changes.items():
             patch.setdefault(section, {}).update(fields)
         logger.debug("sidecar injected (%s)", "native" if spec.native else "container")
