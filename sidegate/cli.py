@@ -43,7 +43,7 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    from sidegate.sidecar import admin, app, serving, settings
+    from sidegate.sidecar import admin, app, scraping, serving, settings
 
     try:
         if args.config_env:
@@ -119,6 +119,23 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                 logger.info(
                     "admin API listening",
                     extra={"host": "127.0.0.1", "port": serving.bound_port(runners[-1])},
+                )
+            if config.metrics is not None:
+                # Metrics only, on an address a scraper outside the pod can reach.
+                registry = application[app.PIPELINE].metrics.registry
+                runners.append(
+                    await serving.start(
+                        scraping.create_app(registry),
+                        config.metrics.host,
+                        config.metrics.port,
+                        limits=serving.ConnectionLimits(
+                            max_connections=config.metrics.max_connections
+                        ),
+                    )
+                )
+                logger.info(
+                    "metrics listening",
+                    extra={"host": config.metrics.host, "port": serving.bound_port(runners[-1])},
                 )
             await serving.wait_for_signal()
             await serving.drain(

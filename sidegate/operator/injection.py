@@ -60,6 +60,10 @@ SPOOL_VOLUME = "sidegate-spool"
 VOLUME_PREFIX = "sidegate-"
 SPOOL = "/var/lib/sidegate"
 UID = 65532  # the image's non-root user (Dockerfile)
+# The container port of the sidecar's metrics listener (its config's `metrics` section), by
+# which a PodMonitor finds it: a name of its own, so a scrape of the app's ports never picks
+# it up by accident (15 characters at most, an IANA service name).
+METRICS_PORT = "sidegate-prom"
 
 # The sidecar listens on loopback only, so the kubelet cannot reach it over HTTP: the probes
 # run inside the container and ask /healthz on 127.0.0.1. Not /readyz: that one is false
@@ -394,6 +398,10 @@ def container(spec: SidecarSpec, chosen: overrides.Overrides = overrides.NONE) -
         "startupProbe": {**probe, "periodSeconds": 1, "failureThreshold": 30},
         "livenessProbe": {**probe, "periodSeconds": 30},
     }
+    metrics = (yaml.safe_load(spec.config) or {}).get("metrics")
+    if isinstance(metrics, dict):  # validated as the sidecar would at operator start
+        port = {"name": METRICS_PORT, "containerPort": metrics.get("port", 9464), "protocol": "TCP"}
+        built["ports"] = [port]
     if spec.native:
         built["restartPolicy"] = "Always"
     return built

@@ -7,7 +7,9 @@ is rewritten: references inlined, ``Optional`` as ``nullable``, ``const`` as a o
 enum, the subject union as one object whose ``oneOf`` branches only narrow values.
 Unknown fields are not listed as ``additionalProperties: false`` (Kubernetes forbids it
 next to ``properties``): the API server prunes them, and kubectl's strict field validation
-rejects them.
+rejects them. Lists with a key say so (``x-kubernetes-list-type: map`` and its keys, from
+the models' ``json_schema_extra``), so the API server refuses a key twice and server-side
+apply merges entries by key; the models refuse the same.
 """
 
 from __future__ import annotations
@@ -94,10 +96,21 @@ def _schema(model: type[Any]) -> dict[str, Any]:
     return result
 
 
+# `kubectl explain` text of the fields every Kubernetes object has (as the API's own types
+# word them).
+_API_VERSION = (
+    "APIVersion defines the versioned schema of this representation of an object: "
+    f"{models.API_VERSION}."
+)
+_KIND = f"Kind is the REST resource this object represents: {models.KIND}."
+_METADATA = "Standard object's metadata: name, namespace, labels, annotations."
+
+
 def crd() -> dict[str, Any]:
     spec = _schema(models.RBACPolicySpec)
     spec["description"] = "Who may call which models, and how often (docs/policies.md)."
     status = _schema(models.RBACPolicyStatus)
+    status["description"] = "What the operator made of the spec; written by the operator only."
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -110,6 +123,9 @@ def crd() -> dict[str, Any]:
                 "plural": PLURAL,
                 "singular": "rbacpolicy",
                 "shortNames": ["rbp"],
+                # `kubectl get sidegate` lists them; not `all`, which is for workloads (and
+                # `kubectl delete all` would take the policies with it).
+                "categories": ["sidegate"],
             },
             "scope": "Namespaced",
             "versions": [
@@ -124,8 +140,19 @@ def crd() -> dict[str, Any]:
                             "type": "string",
                             "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
                         },
+                        {
+                            "name": "Reason",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                        },
                         {"name": "Rules", "type": "integer", "jsonPath": ".status.ruleCount"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        {
+                            "name": "Message",
+                            "type": "string",
+                            "priority": 1,  # kubectl get -o wide
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+                        },
                     ],
                     "schema": {
                         "openAPIV3Schema": {
@@ -134,9 +161,9 @@ def crd() -> dict[str, Any]:
                             "access to LLM models, with rate limits.",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                "apiVersion": {"type": "string", "description": _API_VERSION},
+                                "kind": {"type": "string", "description": _KIND},
+                                "metadata": {"type": "object", "description": _METADATA},
                                 "spec": spec,
                                 "status": status,
                             },

@@ -53,7 +53,9 @@ class _Model(BaseModel):
 
 
 class ServiceAccountSubject(_Model):
-    kind: Literal["ServiceAccount"]
+    kind: Literal["ServiceAccount"] = Field(
+        description="ServiceAccount (one service account) or Namespace (every caller in it)."
+    )
     name: str = Field(
         max_length=253,
         pattern=_DNS_SUBDOMAIN,
@@ -62,7 +64,9 @@ class ServiceAccountSubject(_Model):
 
 
 class NamespaceSubject(_Model):
-    kind: Literal["Namespace"]
+    kind: Literal["Namespace"] = Field(
+        description="ServiceAccount (one service account) or Namespace (every caller in it)."
+    )
     name: str = Field(
         max_length=63,
         pattern=_DNS_LABEL,
@@ -124,12 +128,45 @@ class Limits(_Model):
     )
 
 
+# Kubernetes prunes fields its schema does not know (unless the client asks for strict
+# field validation): a misspelt limit would leave an override that limits nothing. The
+# API server evaluates this rule; the validator below is the same rule for the models.
+_SETS_A_LIMIT = (
+    "has(self.requestsPerMinute) || has(self.tokensPerMinute) || has(self.maxConcurrent)"
+)
+
+
 class TenantOverride(Limits):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": _SETS_A_LIMIT,
+                    "message": "a tenant override sets at least one of requestsPerMinute, "
+                    "tokensPerMinute and maxConcurrent",
+                }
+            ]
+        }
+    )
+
     tenant: str = Field(
         max_length=63,
         pattern=TENANT_PATTERN,
         description="The tenant this sub-budget applies to, inside the service account's own.",
     )
+
+    @model_validator(mode="after")
+    def _sets_a_limit(self) -> TenantOverride:
+        if not self.model_fields_set & {
+            "requests_per_minute",
+            "tokens_per_minute",
+            "max_concurrent",
+        }:
+            raise ValueError(
+                "a tenant override sets at least one of requestsPerMinute, tokensPerMinute "
+                "and maxConcurrent"
+            )
+        return self
 
 
 class RateLimits(Limits):
@@ -137,6 +174,12 @@ class RateLimits(Limits):
         default_factory=list,
         alias="tenantOverrides",
         max_length=10_000,
+        # One entry per tenant: the API server refuses a second (and server-side apply
+        # merges entries by tenant); the validator below says the same for the models.
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["tenant"],
+        },
         description="Per-tenant sub-budgets: requests claiming the tenant must also fit "
         "these limits. They never add to the caller's own limits, which hold in aggregate "
         "over every tenant it claims; a field left out sets no sub-limit.",
@@ -169,18 +212,28 @@ class RBACPolicySpec(_Model):
     subjects: list[Subject] = Field(
         default_factory=list,
         max_length=1000,
-        description="Who the policy applies to. An empty list applies to no one.",
+        description="Who the policy applies to. An empty list applies to no one. Each "
+        "subject (kind and name) at most once.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["kind", "name"],
+        },
     )
     rules: list[Rule] = Field(
-        default_factory=list, max_length=1000, description="Allow and deny rules."
+        default_factory=list,
+        max_length=1000,
+        description="Allow and deny rules.",
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
     )
     allowed_tenants: list[TenantName] | None = Field(
         None,
         alias="allowedTenants",
         max_length=10_000,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
         description="The tenants the subjects may claim in the tenant header; a request "
         "claiming any other is refused (tenant_not_allowed). Requests that claim no tenant "
-        "are unaffected. Every applicable policy's list applies. Any tenant when omitted.",
+        "are unaffected. Every applicable policy's list applies. Any tenant when omitted. "
+        "Each tenant at most once.",
     )
     rate_limits: RateLimits | None = Field(
         None,
@@ -191,6 +244,23 @@ class RBACPolicySpec(_Model):
     retention: Retention | None = Field(
         None, description="What the provider may keep of the subjects' requests."
     )
+
+    @field_validator("subjects")
+    @classmethod
+    def _each_subject_once(cls, value: list[Subject]) -> list[Subject]:
+        seen: set[tuple[str, str]] = set()
+        for subject in value:
+            if (subject.kind, subject.name) in seen:
+                raise ValueError(f"{subject.kind} {subject.name!r} is listed twice")
+            seen.add((subject.kind, subject.name))
+        return value
+
+    @field_validator("allowed_tenants")
+    @classmethod
+    def _each_tenant_once(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("a tenant is listed twice")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -213,18 +283,28 @@ class ObjectMeta(_Model):
 
 
 class Condition(_Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: str | None = Field(None, alias="lastTransitionTime")
+    type: str = Field(description="The condition's type: Ready.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        "",
+        description="Why, in one CamelCase word: Compiled (in force, in the namespace's "
+        "bundle) or Invalid (refused; what was in force stays).",
+    )
+    message: str = Field(
+        "", description="For a person: the bundle it is in, or what is wrong with the spec."
+    )
+    last_transition_time: str | None = Field(
+        None, alias="lastTransitionTime", description="When the status last changed (RFC 3339)."
+    )
 
 
 class RBACPolicyStatus(_Model):
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
 
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready (True, or False with reason Invalid)."
+        default_factory=list,
+        description="Ready (True, or False with reason Invalid).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observed_generation: int | None = Field(
         None, alias="observedGeneration", description="The generation the status describes."

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidegate import errors, tls
 from sidegate.audit import exporting, signing, spool
@@ -46,6 +45,7 @@ from sidegate.sidecar import (
     proxying,
     retention,
     routing,
+    scraping,
     settings,
     watching,
 )
@@ -726,10 +726,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    registry = request.app[PIPELINE].metrics.registry
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    return scraping.exposition(request.app[PIPELINE].metrics.registry)
 
 
 async def _models(request: web.Request) -> web.Response:

@@ -430,6 +430,23 @@ class AdminSettings(_Strict):
     )
 
 
+class MetricsSettings(_Strict):
+    """A listener that serves ``GET /metrics`` and nothing else, for Prometheus to scrape
+    from outside the pod: the API and the admin API stay on loopback."""
+
+    host: str = Field(
+        # Every address (B104): the point of this listener is to be reachable by a scraper
+        # outside the pod; it serves metrics only, no key or token is behind it.
+        "0.0.0.0",  # noqa: S104  # nosec B104
+        description="Address to listen on; 0.0.0.0 is every IPv4 address of the pod, `::` "
+        "every address (IPv6 clusters).",
+    )
+    port: int = Field(9464, ge=1, le=65535, description="Port of the metrics listener.")
+    max_connections: int = Field(
+        64, ge=1, le=4096, description="Open scrape connections; past it new ones get a 503."
+    )
+
+
 class ObjectLockSettings(_Strict):
     mode: Literal["GOVERNANCE", "COMPLIANCE"] = Field(
         description="S3 Object Lock mode set on every uploaded segment."
@@ -518,6 +535,11 @@ class SidecarSettings(_Strict):
     policy: PolicySettings
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     admin: AdminSettings | None = Field(None, description="The admin API; off when absent.")
+    metrics: MetricsSettings | None = Field(
+        None,
+        description="A scrapeable /metrics listener; off when absent (the API's own "
+        "/metrics on the loopback port is always there).",
+    )
     audit: AuditSettings | None = Field(None, description="The audit trail; off when absent.")
 
     @model_validator(mode="after")
@@ -551,6 +573,18 @@ class SidecarSettings(_Strict):
             raise ValueError("admin.token_file: required without broker")
         if redis is not None and not files["rate_limits.redis.url_file"]:
             raise ValueError("rate_limits.redis.url_file: required without broker")
+        return self
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> SidecarSettings:
+        if self.metrics is None:
+            return self
+        taken = {"listen.port": self.listen.port}
+        if self.admin is not None:
+            taken["admin.port"] = self.admin.port
+        for name, port in taken.items():
+            if port == self.metrics.port:
+                raise ValueError(f"metrics.port {port} is also {name}: give each its own")
         return self
 
     @model_validator(mode="after")

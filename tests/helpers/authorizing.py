@@ -97,13 +97,17 @@ def grants(docs: Iterable[dict[str, Any]], namespace: str, account: str) -> Gran
     return Grants(tuple(cluster), {ns: tuple(rules) for ns, rules in namespaced.items()})
 
 
+API_SERVER = "networkPolicy.apiServerCIDRs={203.0.113.10/32}"  # a documentation address
+
+
 @functools.cache
 def rendered_chart() -> tuple[dict[str, Any], ...]:
     """The chart as `helm template` renders it into the release namespace."""
     with tempfile.TemporaryDirectory() as home:
         helm = binaries.extract("helm", Path(home))
         result = subprocess.run(
-            [str(helm), "template", "sidegate", str(CHART), "-n", RELEASE],
+            # The chart needs the API server's address for its NetworkPolicies.
+            [str(helm), "template", "sidegate", str(CHART), "-n", RELEASE, "--set", API_SERVER],
             capture_output=True,
             text=True,
             env={"HOME": home, "PATH": os.environ.get("PATH", "")},

@@ -26,6 +26,7 @@ subjects = st.lists(
         st.just({"kind": "Namespace", "name": "NS"}),
     ),
     max_size=3,
+    unique_by=lambda s: (s["kind"], s["name"]),  # a subject twice is refused
 )
 tenant_lists = st.lists(st.sampled_from(TENANTS), min_size=1, max_size=2, unique=True)
 rule = st.fixed_dictionaries(

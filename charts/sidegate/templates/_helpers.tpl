@@ -149,3 +149,38 @@ request.subResource == 'exec'
         has(s.serviceAccountToken) && has(s.serviceAccountToken.audience)
         && s.serviceAccountToken.audience == {{ .Values.broker.audience | squote }})))))
 {{- end }}
+
+{{/*
+NetworkPolicy egress rules every Sidegate pod shares (values: networkPolicy). DNS only to the
+configured DNS pods (kube-dns by default); the API server only at its configured addresses.
+An empty apiServerCIDRs fails the render unless allowAnyAPIServerAddress says, explicitly,
+that egress on the API server's ports may go anywhere.
+*/}}
+{{- define "sidegate.dnsEgress" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.dns | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end }}
+
+{{- define "sidegate.apiServerEgress" -}}
+{{- $policy := .Values.networkPolicy }}
+{{- if and (not $policy.apiServerCIDRs) (not $policy.allowAnyAPIServerAddress) }}
+{{- fail "networkPolicy.apiServerCIDRs is empty: the NetworkPolicies would have to let the operator, broker and cleanup pods reach ports 443/6443 of any address. Set it to the API server's addresses as pods reach them (after the kubernetes Service's DNAT), e.g. the /32 of each address in: kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes -o jsonpath='{.items[*].endpoints[*].addresses[*]}' ; or set networkPolicy.allowAnyAPIServerAddress=true to accept any address (docs/install.md, NetworkPolicies)" }}
+{{- end }}
+- ports:
+    {{- range $policy.apiServerPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- if $policy.apiServerCIDRs }}
+  to:
+    {{- range $policy.apiServerCIDRs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  {{- end }}
+{{- end }}

@@ -1,0 +1,203 @@
+"""The chart's monitoring objects: a PodMonitor for the injected sidecars' metrics port, a
+ServiceMonitor for the broker, a Grafana dashboard whose every query names a metric the code
+really exports. All opt-in: none is rendered unless asked for."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+from prometheus_client.metrics import MetricWrapperBase
+
+from sidegate.audit.metrics import AuditMetrics
+from sidegate.broker.metrics import Metrics as BrokerMetrics
+from sidegate.operator import injection
+from sidegate.policy import signing
+from sidegate.sidecar import settings
+from sidegate.sidecar.metrics import Metrics as SidecarMetrics
+from tests.helpers import webhook_scope
+from tests.security.test_chart import CHART, KUBERNETES, Helm, Render, one, pod_of
+
+ALL_ON = (
+    "monitoring.podMonitor.enabled=true",
+    "monitoring.serviceMonitor.enabled=true",
+    "monitoring.dashboard.enabled=true",
+)
+MONITORING_KINDS = {"PodMonitor", "ServiceMonitor"}
+# Labels Prometheus adds to every scraped series (the target's), usable in `by (...)`.
+TARGET_LABELS = {"namespace", "pod", "container", "instance", "job", "le"}
+
+
+def test_nothing_is_rendered_unless_asked_for(render: Render) -> None:
+    docs = render()
+    assert not [d for d in docs if d["kind"] in MONITORING_KINDS]
+    assert not [d for d in docs if "grafana_dashboard" in d["metadata"].get("labels", {})]
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-metrics")]
+
+
+def test_every_rendered_object_is_valid(render: Render) -> None:
+    for doc in render(*ALL_ON):
+        if doc["apiVersion"] == "monitoring.coreos.com/v1":
+            assert doc["kind"] in MONITORING_KINDS and doc["spec"]
+            continue
+        if doc["apiVersion"] == "cert-manager.io/v1":
+            continue
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def test_the_pod_monitor_scrapes_the_port_the_injector_names(render: Render) -> None:
+    docs = render(*ALL_ON, "monitoring.podMonitor.labels.release=prometheus")
+    monitor = one(docs, "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"any": True}
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["port"] == injection.METRICS_PORT and endpoint["path"] == "/metrics"
+    # It selects exactly the pods the injector is sent: the webhook's objectSelector.
+    (hook,) = one(docs, "MutatingWebhookConfiguration")["webhooks"]
+    assert spec["selector"] == hook["objectSelector"]
+    # The injected sidecar, from the chart's rendered config, has that port, on the number
+    # its own config listens on.
+    key = signing.encode_public_key(signing.generate_private_key().public_key())
+    sidecar_spec = injection.SidecarSpec(
+        image="sidegate:1",
+        config=one(docs, "ConfigMap", "sidegate-sidecar")["data"]["sidecar.yaml"],
+        trusted_keys=(key,),
+    )
+    config = settings.parse(injection.sidecar_config(sidecar_spec), "sidecar.yaml", Path("/"))
+    assert config.metrics is not None and config.metrics.host == "0.0.0.0"  # noqa: S104
+    pod = {"metadata": {"labels": {injection.LABEL: "true"}}, "spec": {"containers": [{}]}}
+    injected = injection.apply(pod, injection.inject(pod, sidecar_spec))
+    (sidecar,) = injected["spec"]["initContainers"]
+    assert {"name": endpoint["port"], "containerPort": config.metrics.port, "protocol": "TCP"} in (
+        sidecar["ports"]
+    )
+    assert webhook_scope.selects(spec["selector"], injected["metadata"]["labels"])
+    # The API and the admin API stay on loopback.
+    assert config.listen.host == "127.0.0.1"
+
+
+def test_a_pod_monitor_without_a_metrics_port_fails_the_render(helm: Helm) -> None:
+    result = helm(
+        "template",
+        "sidegate",
+        str(CHART),
+        "-n",
+        "sidegate-system",
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+        "--set",
+        "sidecar.config.metrics=null",
+    )
+    assert result.returncode != 0
+    assert "needs sidecar.config.metrics.port" in result.stderr
+
+
+def test_the_service_monitor_scrapes_the_brokers_probe_port_only(render: Render) -> None:
+    docs = render(*ALL_ON)
+    monitor = one(docs, "ServiceMonitor")
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    services = [
+        d
+        for d in docs
+        if d["kind"] == "Service" and selected.items() <= d["metadata"]["labels"].items()
+    ]
+    (service,) = services  # not the broker's TLS API Service
+    (port,) = service["spec"]["ports"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    broker = pod_of(docs, "Deployment", "sidegate-broker")
+    labels = one(docs, "Deployment", "sidegate-broker")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (container,) = broker["containers"]
+    (probe,) = [p for p in container["ports"] if p["name"] == port["targetPort"]]
+    assert f"--probe-port={probe['containerPort']}" in container["args"]
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["sidegate-system"]}
+
+
+def dashboard(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    config_map = one(docs, "ConfigMap", "sidegate-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    parsed: dict[str, Any] = json.loads(config_map["data"]["sidegate.json"])
+    return parsed
+
+
+def test_the_dashboard_config_map_is_what_grafana_looks_for(render: Render) -> None:
+    shipped = json.loads((CHART / "dashboards" / "sidegate.json").read_text())
+    assert dashboard(render(*ALL_ON)) == shipped
+    moved = render(
+        "monitoring.dashboard.enabled=true",
+        "monitoring.dashboard.namespace=monitoring",
+        "monitoring.dashboard.labels.grafana_dashboard=off",
+        "monitoring.dashboard.annotations.grafana_folder=Sidegate",
+    )
+    config_map = one(moved, "ConfigMap", "sidegate-dashboard")
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Sidegate"}
+
+
+def exported() -> dict[str, set[str]]:
+    """Every sample name the sidecar (with its audit trail) and the broker expose, with the
+    labels each carries, as Prometheus' text format names them."""
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "gauge": ("",),
+    }
+    sidecar = SidecarMetrics()
+    holders = (sidecar, AuditMetrics(sidecar.registry), BrokerMetrics())
+    names: dict[str, set[str]] = {}
+    for holder in holders:
+        for metric in vars(holder).values():
+            if not isinstance(metric, MetricWrapperBase):
+                continue
+            (family,) = metric.describe()
+            for suffix in suffixes[family.type]:
+                names[family.name + suffix] = set(metric._labelnames)
+    return names
+
+
+def queries(document: dict[str, Any]) -> list[str]:
+    found = [
+        target["expr"]
+        for panel in document["panels"]
+        for target in panel.get("targets", [])
+        if "expr" in target
+    ]
+    for variable in document["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            found.append(query["query"])
+    return found
+
+
+METRIC = re.compile(r"\bsidegate_[a-z_]+\b")
+GROUPING = re.compile(r"\bby \(([^)]*)\)|label_values\([^,]+, *([a-z_]+)\)")
+
+
+def test_every_metric_the_dashboard_queries_is_exported(render: Render) -> None:
+    names = exported()
+    assert "sidegate_requests_total" in names and "sidegate_broker_answers_total" in names
+    document = dashboard(render(*ALL_ON))
+    expressions = queries(document)
+    assert len(expressions) >= 20
+    used: set[str] = set()
+    for expression in expressions:
+        metrics = METRIC.findall(expression)
+        assert metrics, f"no Sidegate metric in {expression!r}"
+        for name in metrics:
+            assert name in names, f"{name} is not exported by the code ({expression!r})"
+        used.update(metrics)
+        available = set().union(*(names[m] for m in metrics)) | TARGET_LABELS
+        for match in GROUPING.finditer(expression):
+            grouping = match.group(1) if match.group(1) is not None else match.group(2)
+            for label in filter(None, (part.strip() for part in grouping.split(","))):
+                assert label in available, f"{label!r} is no label of {metrics} ({expression!r})"
+    # The dashboard shows every metric family: none added to the code and forgotten here.
+    families = {re.sub(r"_(total|created|bucket|sum|count)$", "", n) for n in names}
+    shown = {re.sub(r"_(total|created|bucket|sum|count)$", "", n) for n in used}
+    assert families == shown, sorted(families - shown)
