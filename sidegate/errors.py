@@ -13,6 +13,8 @@ seam where they occur, so nothing below the middleware needs to know about HTTP.
     └── RequestError            anything answered to a client, carries status/type/code
         ├── InvalidRequest      400: the body or a header is not acceptable
         │   └── UnknownField    400: a top-level field that is neither known nor allowed
+        ├── RequestTimeout      408: the request body stopped arriving
+        ├── ClientClosedRequest 499: the client hung up before its body was read
         ├── UnsupportedMediaType 415
         ├── PayloadTooLarge     413
         ├── NotFound            404: unknown path, or a model no route serves
@@ -89,6 +91,18 @@ class InvalidRequest(RequestError):
 
 class UnknownField(InvalidRequest):
     code = "unknown_field"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    code = "body_timeout"
+
+
+class ClientClosedRequest(RequestError):
+    """nginx's 499: nobody is left to answer; recorded as such, never logged as a fault."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class UnsupportedMediaType(RequestError):

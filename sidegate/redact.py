@@ -66,6 +66,15 @@ class Secret:
         return bool(self._value)
 
 
+_STARTS_LIKE_A_KEY = re.compile("|".join(f"(?:{shape})" for shape in _KEY_SHAPES))
+
+
+def looks_like_key(value: str) -> bool:
+    """Whether ``value`` begins with a key shape: a client identifier (a request id, a
+    tenant) that is a pasted credential. Anchored, so "desk-team" is not "sk-team"."""
+    return _STARTS_LIKE_A_KEY.match(value) is not None
+
+
 class Redactor:
     """Scrubs key shapes and known secret values from text. Thread-safe."""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from sidegate import errors, tls
+from sidegate import errors, redact, tls
 from sidegate.audit import exporting, signing, spool
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
@@ -135,7 +135,9 @@ class Pipeline:
         record = request[RECORD]
         if self.audit is not None and not self.audit.accepting:
             raise AuditUnavailable("the audit trail cannot be written; requests are refused")
-        data = await read_body(request, self.budget, record.charges)
+        data = await read_body(
+            request, self.budget, record.charges, self.config.listen.body_timeout_seconds
+        )
         payload = payloads.parse(
             endpoint,
             data,
@@ -352,6 +354,14 @@ class Pipeline:
 
     def identify(self, request: web.Request) -> rules.Caller:
         tenant = request.headers.get(self._tenant_header)
+        if tenant is not None and redact.looks_like_key(tenant):
+            # The tenant is audited and a metric label: a key-shaped claim is a pasted
+            # credential, refused without quoting it.
+            raise errors.InvalidRequest(
+                f"{self._tenant_header} looks like a credential; send a tenant name",
+                param=self._tenant_header,
+                code="invalid_tenant",
+            )
         if tenant is not None and not models.is_valid_tenant(tenant):
             raise errors.InvalidRequest(
                 f"{self._tenant_header} must be 1-63 characters of letters, digits, '.', '_' "
@@ -405,14 +415,23 @@ def estimate_tokens(data: bytes, payload: payloads.Body, default_output: int) ->
 
 
 async def read_body(
-    request: web.Request, budget: budgeting.MemoryBudget, charges: budgeting.Charges
+    request: web.Request,
+    budget: budgeting.MemoryBudget,
+    charges: budgeting.Charges,
+    idle_timeout: float,
 ) -> bytes:
     """The body, admitted against the memory budget before it is read: by its
-    Content-Length when it has one, chunk by chunk when it is chunked."""
+    Content-Length when it has one, chunk by chunk when it is chunked. A body that stops
+    arriving for ``idle_timeout`` seconds is cut (nginx's client_body_timeout): a stalled
+    upload must not hold its connection and its share of the budget for ever."""
     if request.content_type != "application/json":
         raise errors.UnsupportedMediaType(
             f"Content-Type must be application/json, not {request.content_type or 'empty'!r}"
         )
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        # The parser would inflate it: a few KiB can claim gigabytes, and a broken stream
+        # surfaces deep in the read. Apps send JSON as it is.
+        raise errors.UnsupportedMediaType("a Content-Encoding on the request is not supported")
     limit = request.client_max_size
     too_large = errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
     length = request.content_length
@@ -423,7 +442,18 @@ async def read_body(
         budget.charge(charges, length * copies)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise errors.RequestTimeout(
+                f"the request body stopped arriving for {idle_timeout:g} s"
+            ) from None
+        except ConnectionResetError:  # aiohttp's "Connection lost": the client hung up
+            raise errors.ClientClosedRequest("the client closed the connection") from None
+        if not chunk:
+            break
         size += len(chunk)
         if size > limit:
             raise too_large
@@ -484,7 +514,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Request id, error mapping, metrics and the audit event: the cross-cutting concerns."""
     incoming = request.headers.get("x-request-id", "")
     pipeline = request.app[PIPELINE]
-    request_id = incoming if _REQUEST_ID.match(incoming) else pipeline.new_request_id()
+    # A client's id is kept (it ties the app's logs to ours) unless it could be a credential:
+    # it is echoed, logged and audited, and nothing key-shaped may be.
+    request_id = (
+        incoming
+        if _REQUEST_ID.match(incoming) and not redact.looks_like_key(incoming)
+        else pipeline.new_request_id()
+    )
     route = request.match_info.route.name or "other"
     record = RequestRecord(request_id, route, started=time.perf_counter())
     request[RECORD] = record
@@ -581,7 +617,12 @@ def _error(
 
 def _admit(request: web.Request, record: RequestRecord, pipeline: Pipeline) -> None:
     """Checks before any work: the Host header, and room for one more proxied request."""
-    if not hosts.is_allowed(request.headers.get("Host"), pipeline.hosts):
+    host = request.headers.get("Host")
+    if not request.raw_path.startswith("/"):
+        # An absolute-form target ("POST http://evil.example/v1/..."): its authority is the
+        # request's host and the Host header is ignored (RFC 9112 §3.2.2).
+        host = request.host
+    if not hosts.is_allowed(host, pipeline.hosts):
         pipeline.metrics.child(pipeline.metrics.refusals, "host").inc()
         raise errors.MisdirectedRequest(
             "this Host is not served here; call the sidecar as localhost or 127.0.0.1"
@@ -697,6 +738,32 @@ def _endpoint_handler(endpoint: endpoints.Endpoint) -> Handler:
         return await request.app[PIPELINE].handle(endpoint, request)
 
     return handler
+
+
+async def expect_continue(request: web.Request) -> web.Response | None:
+    """``Expect: 100-continue`` (RFC 9110 §10.1.1): say go on only to a body that could be
+    read; anything else is answered in the API's error shape before the body comes (aiohttp's
+    own answer is text that quotes the header back)."""
+    pipeline = request.app[PIPELINE]
+    expect = request.headers.get("Expect", "")
+    error: errors.RequestError
+    if expect.lower() != "100-continue":
+        error = errors.InvalidRequest("the only expectation supported is 100-continue")
+        error.status, error.code = 417, "expectation_failed"
+    elif (request.content_length or 0) > request.client_max_size:
+        error = errors.PayloadTooLarge(
+            f"request body is larger than {request.client_max_size} bytes"
+        )
+    else:
+        if request.version == aiohttp.HttpVersion11:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the answer proper has not started
+        return None
+    response = error_response(
+        error, dialect_of(request.path), pipeline.new_request_id(), pipeline.redactor
+    )
+    response.force_close()  # the body, if the client sends it anyway, is never read
+    return response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -971,7 +1038,10 @@ def create_app(
             client.audit_key = policy_signing.encode_public_key(trail.signer.public_key)
     for endpoint in endpoints.ALL:
         app.router.add_post(
-            "/v1" + endpoint.path, _endpoint_handler(endpoint), name=endpoint.action
+            "/v1" + endpoint.path,
+            _endpoint_handler(endpoint),
+            name=endpoint.action,
+            expect_handler=expect_continue,
         )
     for operation in endpoints.STORED:
         app.router.add_route(
@@ -979,11 +1049,12 @@ def create_app(
             "/v1/responses/{response_id}" + operation.suffix,
             _stored_handler(operation),
             name=operation.action,
+            expect_handler=expect_continue,
         )
-    app.router.add_get("/v1/models", _models, name="models")
-    app.router.add_get("/healthz", healthz, name="healthz")
-    app.router.add_get("/readyz", readyz, name="readyz")
-    app.router.add_get("/metrics", metrics_endpoint, name="metrics")
+    app.router.add_get("/v1/models", _models, name="models", expect_handler=expect_continue)
+    app.router.add_get("/healthz", healthz, name="healthz", expect_handler=expect_continue)
+    app.router.add_get("/readyz", readyz, name="readyz", expect_handler=expect_continue)
+    app.router.add_get("/metrics", metrics_endpoint, name="metrics", expect_handler=expect_continue)
     app.on_response_prepare.append(_stamp_request_id)
     app.cleanup_ctx.append(audit_trail)
     app.cleanup_ctx.append(client_session)

@@ -7,7 +7,8 @@ at the connection level (below the application and its middlewares):
   headers within ``header_timeout`` seconds (nginx's ``client_header_timeout``), and an
   idle keep-alive connection is closed after ``keepalive_timeout``;
 * a cap on open connections: past it a new connection gets one 503 and is closed;
-* every parser-level refusal (malformed request line or header, a line too long, HTTP/0.9)
+* every parser-level refusal (malformed request line or header, a line too long, HTTP/0.9
+  or a version other than 1.0 and 1.1)
   answered in the API's JSON error shape, without echoing any of the input (aiohttp's own
   answer quotes the offending line, which may hold an Authorization header) and logged as
   one line without a traceback;
@@ -87,6 +88,14 @@ class _HTTP09(http_exceptions.BadHttpMessage):
     """A request line without an HTTP version: HTTP/0.9, which has no headers at all."""
 
 
+class _OtherVersion(http_exceptions.BadHttpMessage):
+    """An HTTP/1 message that claims another version (``HTTP/2.0``): the parser frames it
+    as HTTP/1.1; RFC 9110 §15.6.6 answers a major version the server does not speak 505."""
+
+
+_SPOKEN = ((1, 0), (1, 1))
+
+
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's connection handler with a header timeout, a connection cap and JSON
     refusals."""
@@ -115,7 +124,7 @@ class GuardedRequestHandler(RequestHandler):
         super().data_received(data)
         if self._messages:
             self._header_deadline = None
-            self._refuse_http09()
+            self._refuse_versions()
         elif waiting and self._header_deadline is None and not self._force_close:
             # The first bytes of a request: its line and headers are due within the timeout.
             self._header_deadline = self._loop.time() + self._limits.header_timeout
@@ -153,13 +162,24 @@ class GuardedRequestHandler(RequestHandler):
             )
         self.force_close()
 
-    def _refuse_http09(self) -> None:
+    def _refuse_versions(self) -> None:
         for position, (message, payload) in enumerate(self._messages):
-            if isinstance(message, http_parser.RawRequestMessage) and message.version < (1, 0):
-                refusal = web_protocol._ErrInfo(
-                    status=505, exc=_HTTP09("HTTP/0.9"), message="HTTP/0.9"
-                )
+            if isinstance(message, http_parser.RawRequestMessage) and message.version not in (
+                _SPOKEN
+            ):
+                exc = _HTTP09("HTTP/0.9") if message.version < (1, 0) else _OtherVersion("")
+                refusal = web_protocol._ErrInfo(status=505, exc=exc, message=type(exc).__name__)
                 self._messages[position] = (refusal, payload)
+
+    def log_exception(self, *args: Any, **kwargs: Any) -> None:
+        """aiohttp logs a traceback when the body it discards after an answer (its lingering
+        read) turns out malformed: broken chunking, a Content-Encoding that does not decode.
+        That is the client's fault, already answered: one line, like any parser refusal."""
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, web_protocol.RequestPayloadError | http_exceptions.HttpProcessingError):
+            logger.warning("malformed request body discarded", extra={"error": type(exc).__name__})
+            return
+        super().log_exception(*args, **kwargs)
 
     def handle_error(
         self,
@@ -171,9 +191,9 @@ class GuardedRequestHandler(RequestHandler):
         """aiohttp's answer to what never reached the application: JSON, no echo, one line."""
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
-        if isinstance(exc, _HTTP09):
-            logger.warning("request refused: HTTP/0.9")
-            return _refusal(505, "HTTP/1.0 or later is required", "http_version_not_supported")
+        if isinstance(exc, _HTTP09 | _OtherVersion):
+            logger.warning("request refused: HTTP version", extra={"error": type(exc).__name__})
+            return _refusal(505, "HTTP/1.0 or HTTP/1.1 is required", "http_version_not_supported")
         if status >= 500:
             logger.error("request failed", extra={"error": type(exc).__name__ if exc else None})
             return _refusal(status, "internal error", "internal_error")

@@ -60,6 +60,13 @@ class ListenSettings(_Strict):
         description="Time a client has to send a request's line and headers, from its "
         "first byte (nginx's client_header_timeout).",
     )
+    body_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest pause while a request body is arriving (nginx's "
+        "client_body_timeout); a stalled body is answered 408 and its connection closed.",
+    )
     keepalive_timeout_seconds: float = Field(
         75.0, gt=0, le=3600, description="An idle keep-alive connection is closed after this."
     )
