@@ -4,7 +4,9 @@ the staleness limit, and what metrics, the audit trail and the logs are told."""
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,31 @@ def test_a_key_of_exactly_the_limit_is_accepted(tmp_path: Path) -> None:
         credentials.read_key(path)
     path.write_bytes(b"k" * 8192)
     assert credentials.read_key(path).reveal() == "k" * 8192
+
+
+def test_a_key_file_is_read_no_further_than_the_limit(tmp_path: Path) -> None:
+    """A FIFO (or a device) mounted where the key should be: read up to one byte past the
+    limit and refused, not read to an end that may never come."""
+    path = tmp_path / "openai"
+    os.mkfifo(path)
+    done = threading.Event()
+    gave_up = []
+
+    def write() -> None:
+        with path.open("wb") as pipe:
+            pipe.write(b"k" * 9000)
+            pipe.flush()
+            gave_up.append(not done.wait(10))  # the reader stops by itself, or this ends it
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        with pytest.raises(errors.CredentialRejected, match="larger than 8192 bytes"):
+            credentials.read_key(path)
+    finally:
+        done.set()
+        writer.join()
+    assert gave_up == [False]
 
 
 def test_a_file_that_cannot_be_read_is_named_with_the_reason(tmp_path: Path) -> None:

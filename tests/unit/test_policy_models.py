@@ -75,7 +75,7 @@ def test_a_spec_object_is_not_read_as_a_mapping() -> None:
     spec = models.RBACPolicySpec.model_validate({"subjects": [{"kind": "Namespace", "name": "a"}]})
     assert models.RBACPolicySpec.model_validate(spec) == spec
     # a non-mapping subject is left to the subject's own type check
-    with pytest.raises(ValidationError, match="subjects.0"):
+    with pytest.raises(ValidationError, match=r"subjects\.0"):
         models.RBACPolicySpec.model_validate({"subjects": ["Tenant"]})
 
 
