@@ -337,7 +337,9 @@ class RBACPolicy(_Model):
 
 
 def is_valid_tenant(value: str) -> bool:
-    return _TENANT.match(value) is not None
+    # fullmatch: with match, the pattern's $ also matches before a final newline ("a\n"),
+    # which the policy schema's pattern (pydantic's, and the CRD's) refuses.
+    return _TENANT.fullmatch(value) is not None
 
 
 _TENANT = re.compile(TENANT_PATTERN)

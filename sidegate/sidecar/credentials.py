@@ -132,7 +132,10 @@ class CredentialStore:
             found = values.get(name)
             if found is None:
                 raise errors.CredentialRejected(f"delivered key {name}: missing")
-            return parse_key(found.reveal().encode("utf-8", "replace"), f"delivered key {name}")
+            # surrogatepass: a lone surrogate (JSON can carry one) becomes bytes that are not
+            # ASCII, so the key is refused; "replace" made it "?", a key that was installed.
+            raw = found.reveal().encode("utf-8", "surrogatepass")
+            return parse_key(raw, f"delivered key {name}")
 
         self._refresh(read, lambda name: name in values)
 
