@@ -27,7 +27,7 @@ from tests.helpers.kubelet import ProjectedVolume
 from tests.helpers.s3 import S3, start_s3
 from tests.helpers.servers import LoopThread
 
-# Key shapes that must never appear in what the sidecar emits (DESIGN.md invariant 1).
+# Key shapes that must never appear in what the sidecar emits (security invariant 1, docs/architecture.md).
 KEY_SHAPES = re.compile(
     r"sk-[A-Za-z0-9_-]{6,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{20,}|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{6,}"
 )

@@ -1,4 +1,4 @@
-"""Is this pod one the broker may serve? The pod check of DESIGN.md invariant 8 (pure).
+"""Is this pod one the broker may serve? Security invariant 8 (docs/architecture.md), pure.
 
 A valid token proves only that the kubelet mounted it into some container of the pod. Whoever
 can create pods in a namespace can mount a token for any audience into any container, and
@@ -12,15 +12,16 @@ the token can have reached nothing but an injected sidecar:
   probe copying the token, extra environment, ``envFrom``, another mount, a ``command`` or
   ``workingDir``, is refused): the broker's configured image with the injector's exact
   arguments, exactly the four injected variables (the downward-API ones exactly), exactly
-  the token and spool mounts, the injected exec probes, a security context at least as
-  strict as the injected one;
+  the token and spool mounts, the injected exec probes, exactly the injected ports (the
+  metrics listener's, when the chart's config has one; never a ``hostPort``), a security
+  context at least as strict as the injected one;
 * its config is the operator's: the chart's sidecar config (the file the operator injects,
   ``--sidecar-config``) with the broker's own CA as ``broker.ca_pem`` and a subset of the
   published bundle keys, at least one (a sidecar trusting another key would accept bundles
   the operator never signed; a subset is fine: a pod created before a signing key was added
   carries the shorter list the webhook injected then), and ``logging.level`` may be any level
   the sidecar knows (the pod's ``sidegate.io/sidecar-log-level``: no secret reaches a log
-  line at any level, DESIGN.md invariant 1). Nothing else may differ: a provider
+  line at any level, security invariant 1). Nothing else may differ: a provider
   ``base_url`` or ``broker.url`` of the pod's author would receive the real keys, an
   ``identity`` section would change who the sidecar says it serves;
 * the token volume projects only the broker's token, the spool is an emptyDir;
@@ -62,6 +63,7 @@ _FIELDS = frozenset(
         "args",
         "env",
         "resources",
+        "ports",
         "securityContext",
         "volumeMounts",
         "startupProbe",
@@ -71,6 +73,11 @@ _FIELDS = frozenset(
         "terminationMessagePolicy",
     }
 )
+# The injector's declared port of the sidecar's metrics listener (the config's ``metrics``
+# section; sidegate.operator.injection.METRICS_PORT): a declaration only, but a ``hostPort``
+# would publish a listener of the sidecar on the node, so only this exact list passes.
+METRICS_PORT = "sidegate-prom"
+METRICS_DEFAULT_PORT = 9464
 _DEFAULTED = {"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
 _DOWNWARD = {
     "SIDEGATE_NAMESPACE": "metadata.namespace",
@@ -293,6 +300,8 @@ def _sidecar_refusal(sidecar: Mapping[str, Any], expected: Expectations) -> str 
         return "the sidecar container runs another image"
     if tuple(sidecar.get("args") or ()) != ARGS:
         return "the sidecar container runs another command"
+    if (sidecar.get("ports") or []) != _ports(expected.config):
+        return "the sidecar's ports are not the injected ones"
     for probe in ("startupProbe", "livenessProbe"):
         if _probe_refusal(sidecar.get(probe)) is not None:
             return f"the sidecar's {probe} is not the injected one"
@@ -302,6 +311,15 @@ def _sidecar_refusal(sidecar: Mapping[str, Any], expected: Expectations) -> str 
         or _mounts_refusal(sidecar.get("volumeMounts"))
         or _config_refusal(_config(sidecar), expected)
     )
+
+
+def _ports(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ports the injector declares for the chart's config: its metrics listener's, if any."""
+    metrics = config.get("metrics")
+    if not isinstance(metrics, Mapping):
+        return []
+    port = metrics.get("port", METRICS_DEFAULT_PORT)
+    return [{"name": METRICS_PORT, "containerPort": port, "protocol": "TCP"}]
 
 
 def _volumes_refusal(spec: Mapping[str, Any], audience: str) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -247,3 +248,65 @@ def test_published_keys_are_a_json_list_of_strings_or_nothing() -> None:
     assert pods.published_keys('["a", "b"]') == ("a", "b")
     for bad in (None, "", "not json", '{"a": 1}', "[1]"):
         assert pods.published_keys(bad) == ()
+
+
+def _with_metrics_listener(port: int | None) -> tuple[dict[str, Any], pods.Expectations]:
+    """A pod injected with a chart config that turns the metrics listener on, as the chart's
+    own values do, and the broker's expectations from that same config."""
+    config = copy.deepcopy(brokers.CHART_CONFIG)
+    config["metrics"] = {} if port is None else {"port": port}
+    spec = dataclasses.replace(brokers.sidecar_spec(TRUSTED), config=yaml.safe_dump(config))
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "app:1"}]},
+        "status": {"phase": "Running"},
+    }
+    pod = injection.apply(pod, injection.inject(pod, spec))
+    return pod, dataclasses.replace(EXPECTED, config=config)
+
+
+@pytest.mark.parametrize("port", [None, 9100])
+def test_the_injected_metrics_port_passes_and_nothing_else_does(port: int | None) -> None:
+    pod, expected = _with_metrics_listener(port)
+    sidecar = pod["spec"]["initContainers"][0]
+    assert sidecar["ports"] == [
+        {"name": "sidegate-prom", "containerPort": port or 9464, "protocol": "TCP"}
+    ]
+    pods.check(pod, uid="u-1", expected=expected)  # the injected pod is served
+    # A hostPort would publish the sidecar's listener on the node; another port, or one the
+    # chart's config does not have, is not what the injector wrote.
+    for ports in (
+        [{**sidecar["ports"][0], "hostPort": 9464}],
+        [{"name": "sidegate-prom", "containerPort": 4000, "protocol": "TCP"}],
+        [*sidecar["ports"], {"name": "other", "containerPort": 8080, "protocol": "TCP"}],
+    ):
+        changed = copy.deepcopy(pod)
+        changed["spec"]["initContainers"][0]["ports"] = ports
+        with pytest.raises(pods.Refused) as caught:
+            pods.check(changed, uid="u-1", expected=expected)
+        assert caught.value.code == "pod_not_injected"
+    # The same port on a pod, while the chart's config declares none: refused as well.
+    with pytest.raises(pods.Refused):
+        pods.check(pod, uid="u-1", expected=EXPECTED)
+
+
+def test_the_chart_default_config_injects_a_pod_the_broker_serves() -> None:
+    """The chart's own sidecar.config (values.yaml), through the injector and the broker's
+    check: what a default install injects must be what its broker serves."""
+    values = yaml.safe_load(
+        (Path(__file__).parents[2] / "charts/sidegate/values.yaml").read_text(encoding="utf-8")
+    )
+    config = values["sidecar"]["config"]
+    config["broker"] = {"url": "https://broker.invalid:8443"}
+    spec = dataclasses.replace(brokers.sidecar_spec(TRUSTED), config=yaml.safe_dump(config))
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "team-a", "uid": "u-1"},
+        "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "app:1"}]},
+        "status": {"phase": "Running"},
+    }
+    pod = injection.apply(pod, injection.inject(pod, spec))
+    pods.check(pod, uid="u-1", expected=dataclasses.replace(EXPECTED, config=config))

@@ -39,7 +39,7 @@ def test_a_policy_names_only_its_own_namespace_and_the_index_says_which_subject(
     assert refusal(spec) == (
         "Value error, spec.subjects[2]: namespace 'team-b' is not the policy's namespace 'team-a'"
     )
-    spec["subjects"][1] = {"kind": "Namespace", "name": "team-b"}
+    spec["subjects"][1] = {"kind": "ServiceAccount", "name": "worker"}  # no duplicate
     accepted = models.RBACPolicy.model_validate(document(spec, namespace="team-b"))
     assert accepted.key == ("team-b", "p")
     assert len(accepted.spec.subjects) == 3
@@ -88,7 +88,7 @@ def test_one_override_per_tenant_case_sensitively() -> None:
     assert refusal({"rateLimits": {"tenantOverrides": overrides}}) == (
         "Value error, tenant 'acme' has two overrides"
     )
-    distinct = [{"tenant": "acme", "requestsPerMinute": 5}, {"tenant": "Acme"}]
+    distinct = [{"tenant": "acme", "requestsPerMinute": 5}, {"tenant": "Acme", "maxConcurrent": 1}]
     limits = models.RateLimits.model_validate({"tenantOverrides": distinct})
     assert [o.tenant for o in limits.tenant_overrides] == ["acme", "Acme"]
     assert models.RateLimits.model_validate({}).tenant_overrides == []
