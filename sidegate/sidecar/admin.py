@@ -325,6 +325,8 @@ async def _json_body(request: web.Request) -> Any:
         raise errors.PayloadTooLarge(f"body is larger than {_MAX_BODY} bytes") from None
     except ValueError:
         raise errors.InvalidRequest("body is not valid JSON") from None
+    except RecursionError:  # nested deeper than the decoder's stack: no policy looks like it
+        raise errors.InvalidRequest("body is nested too deeply") from None
 
 
 async def list_policies(request: web.Request) -> web.Response:

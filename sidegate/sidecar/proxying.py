@@ -425,7 +425,7 @@ class Proxy:
 def _response_id(data: bytes, provider: str) -> str:
     try:
         document = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder's stack
         document = None
     found = document.get("id") if isinstance(document, dict) else None
     if not isinstance(found, str) or not found:
