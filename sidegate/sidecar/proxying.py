@@ -230,6 +230,10 @@ class Proxy:
             self._metrics.auth_retries.labels(upstream.name).inc()
             answer = await self._send(request, upstream, method, url, body, credential.previous)
         outcome.upstream_seconds = time.perf_counter() - started
+        refusal = unrelayable(answer.status, upstream.name)
+        if refusal is not None:
+            answer.release()
+            raise refusal
         outcome.status = answer.status
         return answer
 
@@ -489,6 +493,26 @@ async def finish_stream(
     response.force_close()
     if request.transport is not None:
         request.transport.close()  # flushes what is buffered, then closes: no 0-chunk
+
+
+def unrelayable(status: int, provider: str) -> errors.UpstreamError | None:
+    """A provider status the app must not be handed as it is; None for the rest.
+
+    A redirect is not followed (the key would go to wherever it points), and not relayed
+    either: the app's SDK follows redirects, so it would send the prompt to that host past
+    the gateway's policy and audit. A status outside 200-599 is not HTTP any client expects.
+    """
+    if 300 <= status < 400:
+        return errors.UpstreamError(
+            f"provider {provider} answered a redirect ({status}); redirects are not followed",
+            code="upstream_redirect",
+        )
+    if not 200 <= status < 600:
+        return errors.UpstreamError(
+            f"provider {provider} answered an invalid status ({status})",
+            code="upstream_bad_status",
+        )
+    return None
 
 
 def translate(exc: BaseException, provider: str) -> errors.UpstreamError | None:
