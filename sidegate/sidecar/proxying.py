@@ -124,7 +124,12 @@ def request_headers(
     return headers
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(
+    upstream: CIMultiDictProxy[str], scrub: Callable[[str], str] = lambda value: value
+) -> CIMultiDict[str]:
+    """The provider's headers the app may see, each value through ``scrub``: a provider
+    that quotes the key it got (a debug header, a WWW-Authenticate on a 401) does it in
+    headers as readily as in bodies."""
     # Headers the provider names in its own Connection header are hop-by-hop too.
     dropped = set(_DROP_FROM_RESPONSE)
     for token in upstream.get("connection", "").split(","):
@@ -132,10 +137,10 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in dropped:
-            headers.add(name, value)
+            headers.add(name, scrub(value))
     upstream_id = upstream.get("x-request-id")
     if upstream_id:
-        headers["x-upstream-request-id"] = upstream_id
+        headers["x-upstream-request-id"] = scrub(upstream_id)
     return headers
 
 
@@ -303,7 +308,7 @@ class Proxy:
                 raise errors.UpstreamError(
                     f"provider {upstream.name} answered more than {limit} bytes"
                 )
-        headers = response_headers(answer.headers)
+        headers = response_headers(answer.headers, self._redactor.scrub)
         if answer.status >= 400:
             # Providers echo parts of a rejected key in 401 bodies; nothing key-shaped or
             # known to us leaves in an error body.
@@ -329,7 +334,7 @@ class Proxy:
         hide_usage_chunk: bool,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
-            status=answer.status, headers=response_headers(answer.headers)
+            status=answer.status, headers=response_headers(answer.headers, self._redactor.scrub)
         )
         await response.prepare(request)
         splitter = usage.EventSplitter(self._max_event_bytes)
