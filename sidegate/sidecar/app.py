@@ -359,6 +359,14 @@ class Pipeline:
                 param=self._tenant_header,
                 code="invalid_tenant",
             )
+        if tenant is not None and self.redactor.scrub(tenant) != tenant:
+            # The tenant goes into audit events, limiter keys and decisions as it is: a
+            # credential pasted there would be kept in all of them.
+            raise errors.InvalidRequest(
+                f"{self._tenant_header} looks like a credential; it is not accepted as a tenant",
+                param=self._tenant_header,
+                code="invalid_tenant",
+            )
         return rules.Caller(self._namespace, self._service_account, tenant)
 
     async def list_models(self, request: web.Request) -> web.Response:
@@ -484,7 +492,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Request id, error mapping, metrics and the audit event: the cross-cutting concerns."""
     incoming = request.headers.get("x-request-id", "")
     pipeline = request.app[PIPELINE]
-    request_id = incoming if _REQUEST_ID.match(incoming) else pipeline.new_request_id()
+    # The client's id is kept (answer header, log, audit event) only if it is not key-shaped.
+    usable = _REQUEST_ID.match(incoming) and pipeline.redactor.scrub(incoming) == incoming
+    request_id = incoming if usable else pipeline.new_request_id()
     route = request.match_info.route.name or "other"
     record = RequestRecord(request_id, route, started=time.perf_counter())
     request[RECORD] = record
