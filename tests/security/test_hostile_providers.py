@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import gc
 import json
+import re
 import ssl
 import warnings
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from tests.conftest import assert_no_secrets, base_config, fake_key, server_cont
 from tests.helpers.http import chat_body
 from tests.helpers.servers import LoopThread
 from tests.helpers.sidecars import exchange, post
-from tests.security.pentest import providers
+from tests.security.pentest import found_by_pentest, providers
 from tests.security.pentest.cases import Case
 from tests.security.pentest.hostile_provider import (
     GzipBomb,
@@ -268,3 +269,22 @@ def test_every_output_stays_clean_after_the_corpus(rig: Rig) -> None:
     assert '"action"' in rig.sidecar.spool_text() or rig.sidecar.spool.exists()
     assert_clean(outputs, rig.keys)
     assert "internal_error" not in outputs
+
+
+def test_the_findings_cite_cases_and_tests_that_exist() -> None:
+    """found_by_pentest.FINDINGS is what the audit report's findings table is made of: every
+    test and case it cites must exist, so the table cannot point at nothing."""
+    root = Path(__file__).parents[2]
+    case_ids = {case.id for case in providers.CASES}
+    assert len(case_ids) == len(providers.CASES), "case ids are not unique"
+    ids = [finding.id for finding in found_by_pentest.FINDINGS]
+    assert len(set(ids)) == len(ids)
+    for finding in found_by_pentest.FINDINGS:
+        assert finding.severity in ("critical", "high", "medium", "low", "info"), finding.id
+        assert finding.status in ("fixed", "mitigated", "accepted", "open"), finding.id
+        for path, function in re.findall(r"(tests/[\w/]+\.py)::(\w+)", finding.evidence):
+            assert f"def {function}(" in (root / path).read_text(), (finding.id, function)
+        for cited in re.findall(r"HP-[A-Z]+-\d+", finding.evidence):
+            assert cited in case_ids, (finding.id, cited)
+        if finding.status == "fixed":
+            assert re.search(r"fix [0-9a-f]{7,40}", finding.evidence), finding.id
