@@ -325,6 +325,8 @@ async def _json_body(request: web.Request) -> Any:
         raise errors.PayloadTooLarge(f"body is larger than {_MAX_BODY} bytes") from None
     except ValueError:
         raise errors.InvalidRequest("body is not valid JSON") from None
+    except RecursionError:  # nested deeper than the decoder's stack: no policy looks like it
+        raise errors.InvalidRequest("body is nested too deeply") from None
 
 
 async def list_policies(request: web.Request) -> web.Response:
@@ -371,6 +373,26 @@ async def explain_endpoint(request: web.Request) -> web.Response:
     )
 
 
+def _query_parameters(model: type[BaseModel], descriptions: dict[str, str]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters from the pydantic model that validates them, so the document
+    states the same lengths, patterns and enums the API enforces."""
+    schema = model.model_json_schema(by_alias=True)
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field in schema["properties"].items():
+        variants = [v for v in field.get("anyOf", [field]) if v.get("type") != "null"]
+        rules = {k: v for k, v in variants[0].items() if k != "title"}
+        if field.get("default") is not None:
+            rules["default"] = field["default"]
+        parameter: dict[str, Any] = {"name": name, "in": "query", "schema": rules}
+        if name in required:
+            parameter["required"] = True
+        if name in descriptions:
+            parameter["description"] = descriptions[name]
+        parameters.append(parameter)
+    return parameters
+
+
 def openapi() -> dict[str, Any]:
     policy_schema = models.RBACPolicy.model_json_schema(
         by_alias=True, ref_template="#/components/schemas/{model}"
@@ -412,10 +434,21 @@ def openapi() -> dict[str, Any]:
         return found
 
     errors_ = {"401": answer("missing or wrong token", "Error")}
+    # The path's namespace and name are a policy's, with the same rules as its metadata.
+    metadata = schemas["ObjectMeta"]["properties"]
+    path_rules = {
+        key: {k: v for k, v in metadata[key].items() if k in ("type", "pattern", "maxLength")}
+        for key in ("namespace", "name")
+    }
     one = {
         "parameters": [
-            {"name": "namespace", "in": "path", "required": True, "schema": {"type": "string"}},
-            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+            {
+                "name": "namespace",
+                "in": "path",
+                "required": True,
+                "schema": path_rules["namespace"],
+            },
+            {"name": "name", "in": "path", "required": True, "schema": path_rules["name"]},
         ],
         "get": {
             "summary": "Read one policy",
@@ -436,6 +469,8 @@ def openapi() -> dict[str, Any]:
             "responses": {
                 "200": answer("replaced", "RBACPolicy"),
                 "201": answer("created", "RBACPolicy"),
+                "400": answer("the body is not JSON", "Error"),
+                "415": answer("the body is not application/json", "Error"),
                 "409": answer("cluster mode, or the file holds other policies", "Error"),
                 "422": answer("invalid policy, with field paths", "Error"),
                 **errors_,
@@ -451,27 +486,10 @@ def openapi() -> dict[str, Any]:
             },
         },
     }
-    explain_parameters = [
-        {"name": "model", "in": "query", "required": True, "schema": {"type": "string"}},
-        {
-            "name": "action",
-            "in": "query",
-            "schema": {"type": "string", "enum": list(models.ACTIONS), "default": "chat"},
-        },
-        {
-            "name": "namespace",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "default: the sidecar's",
-        },
-        {
-            "name": "serviceAccount",
-            "in": "query",
-            "schema": {"type": "string"},
-            "description": "default: the sidecar's",
-        },
-        {"name": "tenant", "in": "query", "schema": {"type": "string"}},
-    ]
+    explain_parameters = _query_parameters(
+        ExplainQuery,
+        {"namespace": "default: the sidecar's", "serviceAccount": "default: the sidecar's"},
+    )
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sidegate sidecar admin API", "version": "v1"},
@@ -500,7 +518,10 @@ def openapi() -> dict[str, Any]:
                 }
             },
             f"{PREFIX}/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": answer("OpenAPI 3.1")}}
+                "get": {
+                    "summary": "This document",
+                    "responses": {"200": answer("OpenAPI 3.1"), **errors_},
+                }
             },
         },
     }

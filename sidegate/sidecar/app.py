@@ -369,6 +369,14 @@ class Pipeline:
                 param=self._tenant_header,
                 code="invalid_tenant",
             )
+        if tenant is not None and self.redactor.scrub(tenant) != tenant:
+            # The tenant goes into audit events, limiter keys and decisions as it is: a
+            # credential pasted there would be kept in all of them.
+            raise errors.InvalidRequest(
+                f"{self._tenant_header} looks like a credential; it is not accepted as a tenant",
+                param=self._tenant_header,
+                code="invalid_tenant",
+            )
         return rules.Caller(self._namespace, self._service_account, tenant)
 
     async def list_models(self, request: web.Request) -> web.Response:
@@ -515,12 +523,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get("x-request-id", "")
     pipeline = request.app[PIPELINE]
     # A client's id is kept (it ties the app's logs to ours) unless it could be a credential:
-    # it is echoed, logged and audited, and nothing key-shaped may be.
-    request_id = (
-        incoming
-        if _REQUEST_ID.match(incoming) and not redact.looks_like_key(incoming)
-        else pipeline.new_request_id()
+    # it is echoed, logged and audited, and nothing key-shaped (by pattern, or a secret the
+    # sidecar holds) may be.
+    usable = (
+        _REQUEST_ID.match(incoming)
+        and not redact.looks_like_key(incoming)
+        and pipeline.redactor.scrub(incoming) == incoming
     )
+    request_id = incoming if usable else pipeline.new_request_id()
     route = request.match_info.route.name or "other"
     record = RequestRecord(request_id, route, started=time.perf_counter())
     request[RECORD] = record

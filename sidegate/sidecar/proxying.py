@@ -124,7 +124,12 @@ def request_headers(
     return headers
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def response_headers(
+    upstream: CIMultiDictProxy[str], scrub: Callable[[str], str] = lambda value: value
+) -> CIMultiDict[str]:
+    """The provider's headers the app may see, each value through ``scrub``: a provider
+    that quotes the key it got (a debug header, a WWW-Authenticate on a 401) does it in
+    headers as readily as in bodies."""
     # Headers the provider names in its own Connection header are hop-by-hop too.
     dropped = set(_DROP_FROM_RESPONSE)
     for token in upstream.get("connection", "").split(","):
@@ -132,10 +137,10 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in dropped:
-            headers.add(name, value)
+            headers.add(name, scrub(value))
     upstream_id = upstream.get("x-request-id")
     if upstream_id:
-        headers["x-upstream-request-id"] = upstream_id
+        headers["x-upstream-request-id"] = scrub(upstream_id)
     return headers
 
 
@@ -230,6 +235,10 @@ class Proxy:
             self._metrics.auth_retries.labels(upstream.name).inc()
             answer = await self._send(request, upstream, method, url, body, credential.previous)
         outcome.upstream_seconds = time.perf_counter() - started
+        refusal = unrelayable(answer.status, upstream.name)
+        if refusal is not None:
+            answer.release()
+            raise refusal
         outcome.status = answer.status
         return answer
 
@@ -299,7 +308,7 @@ class Proxy:
                 raise errors.UpstreamError(
                     f"provider {upstream.name} answered more than {limit} bytes"
                 )
-        headers = response_headers(answer.headers)
+        headers = response_headers(answer.headers, self._redactor.scrub)
         if answer.status >= 400:
             # Providers echo parts of a rejected key in 401 bodies; nothing key-shaped or
             # known to us leaves in an error body.
@@ -325,7 +334,7 @@ class Proxy:
         hide_usage_chunk: bool,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
-            status=answer.status, headers=response_headers(answer.headers)
+            status=answer.status, headers=response_headers(answer.headers, self._redactor.scrub)
         )
         await response.prepare(request)
         splitter = usage.EventSplitter(self._max_event_bytes)
@@ -425,7 +434,7 @@ class Proxy:
 def _response_id(data: bytes, provider: str) -> str:
     try:
         document = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the decoder's stack
         document = None
     found = document.get("id") if isinstance(document, dict) else None
     if not isinstance(found, str) or not found:
@@ -489,6 +498,26 @@ async def finish_stream(
     response.force_close()
     if request.transport is not None:
         request.transport.close()  # flushes what is buffered, then closes: no 0-chunk
+
+
+def unrelayable(status: int, provider: str) -> errors.UpstreamError | None:
+    """A provider status the app must not be handed as it is; None for the rest.
+
+    A redirect is not followed (the key would go to wherever it points), and not relayed
+    either: the app's SDK follows redirects, so it would send the prompt to that host past
+    the gateway's policy and audit. A status outside 200-599 is not HTTP any client expects.
+    """
+    if 300 <= status < 400:
+        return errors.UpstreamError(
+            f"provider {provider} answered a redirect ({status}); redirects are not followed",
+            code="upstream_redirect",
+        )
+    if not 200 <= status < 600:
+        return errors.UpstreamError(
+            f"provider {provider} answered an invalid status ({status})",
+            code="upstream_bad_status",
+        )
+    return None
 
 
 def translate(exc: BaseException, provider: str) -> errors.UpstreamError | None:

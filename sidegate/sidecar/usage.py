@@ -14,6 +14,10 @@ from typing import Any
 from sidegate.sidecar import endpoints
 
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+# What a provider's JSON can make the decoder raise: ValueError when it is not JSON,
+# RecursionError when it nests deeper than the interpreter's stack (a few thousand bytes of
+# brackets do it). Either way the answer carries no usage we can read; it is still relayed.
+_UNREADABLE = (ValueError, RecursionError)
 # Cheap test before an event is parsed to see whether it ends the stream.
 _MAYBE_LAST = re.compile(rb"\[DONE\]|message_stop|error|response\.(?:completed|failed|incomplete)")
 # The Responses API's events that end a stream; each carries the final response object
@@ -82,7 +86,7 @@ def from_body(dialect: endpoints.Dialect, data: bytes) -> Usage:
         return usage
     try:
         reported, _ = _DECODER.raw_decode(data[match.end() - 1 :].decode("utf-8", "replace"))
-    except ValueError:
+    except _UNREADABLE:
         return usage
     _apply(usage, dialect, reported)
     return usage
@@ -222,7 +226,7 @@ def _is_last(dialect: endpoints.Dialect, event: bytes) -> bool:
     if b"error" in data or b"message_stop" in data or b"response." in data:
         try:
             document = json.loads(data)
-        except ValueError:
+        except _UNREADABLE:
             return False
         if isinstance(document, dict):
             kind = document.get("type")
@@ -252,5 +256,5 @@ def _event_json(event: bytes) -> Any:
         return None
     try:
         return json.loads(b"\n".join(lines))
-    except ValueError:
+    except _UNREADABLE:
         return None
