@@ -337,3 +337,6 @@ def test_the_sidecar_log_holds_no_secret_and_no_traceback(corpus_run: Run) -> No
     match = KEY_SHAPES.search(log)
     assert match is None, f"key-shaped text in the log: {match.group(0)[:8]}..."
     assert "Traceback" not in log and "unexpected error" not in log
+    # The clients that hung up mid-body are recorded as such (499), not as a fault (500).
+    assert log.count("POST /v1/chat/completions 499") >= 2
+    assert "POST /v1/chat/completions 500" not in log
