@@ -207,6 +207,7 @@ def configure(config: dict[str, Any], admin_token: Path) -> None:
         "header_timeout_seconds": clients.HEADER_TIMEOUT,
         "keepalive_timeout_seconds": clients.KEEPALIVE_TIMEOUT,
         "body_timeout_seconds": clients.BODY_TIMEOUT,
+        "drain_seconds": 0,  # the run is over when it stops: no drain to wait out
     }
     config["limits"] = {
         "max_body_bytes": clients.MAX_BODY,
