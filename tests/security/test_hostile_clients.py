@@ -193,6 +193,7 @@ class Run:
     state: standin.StandInState
     sidecar: Process
     secrets: set[str]  # the provider keys and the admin token the sidecar holds
+    spool: Path  # the audit spool
     log: str | None = None
 
     def stop(self) -> str:
@@ -206,6 +207,7 @@ def configure(config: dict[str, Any], admin_token: Path) -> None:
         "header_timeout_seconds": clients.HEADER_TIMEOUT,
         "keepalive_timeout_seconds": clients.KEEPALIVE_TIMEOUT,
         "body_timeout_seconds": clients.BODY_TIMEOUT,
+        "drain_seconds": 0,  # the run is over when it stops: no drain to wait out
     }
     config["limits"] = {
         "max_body_bytes": clients.MAX_BODY,
@@ -213,6 +215,7 @@ def configure(config: dict[str, Any], admin_token: Path) -> None:
     }
     config["logging"] = {"access_log": True}
     config["admin"] = {"port": 0, "token_file": str(admin_token)}
+    config["audit"] = {"spool_directory": str(admin_token.parent / "spool"), "durability": "async"}
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +244,7 @@ def corpus_run(
                 )
             )
         held = set(state.accepted_keys) | {token.read_text()}
-        yield Run(results, state, sidecar, held)
+        yield Run(results, state, sidecar, held, workdir / "spool")
     finally:
         if sidecar.process.poll() is None:
             sidecar.stop()
@@ -327,7 +330,9 @@ def test_the_provider_saw_only_what_the_corpus_meant_to_reach_it(corpus_run: Run
             assert "\r" not in value and "\n" not in value and "\x00" not in value, name
 
 
-def test_the_sidecar_log_holds_no_secret_and_no_traceback(corpus_run: Run) -> None:
+def test_the_sidecar_log_and_audit_trail_hold_no_secret_and_no_traceback(
+    corpus_run: Run,
+) -> None:
     log = corpus_run.stop()
     assert "malformed request refused" in log  # the log is the sidecar's, and it was read
     for result in corpus_run.results.values():
@@ -337,3 +342,14 @@ def test_the_sidecar_log_holds_no_secret_and_no_traceback(corpus_run: Run) -> No
     match = KEY_SHAPES.search(log)
     assert match is None, f"key-shaped text in the log: {match.group(0)[:8]}..."
     assert "Traceback" not in log and "unexpected error" not in log
+    # The audit trail: every event the run left, sealed or not.
+    spool = corpus_run.spool.rglob("*")
+    trail = "".join(p.read_bytes().decode("latin-1") for p in spool if p.is_file())
+    assert "llm.chat.completions" in trail  # the trail is readable here, and was written
+    for result in corpus_run.results.values():
+        assert result.canary not in trail, "a canary reached the audit trail"
+    for held in corpus_run.secrets:
+        assert held not in trail
+    # The clients that hung up mid-body are recorded as such (499), not as a fault (500).
+    assert log.count("POST /v1/chat/completions 499") >= 2
+    assert "POST /v1/chat/completions 500" not in log

@@ -73,6 +73,7 @@ def aws_key_id() -> str:
         ("AWS Access Key", lambda: f'aws_access_key_id = "{aws_key_id()}"\n'),
         ("Secret Keyword", lambda: f'api_key = "{secrets.token_hex(20)}"\n'),
     ],
+    ids=["aws-key", "keyword"],
 )
 def test_the_hook_refuses_a_staged_key(
     repo: tuple[Path, dict[str, str]], shape: str, line: object

@@ -263,3 +263,13 @@ def test_stack_info_is_kept_and_scrubbed() -> None:
     output = stream.getvalue()
     assert value not in output and value[-8:] not in output
     assert f'call(key="{redact.MASK}")' in output and "Stack (most recent call last)" in output
+
+
+def test_looks_like_key_is_anchored_at_the_start() -> None:
+    # A request id or tenant that *is* a pasted key is caught; one that merely contains
+    # "sk-" inside a word ("desk-team", "task-42") is not.
+    assert redact.looks_like_key("sk-" + "a" * 20)
+    assert redact.looks_like_key("AKIA" + "A" * 16)
+    assert not redact.looks_like_key("desk-team")
+    assert not redact.looks_like_key("task-4242")
+    assert not redact.looks_like_key("acme")
