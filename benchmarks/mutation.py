@@ -10,24 +10,26 @@ against its own tests, `scripts/mutation` copies the project into `mutants/<modu
 appends this module's table to the copy's pyproject.toml and runs mutmut there; `report`
 then reads the `.meta` file mutmut leaves beside each mutated module.
 
-Importing mutmut is avoided on purpose: it loads its configuration at import time and fails
-outside a directory configured for it. The exit codes below are mutmut 3's own
-(`mutmut.stats.status_by_exit_code`).
+Only mutmut's diff helpers are imported (`mutmut.mutation.diff_apply`, which reads no
+configuration): mutmut's main module loads its configuration at import time and fails outside
+a directory configured for it, and running `mutmut show` once per mutant took seconds each on
+a loaded machine. The exit codes below are mutmut 3's own (`mutmut.stats.status_by_exit_code`).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
 import json
-import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = Path(__file__).resolve().with_suffix(".toml")
-MUTMUT = Path(sys.executable).parent / "mutmut"
 
 KILLED = frozenset({1, 3})  # a test failed; 3 is pytest's internal error, also a kill
 TIMEOUT = frozenset({24, -24, 36, 152, 255})  # SIGXCPU / mutmut's own timeout: the mutant hangs
@@ -106,17 +108,29 @@ def equivalents(settings: dict[str, object]) -> dict[str, Equivalent]:
     return {e["mutant"]: Equivalent(e["mutant"], e["change"], e["reason"]) for e in entries}
 
 
-def change_of(stage: Path, mutant: str) -> str:
+def change_of(stage: Path, module: str, mutant: str) -> str:
     """The `+` lines of `mutmut show`: the code the mutant runs instead of the original."""
-    shown = subprocess.run(
-        [str(MUTMUT), "show", mutant], cwd=stage, capture_output=True, text=True, check=True
-    ).stdout
+    import libcst
+    from mutmut.mutation.diff_apply import read_mutant_function, read_original_function
+
+    tree = _mutated_module(stage / "mutants" / module)
+    original, mutated = (
+        libcst.Module([function]).code.strip()
+        for function in (read_original_function(tree, mutant), read_mutant_function(tree, mutant))
+    )
+    diff = difflib.unified_diff(original.split("\n"), mutated.split("\n"), lineterm="")
     added = [
-        line[1:].strip()
-        for line in shown.splitlines()
-        if line.startswith("+") and not line.startswith("+++")
+        line[1:].strip() for line in diff if line.startswith("+") and not line.startswith("+++")
     ]
     return " / ".join(added)
+
+
+@functools.cache
+def _mutated_module(path: Path) -> Any:
+    """mutmut's mutated copy of a module (every mutant as a function), parsed once."""
+    import libcst
+
+    return libcst.parse_module(path.read_text())
 
 
 def stage_of(stages: Path, module: str) -> Path:
@@ -139,7 +153,7 @@ def result_for(stages: Path, module: str, known: dict[str, Equivalent]) -> Modul
         if code != SURVIVED and code not in NO_TESTS:
             result.other.append((mutant, code))
             continue
-        change = change_of(stage, mutant)
+        change = change_of(stage, module, mutant)
         if entry is not None and entry.change == change:
             result.equivalent.append((mutant, entry.reason))
             continue

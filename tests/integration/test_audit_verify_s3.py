@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from sidegate.audit import verifying
 from tests.helpers.s3 import BUCKET, S3, start_s3
@@ -79,3 +80,37 @@ def test_every_pod_s_trail_is_verified_with_its_versions_keys_and_time(s3: S3) -
         f"[versions] {where}: overwritten: 2 versions, not all the same",
         f"[versions] {gone}: deleted: a delete marker hides it",
     ]
+
+
+_EMPTY_LISTING = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    "<Name>sidegate-audit</Name><Prefix>trail/</Prefix><IsTruncated>false</IsTruncated>"
+    "</ListVersionsResult>"
+)
+
+
+async def test_requests_are_signed_for_the_region_given(aws_environment: None) -> None:
+    """moto answers whatever region a request is signed for; real S3 refuses a signature
+    for another region. So the signature's scope is read off the request itself."""
+    seen: list[str] = []
+
+    async def listing(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.Response(text=_EMPTY_LISTING, content_type="application/xml")
+
+    app = web.Application()
+    app.router.add_get("/sidegate-audit", listing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        found = await verifying.s3_trails(
+            BUCKET, "trail/", endpoint_url=f"http://127.0.0.1:{port}", region="eu-west-3"
+        )
+    finally:
+        await runner.cleanup()
+    assert found == []
+    assert len(seen) == 1 and "/eu-west-3/s3/aws4_request" in seen[0]

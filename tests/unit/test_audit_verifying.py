@@ -93,6 +93,11 @@ def test_a_published_key_must_be_an_ed25519_key_under_its_own_name() -> None:
         f"[key] spool/key-{other.key_id}.pem.gz: not an Ed25519 public key in PEM",
         f"[signature] {dig(built, 0)}: signed by key {built.signer.key_id}, which is not trusted",
     ]
+    assert [p.line for p in report.problems] == [0, 0, 0]  # about the files as a whole
+    # a bad key file does not stop the ones after it from being read
+    for bad in (("spool/key-0000000000000000.pem", pem), ("spool/key-x.pem", b"garbage")):
+        built.keys = [bad, (f"spool/{digests.key_file_name(built.signer.key_id)}", pem)]
+        assert verify(built).checks() == {"key"}
     # a compressed key file is named by its name without .gz
     built.keys = [(f"spool/{digests.key_file_name(built.signer.key_id)}.gz", pem)]
     assert problems(verify(built)) == []
@@ -228,6 +233,15 @@ def test_a_digest_that_is_not_a_digest_is_named() -> None:
         "not a valid digest (trail: Field required)"
     ]
     assert report.digests == 1
+    assert report.problems[0].line == 0
+    # a nested field is named by its path
+    document = json.loads(built.digests[0][1])
+    document["segment"] = {}
+    built.digests[-1] = (built.digests[-1][0], json.dumps(document).encode())
+    assert problems(verify(built))[0] == (
+        "[digest-chain] spool/digests/digest-000000000009.json: "
+        "not a valid digest (segment.name: Field required)"
+    )
 
 
 def test_the_tail_is_missing_once_the_last_digest_is_two_intervals_and_the_slack_old() -> None:

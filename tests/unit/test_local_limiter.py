@@ -267,3 +267,70 @@ async def test_the_local_limiter_has_nothing_to_reload_or_close() -> None:
         "api_error",
         "rate_limiter_unavailable",
     )
+
+
+def test_a_token_level_without_a_token_limit_adds_no_token_headers() -> None:
+    refusal = limiting.rate_limited("requests", limits(rpm=60), 0.0, 1.0, 5.0)
+    assert sorted(refusal.headers) == [
+        "retry-after",
+        "retry-after-ms",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ]
+
+
+async def test_concurrency_counts_every_request_in_flight() -> None:
+    h = Harness()
+    budget = [limiting.Budget("ns/sa", limits(most=2))]
+    first = await h.take(budget)
+    await h.take(budget)
+    await h.refusal(budget)
+    await h.limiter.settle(first, None)  # one slot back, not two
+    await h.take(budget)
+    await h.refusal(budget)
+
+
+async def test_a_dimension_the_limits_drop_is_not_charged_meanwhile() -> None:
+    """The same caller under changing policies: while a limit is gone, its bucket is left
+    alone, so when it comes back the caller finds what it had (refilled), not a debt."""
+    h = Harness()
+    with_limits = [limiting.Budget("ns/sa", limits(rpm=1, tpm=10))]
+    without = [limiting.Budget("ns/sa", limits(most=1000))]
+    await h.take(with_limits, 10)
+    for _ in range(5):
+        await h.take(without, 10)
+    h.clock.now += 60
+    await h.take(with_limits, 10)
+
+
+async def test_settling_goes_on_past_a_forgotten_budget() -> None:
+    h = Harness(max_keys=2)
+    one = limits(most=1)
+    reservation = await h.take([limiting.Budget("a", one), limiting.Budget("b", one)])
+    await h.take([limiting.Budget("c", limits(rpm=100))])  # both busy: the oldest, a, goes
+    assert list(h.limiter._states) == ["b", "c"]
+    await h.limiter.settle(reservation, None)
+    await h.take([limiting.Budget("b", one)])  # b's slot was given back
+
+
+async def test_every_refusal_reports_every_limited_dimension() -> None:
+    h = Harness()
+    budget = [limiting.Budget("ns/sa", limits(rpm=10, tpm=100, most=1))]
+    await h.take(budget, 60)
+    busy = await h.refusal(budget, 10)
+    assert busy.code == "rate_limit_concurrency"
+    expected = {
+        "retry-after": "1",
+        "retry-after-ms": "1000",
+        "x-ratelimit-limit-requests": "10",
+        "x-ratelimit-remaining-requests": "9",
+        "x-ratelimit-reset-requests": "6.000s",
+        "x-ratelimit-limit-tokens": "100",
+        "x-ratelimit-remaining-tokens": "40",
+        "x-ratelimit-reset-tokens": "36.000s",
+    }
+    assert busy.headers == expected
+    tokens = await h.refusal(budget, 50)  # tokens are checked before concurrency
+    assert tokens.code == "rate_limit_tokens"
+    assert tokens.headers == {**expected, "retry-after": "6", "retry-after-ms": "6000"}

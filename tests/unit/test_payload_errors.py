@@ -83,6 +83,7 @@ def refusal_at_depth(data: bytes, depth: int) -> tuple[str, str | None]:
     ("data", "message"),
     [
         (b'{"model":"a","model":"b"}', "duplicate key 'model'"),
+        (b'{"a":1,"model":"x","model":"y"}', "duplicate key 'model'"),  # the repeated one
         (b'{"x":[{"k":1,"k":1}]}', "duplicate key 'k'"),
         (b'{"' + b"k" * 100 + b'":1,"' + b"k" * 100 + b'":2}', f"duplicate key {'k' * 64!r}"),
         (b'{"t":NaN}', "NaN is not JSON"),
@@ -112,6 +113,11 @@ def test_unambiguous_and_malformed_json_pass_the_ambiguity_check() -> None:
             endpoints.CHAT,
             {"messages": USER, "max_tokens": "5"},
             ("model: missing required field (and 1 more error)", "model"),
+        ),
+        (
+            endpoints.CHAT,
+            {"stream": "yes"},
+            ("model: missing required field (and 2 more errors)", "model"),
         ),
         (
             endpoints.CHAT,
