@@ -161,14 +161,17 @@ def test_the_operator_keeps_the_webhook_certificate_unless_someone_else_does(
             if d["kind"] == "Deployment" and d["metadata"]["name"] == "sidegate-operator"
         ]
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        (role,) = [
-            d
+        account = {"kind": "ServiceAccount", "name": "sidegate", "namespace": "sidegate-system"}
+        bound = {
+            d["roleRef"]["name"]
             for d in docs
-            if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "sidegate-operator"
-        ]
+            if d["kind"] == "ClusterRoleBinding" and account in d["subjects"]
+        }
         webhooks = {
             f"{r['resources'][0]}/{r['resourceNames'][0]}:{','.join(r['verbs'])}"
-            for r in role["rules"]
+            for d in docs
+            if d["kind"] == "ClusterRole" and d["metadata"]["name"] in bound
+            for r in d["rules"]
             if "admissionregistration.k8s.io" in r["apiGroups"]
         }
         return cli.build_parser().parse_args(container["args"]), webhooks
