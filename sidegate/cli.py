@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import sys
+import time
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from sidegate.operator import running, state
+    from sidegate.operator import leadership, running, state
+    from sidegate.operator.handlers import webhook_certificates
 
     redactor = redact.Redactor()
     logs.configure(redactor, args.log_level, "json")
@@ -178,6 +180,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
         return running.cleanup(
             namespace=args.own_namespace, deployment=args.stop_deployment, timeout=args.timeout
         )
+    if args.webhook_only and not args.webhook_port:
+        print("sidegate: --webhook-only needs --webhook-port", file=sys.stderr)
+        return 2
     if args.webhook_port and not (args.webhook_cert and args.webhook_key and args.sidecar_image):
         print(
             "sidegate: --webhook-port needs --webhook-cert, --webhook-key and --sidecar-image",
@@ -196,7 +201,40 @@ def cmd_operator(args: argparse.Namespace) -> int:
         listener = running.WebhookListener(
             args.webhook_port, Path(args.webhook_cert), Path(args.webhook_key)
         )
+    kept = (
+        args.webhook_ca_secret,
+        args.webhook_tls_secret,
+        args.webhook_service,
+        args.mutating_webhook,
+        args.validating_webhook,
+    )
+    if any(kept) and not all(kept):
+        print(
+            "sidegate: --webhook-ca-secret, --webhook-tls-secret, --webhook-service, "
+            "--mutating-webhook and --validating-webhook go together",
+            file=sys.stderr,
+        )
+        return 2
+    certificates = None
+    if all(kept):
+        certificates = webhook_certificates.WebhookCertificates(
+            service=args.webhook_service,
+            tls_secret=args.webhook_tls_secret,
+            ca_secret=args.webhook_ca_secret,
+            mutating=args.mutating_webhook,
+            validating=args.validating_webhook,
+        )
+    peering = None
+    if args.peering:
+        peering = leadership.Peering(
+            name=args.peering,
+            identity=leadership.identity(os.environ.get("SIDEGATE_POD_NAME")),
+            priority=leadership.priority(time.time()),
+            lifetime=args.peering_lifetime,
+        )
     shared = state.OperatorState(
+        peering=peering,
+        webhook_certificates=certificates,
         login=running.standard_login,
         namespace=args.own_namespace,
         overlap=args.overlap,
@@ -210,6 +248,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         state=shared,
         liveness=args.liveness,
         listener=listener,
+        reconcile=not args.webhook_only,
     )
 
 
@@ -345,8 +384,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="label marking provider key Secrets in --own-namespace as sources "
         "(default sidegate.io/credentials=source)",
     )
+    operator.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="the ClusterKopfPeering object the replicas elect their leader in (the chart "
+        "creates it): only the leader reconciles and writes, the others stand by and take "
+        "over when it goes. Without it the operator runs alone (one replica only)",
+    )
+    operator.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        metavar="SECONDS",
+        help="how long a replica's keep-alive counts: a leader that dies without a word is "
+        "replaced after at most this long (default 60; a clean stop hands over at once)",
+    )
+    kept = operator.add_argument_group(
+        "webhook certificates kept by the operator (all of these, or none: cert-manager or "
+        "the installer provides them)"
+    )
+    kept.add_argument(
+        "--webhook-ca-secret",
+        metavar="NAME",
+        help="Secret in --own-namespace holding the webhook's CA: created once if missing, "
+        "renewed before expiry",
+    )
+    kept.add_argument(
+        "--webhook-tls-secret",
+        metavar="NAME",
+        help="Secret (kubernetes.io/tls) the webhook pods mount: issued from that CA",
+    )
+    kept.add_argument(
+        "--webhook-service",
+        metavar="NAME",
+        help="the webhook's Service: the names it is issued for",
+    )
+    kept.add_argument(
+        "--mutating-webhook",
+        metavar="NAME",
+        help="MutatingWebhookConfiguration whose caBundle trusts the CA",
+    )
+    kept.add_argument(
+        "--validating-webhook",
+        metavar="NAME",
+        help="ValidatingWebhookConfiguration whose caBundle trusts the CA",
+    )
     webhook = operator.add_argument_group("injection webhook (off unless --webhook-port is set)")
     webhook.add_argument("--webhook-port", type=int, help="HTTPS port of the webhook, e.g. 8443")
+    webhook.add_argument(
+        "--webhook-only",
+        action="store_true",
+        help="serve the admission webhooks and nothing else: no reconciling, no writes, no "
+        "leader (the chart's webhook Deployment; the operator Deployment reconciles)",
+    )
     webhook.add_argument("--webhook-cert", metavar="FILE", help="serving certificate (PEM)")
     webhook.add_argument("--webhook-key", metavar="FILE", help="its private key (PEM)")
     sidecar_options.add_arguments(webhook, required=False)

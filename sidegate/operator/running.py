@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from sidegate.operator import cleanup as removing
+from sidegate.operator import leadership
 from sidegate.operator.handlers import policies, webhook
 from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import OperatorState
@@ -45,11 +46,16 @@ class WebhookListener:
 
 
 def build_registry(
-    state: OperatorState, listener: WebhookListener | None = None
+    state: OperatorState, listener: WebhookListener | None = None, *, reconcile: bool = True
 ) -> kopf.OperatorRegistry:
-    """Every handler of the operator, in a registry of its own (nothing at import time)."""
+    """Every handler of the operator, in a registry of its own (nothing at import time).
+    ``reconcile=False`` (``--webhook-only``): the admission webhooks alone, for the chart's
+    webhook Deployment; they read the published signing keys and write nothing."""
     registry = kopf.OperatorRegistry()
-    policies.register(registry, state)
+    if reconcile:
+        policies.register(registry, state)
+    else:
+        webhook.register_client(registry, state)
     if listener is not None:
         # Only with a server: kopf refuses to start with a mutating handler and no server.
         webhook.register(registry, state)
@@ -64,6 +70,11 @@ def build_registry(
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="sidegate.io"
         )
+        if state.peering is not None:
+            # One ClusterKopfPeering whatever --namespace serves (kopf would otherwise want a
+            # KopfPeering in each served namespace): leader election among the replicas.
+            settings.peering.clusterwide = True
+            settings.peering.lifetime = state.peering.lifetime
         if listener is not None:
             # The chart owns the MutatingWebhookConfiguration: kopf only serves, so the
             # operator needs no rights on webhook configurations.
@@ -78,20 +89,33 @@ def run(
     state: OperatorState,
     liveness: str | None,
     listener: WebhookListener | None,
+    reconcile: bool = True,
 ) -> int:
-    registry = build_registry(state, listener)
+    registry = build_registry(state, listener, reconcile=reconcile)
     asyncio.run(
         kopf.operator(
             registry=registry,
             clusterwide=not namespaces,
             namespaces=namespaces,
-            # One operator is the design (the chart runs one replica); no kopf peering
-            # objects, so it needs no rights on them.
-            standalone=True,
             liveness_endpoint=liveness,
+            # The webhook alone needs no leader: every replica answers admission requests.
+            **peering_arguments(state.peering if reconcile else None),
         )
     )
     return 0
+
+
+def peering_arguments(peering: leadership.Peering | None) -> dict[str, Any]:
+    """kopf.operator's peering arguments: a leader among replicas (``leadership.py``), or
+    standalone (one replica; no peering object needed, nor rights on one)."""
+    if peering is None:
+        return {"standalone": True}
+    return {
+        "standalone": False,
+        "peering_name": peering.name,
+        "priority": peering.priority,
+        "identity": peering.identity,
+    }
 
 
 def cleanup(*, namespace: str, deployment: str | None, timeout: float) -> int:

@@ -92,3 +92,19 @@ def public_config_map(namespace: str, keys: SigningKeys) -> dict[str, Any]:
         "metadata": {"name": PUBLIC, "namespace": namespace, "labels": dict(objects.MANAGED_BY)},
         "data": {TRUSTED_KEYS: json.dumps(list(keys.public))},
     }
+
+
+def published(config_map: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The trusted public keys in the ``sidegate-signing-public`` ConfigMap (active first);
+    ValueError when it is missing or holds none. What the webhook injects: it needs no read
+    access to the private keys."""
+    raw = ((config_map or {}).get("data") or {}).get(TRUSTED_KEYS)
+    if not isinstance(raw, str):
+        raise ValueError(f"{PUBLIC} is missing or has no {TRUSTED_KEYS!r}")
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        raise ValueError(f"{PUBLIC}: {TRUSTED_KEYS!r} is not JSON") from None
+    if not isinstance(found, list) or not found or not all(isinstance(k, str) for k in found):
+        raise ValueError(f"{PUBLIC}: {TRUSTED_KEYS!r} is not a list of keys")
+    return tuple(found)

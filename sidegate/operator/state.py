@@ -9,6 +9,7 @@ import collections
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import kopf
 
@@ -16,6 +17,10 @@ from sidegate.operator.injection import SidecarSpec
 from sidegate.operator.kube import ApiClient
 from sidegate.operator.signing_keys import SigningKeys
 from sidegate.policy import crd
+
+if TYPE_CHECKING:  # these import this module
+    from sidegate.operator.handlers.webhook_certificates import WebhookCertificates
+    from sidegate.operator.leadership import Peering
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
 CREDENTIALS_SECRET = "sidegate-credentials"  # noqa: S105  # pragma: allowlist secret - a name
@@ -50,6 +55,12 @@ class OperatorState:
     sources_listed: bool = False  # no fan-out before the first list: never write half a set
     published: dict[str, Published] = dataclasses.field(default_factory=dict)
     release_watch: asyncio.Task[None] | None = None
+    peering: Peering | None = None  # None: standalone, the only replica (no leader election)
+    leadership: asyncio.Task[None] | None = None
+    # The webhook's CA and certificate, kept by the leader (None: cert-manager or the
+    # installer provides them).
+    webhook_certificates: WebhookCertificates | None = None
+    certificates_task: asyncio.Task[None] | None = None
     _locks: collections.defaultdict[str, asyncio.Lock] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(asyncio.Lock)
     )

@@ -124,6 +124,11 @@ def broker_grants() -> Grants:
     return grants(rendered_chart(), RELEASE, "sidegate-broker")
 
 
+def webhook_grants() -> Grants:
+    """The webhook Deployment's account (`sidegate operator --webhook-only`)."""
+    return grants(rendered_chart(), RELEASE, "sidegate-webhook")
+
+
 def cleanup_grants() -> Grants:
     """The pre-delete hook's account (its rights exist only while the hook runs)."""
     return grants(rendered_chart(), RELEASE, "sidegate-cleanup")

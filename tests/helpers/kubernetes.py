@@ -10,7 +10,9 @@ import dataclasses
 import io
 import itertools
 import json
+import os
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +27,7 @@ import kmock
 import kopf
 import yaml
 
-from sidegate.operator import running
+from sidegate.operator import leadership, running, signing_keys
 from sidegate.operator.handlers import release
 from sidegate.operator.state import OperatorState
 from tests.helpers import authorizing
@@ -36,8 +38,16 @@ STOP_SECONDS = 30
 POLICIES = "/apis/sidegate.io/v1alpha1/namespaces/{ns}/rbacpolicies"
 RELEASE = "sidegate-system"
 SOURCES = f"/api/v1/namespaces/{RELEASE}/secrets"
+RELEASE_CONFIG_MAPS = f"/api/v1/namespaces/{RELEASE}/configmaps"
+PUBLIC_KEYS = signing_keys.PUBLIC
 # The operator's bearer token in these tests: it tells its requests from the test's own.
 OPERATOR_TOKEN = "operator-test"
+# Further operator replicas' tokens: the same service account (the same RBAC), each its own
+# token, so the emulator can tell which replica wrote what.
+REPLICA_TOKENS = ("operator-test-2", "operator-test-3")
+WEBHOOK_TOKEN = "webhook-test"  # a `--webhook-only` replica's (the webhook Deployment's)
+PEERING = "sidegate-sidegate-system"  # the ClusterKopfPeering the chart creates
+PEERINGS = "/apis/kopf.dev/v1/clusterkopfpeerings"
 CLEANUP_TOKEN = "cleanup-test"  # the pre-delete hook's, likewise
 BROKER_TOKEN = "broker-test"  # a broker replica's, likewise
 
@@ -81,6 +91,9 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         # writes a resourceVersion precondition refused (409), as kube-apiserver does.
         self.writes: dict[tuple[str, str | None, str | None], list[dict[str, Any]]] = {}
         self.conflicts = 0
+        # Who made each accepted write (create, patch, update, delete): the bearer token,
+        # and (resource plural, namespace, name).
+        self.writers: list[tuple[str, tuple[str, str | None, str | None]]] = []
 
     def issue_token(
         self,
@@ -184,7 +197,13 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if refusal is not None:
             return refusal
         try:
-            return await self._answer(request)
+            answer = await self._answer(request)
+            if answer.status < 300 and request.resource is not None and request.action in _WRITES:
+                token = str(request.headers.get("Authorization") or "").removeprefix("Bearer ")
+                data = request.data if isinstance(getattr(request, "data", None), dict) else {}
+                name = request.name or (data.get("metadata") or {}).get("name")
+                self.writers.append((token, (request.resource.plural, request.namespace, name)))
+            return answer
         finally:
             for index in range(len(self._requests) - 1, -1, -1):
                 if self._requests[index] is request:
@@ -314,6 +333,9 @@ class Emulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return None
 
 
+_WRITES = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
+
+
 def _conflict(name: str | None) -> dict[str, Any]:
     return {
         "kind": "Status",
@@ -337,8 +359,30 @@ async def cluster() -> AsyncIterator[tuple[Emulator, str]]:
             verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
             subresources={"status"},
         )
+        # kopf's peering objects (the chart's CRD and object), for operators with a leader.
+        k8s.resources["kopf.dev/v1/clusterkopfpeerings"] = kmock.ResourceInfo(
+            kind="ClusterKopfPeering",
+            namespaced=False,
+            verbs={"list", "watch", "get", "create", "update", "patch", "delete"},
+        )
         # The operator's requests carry its token: held to the chart's rendered RBAC.
-        k8s.accounts[OPERATOR_TOKEN] = authorizing.operator_grants()
+        for token in (OPERATOR_TOKEN, *REPLICA_TOKENS):
+            k8s.accounts[token] = authorizing.operator_grants()
+        k8s.accounts[WEBHOOK_TOKEN] = authorizing.webhook_grants()
+        # The chart's peering object: the replicas of an operator with --peering elect in it.
+        assert (
+            await send(
+                k8s,
+                "POST",
+                PEERINGS,
+                {
+                    "apiVersion": "kopf.dev/v1",
+                    "kind": "ClusterKopfPeering",
+                    "metadata": {"name": PEERING},
+                },
+            )
+            < 300
+        )
         k8s.accounts[CLEANUP_TOKEN] = authorizing.cleanup_grants()
         k8s.accounts[BROKER_TOKEN] = authorizing.broker_grants()
         yield k8s, str(server.url).rstrip("/")
@@ -350,17 +394,22 @@ async def operator(
     url: str,
     listener: running.WebhookListener | None = None,
     namespaces: list[str] | None = None,
+    token: str = OPERATOR_TOKEN,
+    reconcile: bool = True,
     **settings: Any,
 ) -> AsyncIterator[OperatorState]:
     """The registry `sidegate operator` runs, logged in to the emulator instead; ``settings``
-    are OperatorState fields (overlap, admin_rotation, sidecar, ...); ``namespaces`` as
-    `--namespace` gives them (RBACPolicies served only there)."""
+    are OperatorState fields (overlap, admin_rotation, sidecar, peering, ...); ``namespaces``
+    as `--namespace` gives them (RBACPolicies served only there); ``token`` one the emulator
+    holds to the operator's RBAC (a replica's own, to tell its writes from another's);
+    ``reconcile=False`` as `--webhook-only` (with the webhook's token). With a listener and
+    reconciling, it is ready once the signing keys it injects are published."""
     state = OperatorState(
-        login=lambda **_: kopf.ConnectionInfo(server=url, token=OPERATOR_TOKEN),
+        login=lambda **_: kopf.ConnectionInfo(server=url, token=token),
         namespace=RELEASE,
         **settings,
     )
-    registry = running.build_registry(state, listener)
+    registry = running.build_registry(state, listener, reconcile=reconcile)
 
     @kopf.on.startup(registry=registry)
     def emulator_settings(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -374,13 +423,15 @@ async def operator(
             registry=registry,
             clusterwide=not namespaces,
             namespaces=namespaces or [],
-            standalone=True,
             stop_flag=stop,
             ready_flag=ready,
+            **running.peering_arguments(state.peering),
         )
     )
     try:
         await asyncio.wait_for(ready.wait(), 10)
+        if listener is not None and reconcile:
+            await eventually(lambda: get_as_admin(url, f"{RELEASE_CONFIG_MAPS}/{PUBLIC_KEYS}"), 20)
         yield state
     finally:
         await _stop(task, stop, state)
@@ -399,9 +450,42 @@ async def _stop(task: asyncio.Task[None], stop: asyncio.Event, state: OperatorSt
         await asyncio.gather(task, return_exceptions=True)
         raise
     finally:
-        await release.stop(state)  # no-ops when kopf's cleanup handler did them already
+        await leadership.stop(state)  # no-ops when kopf's cleanup handler did them already
+        await release.stop(state)
         if state.client is not None:
             await state.client.close()
+
+
+async def operator_process(
+    url: str, workdir: Path, token: str, name: str, *flags: str
+) -> asyncio.subprocess.Process:
+    """`sidegate operator` as a replica of the chart runs it (``--peering`` and its pod name),
+    logged in to the emulator as the account of ``token``; its log in ``workdir/<name>.log``.
+    A process of its own: kopf cancels every task of its event loop on the way out, so two
+    replicas cannot share one."""
+    with (workdir / f"{name}.log").open("w") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "sidegate",
+            "operator",
+            f"--own-namespace={RELEASE}",
+            f"--peering={PEERING}",
+            *flags,
+            env={
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig(workdir / f"{name}.kubeconfig", url, token)),
+                "SIDEGATE_POD_NAME": name,
+            },
+            stderr=log,
+        )
+
+
+def writers(k8s: Emulator) -> list[str]:
+    """The tokens that wrote anything but the peering object (the keep-alives every replica
+    writes), in order of their first write."""
+    found = [token for token, (plural, _, _) in k8s.writers if plural != "clusterkopfpeerings"]
+    return list(dict.fromkeys(found))
 
 
 def kubeconfig(path: Path, server: str, token: str) -> Path:
@@ -440,6 +524,12 @@ async def eventually(check: Any, seconds: float = 5.0) -> Any:
 def operator_requests(k8s: Emulator) -> list[tuple[str | None, str | None, str]]:
     """What the operator asked the API server: (resource plural, namespace, action)."""
     return list(k8s.operator_calls)
+
+
+async def get_as_admin(url: str, path: str) -> dict[str, Any] | None:
+    """An object, read as the test (a cluster admin), by the emulator's URL alone."""
+    async with aiohttp.ClientSession() as session, session.get(url + path) as answer:
+        return await answer.json() if answer.status == 200 else None
 
 
 async def get(k8s: Emulator, path: str) -> dict[str, Any] | None:

@@ -123,12 +123,16 @@ def test_lint_strict_is_clean(helm: Helm) -> None:
 def test_every_rendered_manifest_passes_kubernetes_validate(
     render: Render, sets: tuple[str, ...]
 ) -> None:
-    """cert-manager's kinds are not Kubernetes' own: checked for their shape here instead."""
+    """cert-manager's and kopf's kinds are not Kubernetes' own: checked for their shape here
+    instead (kopf's peering object against the CRD the chart installs)."""
     docs = render(*sets)
     assert docs
     for doc in docs:
         if doc["apiVersion"] == "cert-manager.io/v1":
             assert doc["kind"] in ("Certificate", "Issuer") and doc["spec"]
+            continue
+        if doc["apiVersion"] == "kopf.dev/v1":
+            assert doc["kind"] == "ClusterKopfPeering" and "namespace" not in doc["metadata"]
             continue
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     if "certManager.enabled=true" in sets:
@@ -153,15 +157,20 @@ def test_the_chart_installs_the_crd_from_the_one_source(helm: Helm) -> None:
     assert link.is_symlink() and link.resolve() == (ROOT / "crds" / "rbacpolicy.yaml").resolve()
     result = helm("show", "crds", str(CHART))
     assert result.returncode == 0
-    assert yaml.safe_load(result.stdout) == yaml.safe_load(link.read_text())
+    shown = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert yaml.safe_load(link.read_text()) in shown
 
 
 def test_operator_args_are_flags_the_cli_accepts(render: Render) -> None:
     for sets in ((), ("webhook.enabled=false", "operator.watchNamespaces={a}")):
-        (container,) = pod_of(render(*sets), "Deployment", "sidegate-operator")["containers"]
+        docs = render(*sets)
+        (container,) = pod_of(docs, "Deployment", "sidegate-operator")["containers"]
         parsed = cli.build_parser().parse_args(container["args"])
-        assert parsed.command == "operator"
+        assert parsed.command == "operator" and not parsed.webhook_port  # no webhook here
         if not sets:
+            (container,) = pod_of(docs, "Deployment", "sidegate-webhook")["containers"]
+            parsed = cli.build_parser().parse_args(container["args"])
+            assert parsed.webhook_only and parsed.peering is None
             assert parsed.webhook_port == 8443 and parsed.sidecar_mode == "native"
             assert parsed.credential_source_label == ("sidegate.io/credentials", "source")
             assert parsed.sidecar_resources == {
@@ -178,13 +187,13 @@ def test_broker_and_cleanup_args_are_flags_the_cli_accepts(render: Render) -> No
     parsed = cli.build_parser().parse_args(broker["args"])
     assert parsed.command == "broker" and parsed.audience == "sidegate"
     assert parsed.listen_port == 8443 and parsed.probe_port == 8080
-    (operator,) = pod_of(docs, "Deployment", "sidegate-operator")["containers"]
+    (operator,) = pod_of(docs, "Deployment", "sidegate-webhook")["containers"]
     # The broker accepts exactly the image the webhook injects.
     assert f"--sidecar-image={parsed.sidecar_image}" in operator["args"]
     # ...and exactly the config it injects: the same ConfigMap and the same CA, mounted.
     assert f"--sidecar-config={parsed.sidecar_config}" in operator["args"]
     broker_pod, operator_pod = (
-        pod_of(docs, "Deployment", name) for name in ("sidegate-broker", "sidegate-operator")
+        pod_of(docs, "Deployment", name) for name in ("sidegate-broker", "sidegate-webhook")
     )
 
     def source(pod: dict[str, Any], container: dict[str, Any], path: str) -> Any:
@@ -235,6 +244,7 @@ def test_the_default_sidecar_config_is_valid_and_uses_the_broker(render: Render)
     ("kind", "name"),
     [
         ("Deployment", "sidegate-operator"),
+        ("Deployment", "sidegate-webhook"),
         ("Deployment", "sidegate-broker"),
         ("Job", "sidegate-cleanup"),
     ],
@@ -310,8 +320,8 @@ def test_the_broker_is_replicated_spread_and_disruption_safe(render: Render) -> 
     assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selected
     service = one(docs, "Service", "sidegate-broker")
     assert service["spec"]["selector"] == selected
-    # The operator pod gets the broker's CA, never its private key.
-    volumes = {v["name"]: v for v in pod_of(docs, "Deployment", "sidegate-operator")["volumes"]}
+    # The webhook pods get the broker's CA, never its private key.
+    volumes = {v["name"]: v for v in pod_of(docs, "Deployment", "sidegate-webhook")["volumes"]}
     assert volumes["broker-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
 
 
@@ -383,8 +393,8 @@ def test_rbac_is_least_privilege_and_secrets_stay_in_the_release_namespace(
 
 
 def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) -> None:
-    docs = render()
-    ca = one(docs, "Secret", "sidegate-webhook-tls")["data"]["ca.crt"]
+    ca = "Q0EgUEVN"  # the installer's own CA (the default, the operator's, is in test_chart_ha)
+    docs = render("webhook.certificate.existingSecret=mine", f"webhook.certificate.caBundle={ca}")
     paths = {"MutatingWebhookConfiguration": "/inject", "ValidatingWebhookConfiguration": "/guard"}
     for kind, path in paths.items():
         (hook,) = one(docs, kind)["webhooks"]
@@ -411,7 +421,7 @@ def test_the_webhooks_are_tls_and_left_out_of_system_namespaces(render: Render) 
         ("pods/ephemeralcontainers", ("UPDATE",)),
         ("pods/exec", ("CONNECT",)),
     }
-    for name in ("sidegate-operator", "sidegate-broker"):
+    for name in ("sidegate-operator", "sidegate-webhook", "sidegate-broker"):
         policy = one(docs, "NetworkPolicy", name)
         assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     # The broker's API is for injected pods (tests/security/test_chart_network.py).
@@ -579,12 +589,13 @@ def test_an_image_digest_pins_every_pod_and_the_sidecar(render: Render) -> None:
     docs = render(f"image.digest={DIGEST}")
     for kind, name in (
         ("Deployment", "sidegate-operator"),
+        ("Deployment", "sidegate-webhook"),
         ("Deployment", "sidegate-broker"),
         ("Job", "sidegate-cleanup"),
     ):
         (container,) = pod_of(docs, kind, name)["containers"]
         assert container["image"] == f"sidegate@{DIGEST}"
-        if name != "sidegate-cleanup":
+        if name in ("sidegate-webhook", "sidegate-broker"):
             assert f"--sidecar-image=sidegate@{DIGEST}" in container["args"]
 
 

@@ -184,3 +184,23 @@ that egress on the API server's ports may go anywhere.
     {{- end }}
   {{- end }}
 {{- end }}
+
+{{/* The ClusterKopfPeering the operator replicas elect their leader in (cluster-scoped). */}}
+{{- define "sidegate.peeringName" -}}
+{{- printf "%s-%s" (include "sidegate.fullname" .) .Release.Namespace | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The webhook Deployment's pods (the webhook Service selects them). */}}
+{{- define "sidegate.webhookSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end -}}
+
+{{/* "true" when the operator keeps the webhook's CA and serving certificate (neither
+cert-manager nor an existing Secret provides them). */}}
+{{- define "sidegate.operatorKeepsWebhookTLS" -}}
+{{- if and .Values.webhook.enabled (not .Values.certManager.enabled) (not .Values.webhook.certificate.existingSecret) -}}
+true
+{{- end -}}
+{{- end -}}

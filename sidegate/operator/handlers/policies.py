@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from sidegate.operator import leadership
 from sidegate.operator.handlers import compiling, release, upkeep
 from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import RESOURCE, OperatorState
@@ -53,11 +54,17 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             if state.client is not None:
                 await state.client.close()
             state.client = ApiClient(info)
-            release.start(state)  # the Secrets of the release namespace: sources, keys, bundles
+            # The Secrets of the release namespace (sources, keys, bundles): watched by the
+            # leader only, or always when standalone.
+            if state.peering is None:
+                release.start(state)
+            else:
+                leadership.start(state, state.peering)
         return info
 
     @kopf.on.cleanup(registry=registry, id="close")
     async def close(**_: Any) -> None:
+        await leadership.stop(state)
         await release.stop(state)
         if state.client is not None:
             await state.client.close()

@@ -24,7 +24,7 @@ import aiohttp
 import kopf
 
 from sidegate.operator import bundles, fanout, signing_keys
-from sidegate.operator.handlers import credentials, publishing
+from sidegate.operator.handlers import credentials, publishing, webhook_certificates
 from sidegate.operator.kube import SECRETS, WatchExpired
 from sidegate.operator.state import OperatorState
 from sidegate.policy import signing
@@ -42,6 +42,9 @@ async def follow(state: OperatorState) -> None:
     while True:
         try:
             items, version = await client.list(path)
+            # The signing keys exist (made on the first start) and their public halves are
+            # published before anything else: the webhook injects them.
+            await publishing.keys(state)
             await synchronise(state, items)
             delay = _RETRY_SECONDS[0]
             while True:  # the server ends each watch after a while: resume where it stopped
@@ -109,23 +112,32 @@ def _is_source(state: OperatorState, obj: dict[str, Any]) -> bool:
 
 
 def start(state: OperatorState) -> None:
-    """Run ``follow`` in the background once per process (kopf may log in again)."""
-    if state.release_watch is not None and not state.release_watch.done():
-        return
-    task = asyncio.get_running_loop().create_task(follow(state), name="sidegate-release-watch")
-    task.add_done_callback(_report)
-    state.release_watch = task
+    """Run ``follow`` in the background once per process (kopf may log in again), and the
+    webhook certificates' upkeep beside it when the operator keeps them: what the leader
+    does besides kopf's handlers."""
+    loop = asyncio.get_running_loop()
+    if state.release_watch is None or state.release_watch.done():
+        task = loop.create_task(follow(state), name="sidegate-release-watch")
+        task.add_done_callback(_report)
+        state.release_watch = task
+    wanted = state.webhook_certificates
+    if wanted is not None and (state.certificates_task is None or state.certificates_task.done()):
+        kept = loop.create_task(
+            webhook_certificates.keep(state, wanted), name="sidegate-webhook-certificates"
+        )
+        kept.add_done_callback(_report)
+        state.certificates_task = kept
 
 
 async def stop(state: OperatorState) -> None:
-    task, state.release_watch = state.release_watch, None
-    if task is None:
-        return
-    task.cancel()
-    # Whatever it ended with was logged by _report; shutting down must not fail on it.
-    await asyncio.gather(task, return_exceptions=True)
+    tasks = [t for t in (state.release_watch, state.certificates_task) if t is not None]
+    state.release_watch = state.certificates_task = None
+    for task in tasks:
+        task.cancel()
+    # Whatever they ended with was logged by _report; shutting down must not fail on it.
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _report(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        logger.error("release namespace watch stopped", exc_info=task.exception())
+        logger.error("%s stopped", task.get_name(), exc_info=task.exception())

@@ -26,8 +26,8 @@ from typing import Any
 
 import kopf
 
-from sidegate.operator import injection, objects
-from sidegate.operator.handlers import publishing
+from sidegate.operator import injection, objects, signing_keys
+from sidegate.operator.kube import CONFIG_MAPS, ApiClient
 from sidegate.operator.state import OperatorState
 
 HANDLER_ID = "inject"  # the URL path: https://<service>/inject
@@ -35,11 +35,19 @@ GUARD_ID = "guard"  # https://<service>/guard
 
 
 async def current_spec(state: OperatorState, spec: injection.SidecarSpec) -> injection.SidecarSpec:
-    """The spec with what changes while the operator runs: the trusted keys (rotation) and
-    the broker's CA (read each time: cert-manager may renew it)."""
-    keys = await publishing.keys(state)
+    """The spec with what changes while the operator runs: the trusted keys (rotation: read
+    from the public ConfigMap the leading operator publishes, so every webhook replica, led
+    or not, injects the same keys and none needs the private ones) and the broker's CA
+    (read each time: cert-manager may renew it)."""
+    found = await state.api().get(state.namespace, signing_keys.PUBLIC, CONFIG_MAPS)
+    try:
+        trusted = signing_keys.published(found)
+    except ValueError as exc:
+        raise kopf.AdmissionError(
+            f"sidegate: no signing keys published yet ({exc}); try again shortly", code=503
+        ) from None
     ca = _read(state.broker_ca_file) if state.broker_ca_file is not None else None
-    return dataclasses.replace(spec, trusted_keys=keys.public, broker_ca_pem=ca)
+    return dataclasses.replace(spec, trusted_keys=trusted, broker_ca_pem=ca)
 
 
 def _read(path: Path) -> str:
@@ -49,6 +57,27 @@ def _read(path: Path) -> str:
         raise kopf.AdmissionError(
             f"sidegate: the broker's CA is not readable ({exc.strerror})", code=500
         ) from None
+
+
+def register_client(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
+    """The API client of a webhook-only process (``--webhook-only``): made at login, closed
+    at exit. It reads the published signing keys, nothing else (no watch, no writes)."""
+
+    @kopf.on.login(registry=registry, id="login")
+    async def login(
+        **kwargs: Any,
+    ) -> kopf.ConnectionInfo | None:  # async: the client needs the loop
+        info = state.login(**kwargs)
+        if info is not None:
+            if state.client is not None:
+                await state.client.close()
+            state.client = ApiClient(info)
+        return info
+
+    @kopf.on.cleanup(registry=registry, id="close")
+    async def close(**_: Any) -> None:
+        if state.client is not None:
+            await state.client.close()
 
 
 def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
