@@ -272,6 +272,7 @@ def test_user_ids_left_to_the_platform_are_set_nowhere(render: Render) -> None:
         docs = render(*sets)
         for kind, name in (
             ("Deployment", "sidegate-operator"),
+            ("Deployment", "sidegate-webhook"),
             ("Deployment", "sidegate-broker"),
             ("Job", "sidegate-cleanup"),
         ):
@@ -280,12 +281,13 @@ def test_user_ids_left_to_the_platform_are_set_nowhere(render: Render) -> None:
             assert all(c["runAsNonRoot"] is True for c in contexts)
             named = [ids & set(c) for c in contexts]
             assert all(named) if not sets else not any(named)
-        (operator,) = pod_of(docs, "Deployment", "sidegate-operator")["containers"]
-        parsed = cli.build_parser().parse_args(operator["args"])
+        # The injecting process is the webhook Deployment's.
+        (webhook,) = pod_of(docs, "Deployment", "sidegate-webhook")["containers"]
+        parsed = cli.build_parser().parse_args(webhook["args"])
         assert parsed.sidecar_user == ("platform" if sets else "fixed")
 
 
-def test_the_override_bounds_reach_the_operator(render: Render, helm: Helm) -> None:
+def test_the_override_bounds_reach_the_webhook(render: Render, helm: Helm) -> None:
     """sidecarOverrides: the maximums and levels a pod's sidegate.io/sidecar-* annotations may
     ask for; "" refuses that override; the schema refuses what is not a quantity."""
     sets = ("sidecarOverrides.maxCpu=", "sidecarOverrides.logLevels={INFO,ERROR}")
@@ -293,8 +295,8 @@ def test_the_override_bounds_reach_the_operator(render: Render, helm: Helm) -> N
         ((), "1", "DEBUG,INFO,WARNING,ERROR"),
         (sets, "", "INFO,ERROR"),
     ):
-        (operator,) = pod_of(render(*values), "Deployment", "sidegate-operator")["containers"]
-        parsed = cli.build_parser().parse_args(operator["args"])
+        (webhook,) = pod_of(render(*values), "Deployment", "sidegate-webhook")["containers"]
+        parsed = cli.build_parser().parse_args(webhook["args"])
         assert (parsed.sidecar_max_cpu, parsed.sidecar_max_memory) == (cpu, "1Gi")
         assert parsed.sidecar_log_levels == levels
     for bad in ("sidecarOverrides.maxMemory=lots", "sidecarOverrides.logLevels={TRACE}"):

@@ -45,6 +45,8 @@ def test_every_rendered_object_is_valid(render: Render) -> None:
             continue
         if doc["apiVersion"] == "cert-manager.io/v1":
             continue
+        if doc["apiVersion"] == "kopf.dev/v1":  # checked against its CRD in test_chart.py
+            continue
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
 
 

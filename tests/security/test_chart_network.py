@@ -116,13 +116,22 @@ def test_the_brokers_api_is_reachable_from_injected_pods_only(
     assert probe == {"ports": [{"port": "probe", "protocol": "TCP"}]}
 
 
-def test_the_operator_takes_only_its_webhook_and_health_ports(render: Render) -> None:
-    (rule,) = one(render(), "NetworkPolicy", "sidegate-operator")["spec"]["ingress"]
+def test_the_operator_takes_only_its_health_port_and_the_webhook_its_own(render: Render) -> None:
+    """The webhooks have pods of their own: the operator's take the kubelet's probes only."""
+    for values in ((), ("webhook.enabled=false",)):
+        (rule,) = one(render(*values), "NetworkPolicy", "sidegate-operator")["spec"]["ingress"]
+        assert rule == {"ports": [{"port": "health", "protocol": "TCP"}]}
+    webhook = one(render(), "NetworkPolicy", "sidegate-webhook")["spec"]
+    (rule,) = webhook["ingress"]
     assert rule == {
         "ports": [{"port": "health", "protocol": "TCP"}, {"port": "webhook", "protocol": "TCP"}]
     }
-    (rule,) = one(render("webhook.enabled=false"), "NetworkPolicy", "sidegate-operator")["spec"][
-        "ingress"
-    ]
-    assert rule == {"ports": [{"port": "health", "protocol": "TCP"}]}
+    # The same least-privilege egress as every Sidegate pod: DNS pods, the API server's CIDRs.
+    assert (
+        webhook["egress"] == one(render(), "NetworkPolicy", "sidegate-operator")["spec"]["egress"]
+    )
+    assert not any(
+        d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "sidegate-webhook"
+        for d in render("webhook.enabled=false")
+    )
     assert one(render(), "NetworkPolicy", "sidegate-cleanup")["spec"]["ingress"] == []
