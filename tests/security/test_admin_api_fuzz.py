@@ -25,7 +25,7 @@ from tests.conftest import base_config, fake_key
 from tests.helpers.http import call
 from tests.security.pentest.watched_sidecar import WatchedSidecar, assert_clean, start
 
-EXAMPLES = 20  # per operation and mode: 12 runs, about 240 calls
+EXAMPLES = 15  # per operation and mode: 12 runs, about 180 calls
 
 
 @pytest.fixture(scope="module")

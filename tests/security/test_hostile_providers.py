@@ -252,7 +252,8 @@ def test_hostile_provider(rig: Rig, case: Case) -> None:
     assert (len(listener.seen) > received) is hostile.reaches_provider
     assert not rig.elsewhere.seen, "a redirect was followed"
     if hostile.peak_rss_mib is not None:
-        assert peak_rss_mib(rig.sidecar.process.process.pid) < hostile.peak_rss_mib
+        peak = peak_rss_mib(rig.sidecar.process.process.pid)
+        assert peak < hostile.peak_rss_mib, peak
     # The answer may carry the provider's own text (even its traceback, HP-ECHO-04), never a
     # key, and never the sidecar's own internal error; its log holds neither a key nor a
     # traceback.

@@ -27,6 +27,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -523,11 +524,14 @@ def test_a_model_name_cannot_steer_the_provider_url(rig: Rig, deployment: str) -
     before = len(rig.connections)
     status, _, answer = call(rig.sidecar.origin, CHAT, chat_body(model=deployment))
     assert status in (200, 400), answer
+    if status == 200:
+        assert len(rig.connections) == before + 1  # control: it did reach the provider
     for connection in rig.connections[before:]:
-        assert connection.raw_path.startswith(PROVIDER_PATHS), connection.raw_path
+        assert connection.raw_path.startswith("/openai/deployments/"), connection.raw_path
         segment = connection.raw_path.removeprefix("/openai/deployments/").split("/")[0]
-        assert segment not in (".", "..") and "?" not in segment.split("?")[0]
+        assert urllib.parse.unquote(segment) == deployment  # the whole name, one segment
         assert connection.raw_path.endswith("/chat/completions?api-version=2024-10-21")
+        assert connection.raw_path.count("?") == 1 and "#" not in connection.raw_path
 
 
 CONTROL_TEXT = (
@@ -570,6 +574,14 @@ def test_every_provider_connection_was_tls_1_2_or_later(rig: Rig) -> None:
     assert len(rig.connections) > 20  # control: the battery above did reach providers
     versions = {connection.tls_version for connection in rig.connections}
     assert versions <= {"TLSv1.2", "TLSv1.3"}, versions
+
+
+def test_providers_were_only_ever_asked_for_their_api_paths(rig: Rig) -> None:
+    """Over everything this module sent, traversals and injections included."""
+    assert rig.connections  # control
+    for connection in rig.connections:
+        assert connection.raw_path.startswith(PROVIDER_PATHS), connection.raw_path
+        assert "/../" not in connection.raw_path and "%2e%2e" not in connection.raw_path.lower()
 
 
 def test_metrics_and_audit_spool_hold_no_key(rig: Rig) -> None:

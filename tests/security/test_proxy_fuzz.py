@@ -241,7 +241,8 @@ def test_no_5xx_of_its_own_and_no_traceback(rig: Rig, endpoint: str) -> None:
 
     requests()
     assert statuses[0] == good_status, statuses[:1]  # control: the explicit example ran first
-    assert len(set(statuses)) > 1, statuses  # and the fuzz went elsewhere
+    if endpoint != "/v1/models":  # a GET with no body: mostly the same answer, rightly
+        assert len(set(statuses)) > 1, statuses  # the fuzz went beyond the control
     assert_clean(rig.sidecar.log_since(mark), rig.keys)
 
 
