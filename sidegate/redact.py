@@ -66,13 +66,17 @@ class Secret:
         return bool(self._value)
 
 
-_STARTS_LIKE_A_KEY = re.compile("|".join(f"(?:{shape})" for shape in _KEY_SHAPES))
+# A key shape that starts a word: at the beginning, or after anything but a letter or digit.
+_KEY_AT_A_WORD_START = re.compile("|".join(f"(?<![A-Za-z0-9])(?:{shape})" for shape in _KEY_SHAPES))
 
 
 def looks_like_key(value: str) -> bool:
-    """Whether ``value`` begins with a key shape: a client identifier (a request id, a
-    tenant) that is a pasted credential. Anchored, so "desk-team" is not "sk-team"."""
-    return _STARTS_LIKE_A_KEY.match(value) is not None
+    """Whether a key shape starts a word of ``value``: a client identifier (a request id, a
+    tenant) carrying a pasted credential, "sk-..." or "req-sk-..." alike. Not inside a word:
+    "desk-team", "task-4242" and "risk-management" are names, and the scrubbing pattern
+    (which masks "sk-" anywhere, as providers echo keys glued to other text) would refuse
+    them."""
+    return _KEY_AT_A_WORD_START.search(value) is not None
 
 
 class Redactor:
@@ -95,6 +99,12 @@ class Redactor:
             while len(self._values) > _MAX_REMEMBERED:
                 self._values.popitem(last=False)
             self._pattern = self._compile()
+
+    def holds_secret(self, text: str) -> bool:
+        """Whether ``text`` contains a remembered secret whole (a key the sidecar holds,
+        pasted by a client into an identifier)."""
+        with self._lock:
+            return any(value in text for value in self._values)
 
     def _compile(self) -> re.Pattern[str]:
         literals: set[str] = set()

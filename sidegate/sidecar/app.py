@@ -354,26 +354,21 @@ class Pipeline:
 
     def identify(self, request: web.Request) -> rules.Caller:
         tenant = request.headers.get(self._tenant_header)
-        if tenant is not None and redact.looks_like_key(tenant):
-            # The tenant is audited and a metric label: a key-shaped claim is a pasted
-            # credential, refused without quoting it.
+        if tenant is None:
+            return rules.Caller(self._namespace, self._service_account, None)
+        if redact.looks_like_key(tenant) or self.redactor.holds_secret(tenant):
+            # The tenant goes into audit events, limiter keys, decisions and metrics as it
+            # is: a credential pasted there would be kept in all of them. Refused without
+            # quoting it.
             raise errors.InvalidRequest(
                 f"{self._tenant_header} looks like a credential; send a tenant name",
                 param=self._tenant_header,
                 code="invalid_tenant",
             )
-        if tenant is not None and not models.is_valid_tenant(tenant):
+        if not models.is_valid_tenant(tenant):
             raise errors.InvalidRequest(
                 f"{self._tenant_header} must be 1-63 characters of letters, digits, '.', '_' "
                 "and '-', starting with a letter or digit",
-                param=self._tenant_header,
-                code="invalid_tenant",
-            )
-        if tenant is not None and self.redactor.scrub(tenant) != tenant:
-            # The tenant goes into audit events, limiter keys and decisions as it is: a
-            # credential pasted there would be kept in all of them.
-            raise errors.InvalidRequest(
-                f"{self._tenant_header} looks like a credential; it is not accepted as a tenant",
                 param=self._tenant_header,
                 code="invalid_tenant",
             )
@@ -523,12 +518,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     incoming = request.headers.get("x-request-id", "")
     pipeline = request.app[PIPELINE]
     # A client's id is kept (it ties the app's logs to ours) unless it could be a credential:
-    # it is echoed, logged and audited, and nothing key-shaped (by pattern, or a secret the
-    # sidecar holds) may be.
+    # it is echoed, logged and audited, and nothing key-shaped (a key shape starting a word,
+    # or a secret the sidecar holds) may be. "task-4242" is kept: "sk-" inside a word is not.
     usable = (
         _REQUEST_ID.match(incoming)
         and not redact.looks_like_key(incoming)
-        and pipeline.redactor.scrub(incoming) == incoming
+        and not pipeline.redactor.holds_secret(incoming)
     )
     request_id = incoming if usable else pipeline.new_request_id()
     route = request.match_info.route.name or "other"

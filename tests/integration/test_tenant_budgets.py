@@ -104,6 +104,16 @@ def test_ten_random_tenants_get_exactly_the_service_accounts_budget(
         assert statuses == [200] * 3 + [429] * 7
         # The sub-budget cannot be escaped by a lookalike either: all are out of the aggregate.
         assert [claim(process.origin, f"free-tierX{i}") for i in (1, 2, 3)] == [429] * 3
+        # "sk-" inside a word is a name (limited like any other); a pasted key is refused.
+        assert claim(process.origin, "risk-management") == 429
+        assert claim(process.origin, "sk-" + secrets.token_hex(12)) == 400
+        assert claim(process.origin, "team-sk-" + secrets.token_hex(12)) == 400
+        # The same rule keeps a client's request id, or replaces it.
+        _, headers, _ = call(process.origin, CHAT, chat_body(), {"x-request-id": "task-4242"})
+        assert headers["x-request-id"] == "task-4242"
+        pasted = "req-sk-" + secrets.token_hex(12)
+        _, headers, _ = call(process.origin, CHAT, chat_body(), {"x-request-id": pasted})
+        assert headers["x-request-id"] != pasted
     finally:
         process.stop()
 

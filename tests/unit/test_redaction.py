@@ -265,11 +265,24 @@ def test_stack_info_is_kept_and_scrubbed() -> None:
     assert f'call(key="{redact.MASK}")' in output and "Stack (most recent call last)" in output
 
 
-def test_looks_like_key_is_anchored_at_the_start() -> None:
-    # A request id or tenant that *is* a pasted key is caught; one that merely contains
-    # "sk-" inside a word ("desk-team", "task-42") is not.
-    assert redact.looks_like_key("sk-" + "a" * 20)
+def test_looks_like_key_finds_a_key_that_starts_a_word() -> None:
+    # A request id or tenant that is, or carries, a pasted key is caught; one that merely
+    # contains "sk-" inside a word ("desk-team", "task-42", "risk-management") is not.
+    key = "sk-" + "a" * 20
+    assert redact.looks_like_key(key)
     assert redact.looks_like_key("AKIA" + "A" * 16)
+    assert redact.looks_like_key("req-" + key) and redact.looks_like_key("x." + key)
+    assert redact.looks_like_key("Bearer abc")
     assert not redact.looks_like_key("desk-team")
     assert not redact.looks_like_key("task-4242")
+    assert not redact.looks_like_key("risk-management") and not redact.looks_like_key("ask-acme")
     assert not redact.looks_like_key("acme")
+
+
+def test_the_redactor_knows_which_secrets_it_holds() -> None:
+    redactor = redact.Redactor()
+    value = "k" + secrets.token_hex(12)  # key-shaped by no pattern
+    assert not redactor.holds_secret("team-" + value)
+    redactor.remember([redact.Secret(value)])
+    assert redactor.holds_secret(value) and redactor.holds_secret("team-" + value + "-x")
+    assert not redactor.holds_secret(value[:-1]) and not redactor.holds_secret("team")
