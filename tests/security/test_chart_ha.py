@@ -12,11 +12,13 @@ import pytest
 import yaml
 
 from sidegate import cli
-from tests.helpers import binaries
+from tests.helpers import authorizing, binaries
 
 ROOT = Path(__file__).parents[2]
 CHART = ROOT / "charts" / "sidegate"
 BROKER_CERTIFICATE = ("Secret", "sidegate-broker-tls")
+# The NetworkPolicies need the API server's address to render (test_chart.API_SERVER).
+API_SERVER = ("--set", authorizing.API_SERVER)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +26,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     home = tmp_path_factory.mktemp("helm-home")
     helm = binaries.extract("helm", home)
     result = subprocess.run(
-        [str(helm), "template", "sidegate", str(CHART), "-n", "sidegate-system"],
+        [str(helm), "template", "sidegate", str(CHART), "-n", "sidegate-system", *API_SERVER],
         capture_output=True,
         text=True,
         env={"HOME": str(home), "PATH": os.environ.get("PATH", "")},
@@ -117,7 +119,7 @@ def test_the_webhooks_have_replicas_of_their_own(rendered: list[dict[str, Any]])
 
 def render(home: Path, *sets: str) -> str:
     helm = binaries.extract("helm", home)
-    flags = [flag for value in sets for flag in ("--set", value)]
+    flags = [*API_SERVER, *(flag for value in sets for flag in ("--set", value))]
     result = subprocess.run(
         [str(helm), "template", "sidegate", str(CHART), "-n", "sidegate-system", *flags],
         capture_output=True,
