@@ -445,24 +445,24 @@ async def read_body(
         budget.charge(charges, length * copies)
     chunks: list[bytes] = []
     size = 0
-    while True:
-        try:
-            async with asyncio.timeout(idle_timeout):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            raise errors.RequestTimeout(
-                f"the request body stopped arriving for {idle_timeout:g} s"
-            ) from None
-        except ConnectionResetError:  # aiohttp's "Connection lost": the client hung up
-            raise errors.ClientClosedRequest("the client closed the connection") from None
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        if length is None:
-            budget.charge(charges, len(chunk) * copies)
-        chunks.append(chunk)
+    loop = asyncio.get_running_loop()
+    try:
+        # One deadline for the whole read, pushed back by each chunk that arrives.
+        async with asyncio.timeout(idle_timeout) as pause:
+            async for chunk in request.content.iter_any():
+                pause.reschedule(loop.time() + idle_timeout)
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                if length is None:
+                    budget.charge(charges, len(chunk) * copies)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise errors.RequestTimeout(
+            f"the request body stopped arriving for {idle_timeout:g} s"
+        ) from None
+    except ConnectionResetError:  # aiohttp's "Connection lost": the client hung up
+        raise errors.ClientClosedRequest("the client closed the connection") from None
     data = b"".join(chunks)
     if not data:
         raise errors.InvalidRequest("request body is empty")
