@@ -39,6 +39,8 @@ class Options:
     probe_port: int = 8080
     audience: str = "sidegate"
     max_wait: float = 30.0
+    # The operator's --sidecar-user: fixed, the sidecar runs as 65532; platform, any non-root.
+    fixed_user: bool = True
     # A connection with no request in progress (none yet, or headers never finished) is
     # closed after this: both ports face other pods, and aiohttp's own limit is an hour.
     idle_timeout: float = 75.0
@@ -144,6 +146,7 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
         metrics,
         sidecar_config=options.sidecar_config,
         ca_file=options.ca_file,
+        fixed_user=options.fixed_user,
     )
     context = tls_context(options.certfile, options.keyfile)
     tasks = [
