@@ -276,6 +276,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         probe_port=args.probe_port,
         audience=args.audience,
         max_wait=args.max_wait,
+        fixed_user=args.sidecar_user == "fixed",
     )
     try:
         return _run(running.serve(options, login))
@@ -495,6 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ca-file",
         help="the broker's CA certificate (PEM), as the operator injects it (its "
         "--broker-ca-file): a pod's broker.ca_pem must be this",
+    )
+    broker.add_argument(
+        "--sidecar-user",
+        choices=["fixed", "platform"],
+        default="fixed",
+        help="as the operator's: fixed, a sidecar must run as uid and gid 65532; platform, "
+        "as any non-root ids the platform assigned",
     )
     broker.add_argument(
         "--max-wait", type=float, default=30.0, help="longest long-poll, seconds (30)"

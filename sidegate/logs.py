@@ -68,6 +68,14 @@ def make_handler(
     return handler
 
 
+# Libraries that log credentials at DEBUG: botocore logs every request's headers (the AWS
+# session token in X-Amz-Security-Token) and response bodies (an STS answer's secret key),
+# none of which the redactor knows (they come from AWS's standard chain). They stay at INFO
+# whatever the level: a pod's author may ask for DEBUG (sidegate.io/sidecar-log-level) and
+# read the sidecar's log.
+QUIET_AT_DEBUG = ("botocore", "aiobotocore", "boto3", "s3transfer", "urllib3")
+
+
 def configure(redactor: redact.Redactor, level: str = "INFO", fmt: LogFormat = "json") -> None:
     """Route every logger through one redacting handler on stderr."""
     root = logging.getLogger()
@@ -75,3 +83,5 @@ def configure(redactor: redact.Redactor, level: str = "INFO", fmt: LogFormat = "
         root.removeHandler(old)
     root.addHandler(make_handler(redactor, fmt))
     root.setLevel(level)
+    for name in QUIET_AT_DEBUG:
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))

@@ -14,7 +14,9 @@ the token can have reached nothing but an injected sidecar:
   arguments, exactly the four injected variables (the downward-API ones exactly), exactly
   the token and spool mounts, the injected exec probes, exactly the injected ports (the
   metrics listener's, when the chart's config has one; never a ``hostPort``), a security
-  context at least as strict as the injected one;
+  context at least as strict as the injected one, with the injected user and group 65532
+  (``userIds: fixed``, the chart's default) or, when the platform assigns them
+  (``userIds: platform``), any but root's;
 * its config is the operator's: the chart's sidecar config (the file the operator injects,
   ``--sidecar-config``) with the broker's own CA as ``broker.ca_pem`` and a subset of the
   published bundle keys, at least one (a sidecar trusting another key would accept bundles
@@ -111,6 +113,7 @@ _SECURITY_FIELDS = frozenset(
         "seccompProfile",
     }
 )
+UID = 65532  # the image's non-root user (Dockerfile), which the injector sets in fixed mode
 _TERMINATED = frozenset({"Succeeded", "Failed"})
 _LOG_LEVELS = frozenset({"DEBUG", "INFO", "WARNING", "ERROR"})  # the sidecar's logging.level
 
@@ -125,6 +128,9 @@ class Expectations:
     # The chart's sidecar config, as the operator reads it before completing it (parsed).
     config: Mapping[str, Any]
     ca_pem: str | None = None  # the broker's CA bundle, which the operator injects
+    # userIds fixed: the injector set runAsUser/runAsGroup UID, so nothing else is its
+    # sidecar; platform: the platform assigned them (OpenShift's SCC), any non-root id.
+    fixed_user: bool = True
 
 
 class Refused(Exception):
@@ -258,9 +264,12 @@ def _probe_port(script: Any) -> str:
     return digits if digits.isdigit() else ""
 
 
-def _security_refusal(context: Any) -> str | None:
+def _security_refusal(context: Any, fixed_user: bool) -> str | None:
     if not isinstance(context, Mapping) or not set(context) <= _SECURITY_FIELDS:
         return "the sidecar's securityContext is not the injected one"
+    ids = (context.get("runAsUser"), context.get("runAsGroup"))
+    if (fixed_user and ids != (UID, UID)) or 0 in ids:
+        return "the sidecar does not run as the injected user and group"
     capabilities = context.get("capabilities")
     if (
         context.get("runAsNonRoot") is not True
@@ -307,7 +316,7 @@ def _sidecar_refusal(sidecar: Mapping[str, Any], expected: Expectations) -> str 
             return f"the sidecar's {probe} is not the injected one"
     return (
         _env_refusal(sidecar.get("env"))
-        or _security_refusal(sidecar.get("securityContext"))
+        or _security_refusal(sidecar.get("securityContext"), expected.fixed_user)
         or _mounts_refusal(sidecar.get("volumeMounts"))
         or _config_refusal(_config(sidecar), expected)
     )

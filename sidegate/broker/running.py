@@ -39,6 +39,11 @@ class Options:
     probe_port: int = 8080
     audience: str = "sidegate"
     max_wait: float = 30.0
+    # The operator's --sidecar-user: fixed, the sidecar runs as 65532; platform, any non-root.
+    fixed_user: bool = True
+    # A connection with no request in progress (none yet, or headers never finished) is
+    # closed after this: both ports face other pods, and aiohttp's own limit is an hour.
+    idle_timeout: float = 75.0
     # The sidecars reach the broker through its Service, so it listens on all interfaces;
     # TLS, TokenReview and the NetworkPolicy guard it.
     host: str = "0.0.0.0"  # noqa: S104  # nosec B104
@@ -92,9 +97,18 @@ async def reload_certificate(
 
 
 async def _site(
-    app: web.Application, host: str, port: int, context: ssl.SSLContext | None
+    app: web.Application,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    idle_timeout: float,
 ) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    # aiohttp's keep-alive timer runs from the connection's start and after each response,
+    # not while a request is handled: it closes silent connections and unfinished headers,
+    # never a long-poll in progress.
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=idle_timeout
+    )
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, ssl_context=context, reuse_address=True).start()
@@ -132,6 +146,7 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
         metrics,
         sidecar_config=options.sidecar_config,
         ca_file=options.ca_file,
+        fixed_user=options.fixed_user,
     )
     context = tls_context(options.certfile, options.keyfile)
     tasks = [
@@ -150,10 +165,22 @@ async def started(options: Options, login: kube.Login) -> AsyncIterator[Running]
     runners: list[web.AppRunner] = []
     try:
         runners.append(
-            await _site(server.create_probe_app(broker), options.host, options.probe_port, None)
+            await _site(
+                server.create_probe_app(broker),
+                options.host,
+                options.probe_port,
+                None,
+                options.idle_timeout,
+            )
         )
         runners.append(
-            await _site(server.create_app(broker), options.host, options.listen_port, context)
+            await _site(
+                server.create_app(broker),
+                options.host,
+                options.listen_port,
+                context,
+                options.idle_timeout,
+            )
         )
         yield Running(broker, _port(runners[1]), _port(runners[0]))
     finally:

@@ -51,6 +51,7 @@ class Broker:
     metrics: Metrics
     sidecar_config: Path  # the chart's, as the operator injects it (re-read: it may change)
     ca_file: Path | None = None  # the CA the operator injects as broker.ca_pem
+    fixed_user: bool = True  # the injector's --sidecar-user fixed (pods.Expectations)
     clock: Callable[[], float] = time.monotonic
     # The background work (watches, certificate reloads): none of it may have stopped.
     tasks: list[asyncio.Task[None]] = dataclasses.field(default_factory=list)
@@ -111,7 +112,12 @@ class Broker:
             if pod is None:
                 raise pods.Refused(delivery.POD_NOT_FOUND, "the token's pod no longer exists")
             expected = pods.Expectations(
-                self.image, self.audience, keys, self._sidecar_config(), self._ca_pem()
+                self.image,
+                self.audience,
+                keys,
+                self._sidecar_config(),
+                self._ca_pem(),
+                fixed_user=self.fixed_user,
             )
             pods.check(pod, uid=identity.pod_uid, expected=expected)
         except pods.Refused as exc:

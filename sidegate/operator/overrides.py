@@ -60,14 +60,28 @@ class Invalid(ValueError):
     """An override annotation the injector refuses; the message names it."""
 
 
+# Longer than any quantity a sidecar needs: refused before parsing, so a pod's author cannot
+# make the webhook convert a 200,000-digit number, nor have its refusal echo the annotation.
+_LONGEST = 64
+
+
+def _shown(text: str) -> str:
+    """A pod author's value as a refusal quotes it: cut short, whatever its size."""
+    return repr(text) if len(text) <= _LONGEST else f"{text[:_LONGEST]!r}..."
+
+
 def quantity(text: str) -> Decimal:
     """The value of a Kubernetes quantity ("250m" CPU is 0.25, "64Mi" is 67108864)."""
-    found = _QUANTITY.match(text.strip())
+    stripped = text.strip()
+    found = _QUANTITY.match(stripped) if len(stripped) <= _LONGEST else None
     if found is None:
-        raise ValueError(f"{text!r} is not a Kubernetes quantity")
+        raise ValueError(f"{_shown(text)} is not a Kubernetes quantity")
     number = Decimal(found["number"])
-    if found["exponent"]:
-        return number * Decimal(10) ** int(found["exponent"][1:])
+    try:
+        if found["exponent"]:
+            return number * Decimal(10) ** int(found["exponent"][1:])
+    except ArithmeticError:  # decimal.Overflow: an exponent past the context's Emax
+        raise ValueError(f"{_shown(text)} is out of range") from None
     scale = _SUFFIXES[found["suffix"] or ""]
     return number * scale
 
@@ -110,9 +124,9 @@ def _checked_amount(name: str, value: str, resource: str, bounds: Bounds) -> str
     except ValueError as exc:
         raise Invalid(f"{name}: {exc}") from None
     if amount <= 0:
-        raise Invalid(f"{name}: {value!r} must be more than zero")
+        raise Invalid(f"{name}: {_shown(value)} must be more than zero")
     if amount > quantity(limit):
-        raise Invalid(f"{name}: {value!r} is above the cluster's maximum of {limit}")
+        raise Invalid(f"{name}: {_shown(value)} is above the cluster's maximum of {limit}")
     return value.strip()
 
 
@@ -139,7 +153,8 @@ def parse(annotations: Mapping[str, str] | None, bounds: Bounds) -> Overrides:
         level = str(level).strip().upper()
         if level not in bounds.log_levels:
             raise Invalid(
-                f"{LOG_LEVEL}: {found[LOG_LEVEL]!r} is not one of {', '.join(bounds.log_levels)}"
+                f"{LOG_LEVEL}: {_shown(str(found[LOG_LEVEL]))} is not one of "
+                f"{', '.join(bounds.log_levels)}"
             )
     return Overrides(resources=resources, log_level=level)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidegate import standin
-from sidegate.sidecar import endpoints
+from sidegate.sidecar import endpoints, scraping
 from tests.conftest import assert_no_secrets, fake_key
 from tests.helpers.http import call, chat_body
 from tests.helpers.processes import Process, free_port
@@ -126,6 +127,7 @@ def test_label_values_are_bounded_by_the_config_not_by_clients(
     odd_requests(sidecar)
     before = series(scrape(metrics_port))
     sent = odd_requests(sidecar)  # the same shapes again, with new strings everywhere
+    time.sleep(scraping.FRESH_SECONDS)  # a rendering made after them, not the last one
     text = scrape(metrics_port)
     after = series(text)
     assert before == after, "series grew with what clients sent"
