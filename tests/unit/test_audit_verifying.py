@@ -341,6 +341,19 @@ def test_reordered_events_are_named_out_of_order() -> None:
     assert first["sequence"] == 1
 
 
+def test_an_event_repeated_is_out_of_order_not_missing() -> None:
+    built = build((3,))
+    lines = built.segment_lines(0)
+    built.replace_segment(0, [lines[0], lines[1], lines[1], lines[2]])
+    second = built.event(0, 1)
+    where = seg(built, 0)
+    assert problems(verify(built))[1:] == [
+        f"[sequence] {where}:3: sequence 2 follows 2: events out of order",
+        f"[event-chain] {where}:3: out of order: links to {where}:1, not to the line before",
+        f"[event-chain] {where}:3: id {second['id']} does not sort after {second['id']}",
+    ]
+
+
 def test_the_first_event_of_a_trail_links_to_the_genesis() -> None:
     built = build((2,))
     lines = built.segment_lines(0)
