@@ -61,7 +61,7 @@ def mutmut_config(module: str, tests: list[str]) -> str:
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         # The copy's own cache and hypothesis database; nothing is written back to the tree.
         # Unit tests before the ones that start servers: a mutant dies at its first failure.
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "tests.helpers.fast_first"]',
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "tests.helpers.mutation_run"]',
         "",
     ]
     return "\n".join(lines)

@@ -63,11 +63,24 @@ def test_every_pod_s_trail_is_verified_with_its_versions_keys_and_time(s3: S3) -
     other = bad.segments[1][0].rsplit("/", 1)[1]
     client.delete_object(Bucket=BUCKET, Key=keys[other])
 
+    # a pod whose trail has a segment but no digest yet: named by its place in the bucket
+    lone = build((1,))
+    client.put_object(
+        Bucket=BUCKET,
+        Key=f"{DAY}/team-a/pod-2/{lone.segments[0][0].rsplit('/', 1)[1]}.gz",
+        Body=gzip.compress(lone.segments[0][1]),
+    )
+
     trusted = {bad.signer.key_id: bad.signer.public_key}
-    first, second = trails(s3, trusted_keys=trusted, now=START + 1000)
+    first, second, third = trails(s3, trusted_keys=trusted, now=START + 10)
     assert (first.trail, first.segments, first.events) == ("team-a/pod-0", 2, 5)
     assert first.keys_trusted == second.keys_trusted == "given (--public-key)"
-    assert first.checks() == {"signature", "tail"}  # not the trusted key; not closed
+    # not the trusted key; not closed but recent at the time given (now is the clock's)
+    assert first.checks() == {"signature"}
+    assert [str(p) for p in third.problems][-1] == (
+        "[coverage] team-a/pod-2: no signed digests at all"
+    )
+    assert all(type(p.line) is int for r in (first, second, third) for p in r.problems)
     assert second.trail == "team-a/pod-1"
     where = f"s3://{BUCKET}/{keys[segment]}"
     gone = f"s3://{BUCKET}/{keys[other]}"

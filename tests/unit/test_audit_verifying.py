@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from sidegate.audit import digests, events, signing, verifying
@@ -30,6 +32,7 @@ def verify(
 
 
 def problems(report: verifying.Report) -> list[str]:
+    assert all(type(p.line) is int for p in report.problems)  # 0 for a file as a whole
     return [str(p) for p in report.problems]
 
 
@@ -163,6 +166,40 @@ def test_a_second_different_digest_with_the_same_number_is_named() -> None:
     assert problems(report) == [
         f"[digest-chain] spool/other/{digests.file_name(1)}: a second, different digest 1",
     ]
+
+
+def test_of_two_digests_with_one_number_the_later_location_is_the_second() -> None:
+    built = build((3, 2), final=False)
+    second = sign_digest(
+        built.signer, 1, digests.file_hash(built.digests[0][1]), 5, None, final=True
+    )
+    built.digests.append(("spool/a-copy/" + digests.file_name(1), second))
+    # spool/a-copy sorts first: it is digest 1, and the one in spool/digests the second
+    assert problems(verify(built)) == [
+        f"[sequence] spool/a-copy/{digests.file_name(1)}: says 5 events, not 3",
+        f"[digest-chain] {dig(built, 1)}: a second, different digest 1",
+    ]
+
+
+def test_the_tail_is_judged_by_the_clock_when_no_time_is_given() -> None:
+    assert problems(verifying.verify_trail(None, build((2,), final=True).files())) == []
+    late = verifying.verify_trail(None, build((2,), final=False).files())
+    assert late.checks() == {"tail"}  # START is in the past
+
+
+def test_digest_times_are_utc_whatever_the_local_time_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built = build((3, 2), final=False)
+    limit = START + 1 + 2 * INTERVAL + 5
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert problems(verify(built, now=limit)) == []
+        assert verify(built, now=limit + 1).checks() == {"tail"}
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_digest_that_does_not_name_the_one_before_is_named() -> None:
@@ -302,6 +339,19 @@ def test_reordered_events_are_named_out_of_order() -> None:
         f"[event-chain] {where}:3: id {third['id']} does not sort after {second['id']}",
     ]
     assert first["sequence"] == 1
+
+
+def test_an_event_repeated_is_out_of_order_not_missing() -> None:
+    built = build((3,))
+    lines = built.segment_lines(0)
+    built.replace_segment(0, [lines[0], lines[1], lines[1], lines[2]])
+    second = built.event(0, 1)
+    where = seg(built, 0)
+    assert problems(verify(built))[1:] == [
+        f"[sequence] {where}:3: sequence 2 follows 2: events out of order",
+        f"[event-chain] {where}:3: out of order: links to {where}:1, not to the line before",
+        f"[event-chain] {where}:3: id {second['id']} does not sort after {second['id']}",
+    ]
 
 
 def test_the_first_event_of_a_trail_links_to_the_genesis() -> None:
