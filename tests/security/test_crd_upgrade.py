@@ -32,8 +32,11 @@ from tests.helpers.kubernetes import kubeconfig
 ROOT = Path(__file__).parents[2]
 INSTALL = ROOT / "docs" / "install.md"
 CRD_FILE = ROOT / "crds" / "rbacpolicy.yaml"
+# kopf's peering CRD, which the operator replicas elect their leader in: installed beside ours.
+PEERING_FILE = ROOT / "crds" / "clusterkopfpeering.yaml"
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 NAME = "rbacpolicies.sidegate.io"
+PEERING_NAME = "clusterkopfpeerings.kopf.dev"
 
 
 def documented_commands() -> list[str]:
@@ -99,11 +102,11 @@ def test_the_section_says_crds_first_then_the_release() -> None:
         assert "--force-conflicts" in commands[index]
 
 
-def test_kubectl_reads_exactly_the_crd_from_helm_show_crds_offline(
+def test_kubectl_reads_exactly_the_crds_from_helm_show_crds_offline(
     tools: dict[str, str], tmp_path: Path
 ) -> None:
     """No API server at all: `kubectl label --local` parses the stream as kubectl would
-    apply it, and the result is the one CRD, valid for Kubernetes 1.35."""
+    apply it, and the result is the chart's CRDs, each valid for Kubernetes 1.35."""
     environment = {**tools, "KUBECONFIG": str(tmp_path / "none")}
     shown = subprocess.run(
         ["helm", "show", "crds", "charts/sidegate"],
@@ -122,10 +125,16 @@ def test_kubectl_reads_exactly_the_crd_from_helm_show_crds_offline(
         check=False,
     )
     assert parsed.returncode == 0, parsed.stderr
-    found = json.loads(parsed.stdout)
-    assert found["metadata"].pop("labels") == {"probe": "1"}
-    assert found == yaml.safe_load(CRD_FILE.read_text())
-    kubernetes_validate.validate(found, "1.35", strict=True)
+    decoder, text, found = json.JSONDecoder(), parsed.stdout.strip(), []
+    while text:  # one JSON document per object, one after the other
+        document, end = decoder.raw_decode(text)
+        found.append(document)
+        text = text[end:].lstrip()
+    for document in found:
+        assert document["metadata"].pop("labels") == {"probe": "1"}
+        kubernetes_validate.validate(document, "1.35", strict=True)
+    expected = [yaml.safe_load(f.read_text()) for f in (CRD_FILE, PEERING_FILE)]
+    assert sorted(found, key=str) == sorted(expected, key=str)
 
 
 @pytest.mark.parametrize("index", [0, 1])
@@ -140,6 +149,11 @@ async def test_the_documented_command_upgrades_the_crd(
         async with aiohttp.ClientSession() as session:
             async with session.post(url + CRDS, json=previous(rendered)) as response:
                 assert response.status in (200, 201)
+            # The peering CRD is new in this release: a real API server creates it on the
+            # apply; the emulator only updates what exists, so it is there beforehand.
+            peering = yaml.safe_load(PEERING_FILE.read_text())
+            async with session.post(url + CRDS, json=peering) as response:
+                assert response.status in (200, 201)
             environment = {**tools, "KUBECONFIG": str(kubeconfig(tmp_path / "kc", url, "admin"))}
             done = await asyncio.to_thread(
                 subprocess.run,
@@ -151,9 +165,11 @@ async def test_the_documented_command_upgrades_the_crd(
                 check=False,
             )
             assert done.returncode == 0, done.stderr
-            assert f"customresourcedefinition.apiextensions.k8s.io/{NAME} serverside-applied" in (
-                done.stdout
-            )
+            for name in (NAME, PEERING_NAME):
+                assert (
+                    f"customresourcedefinition.apiextensions.k8s.io/{name} serverside-applied"
+                    in (done.stdout)
+                )
             async with session.get(f"{url}{CRDS}/{NAME}") as response:
                 stored = await response.json()
     assert stored["spec"] == rendered["spec"]

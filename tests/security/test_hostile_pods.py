@@ -78,12 +78,12 @@ def test_in_platform_mode_root_ids_are_refused() -> None:
         assert not served(pod, PLATFORM), ids
 
 
-def test_the_chart_gives_the_broker_the_operators_mode(render: Render) -> None:
-    for sets in ((), ("userIds=platform",)):
+def test_the_chart_gives_the_broker_the_injectors_mode(render: Render) -> None:
+    """The webhook Deployment injects; the broker must expect the ids it injects."""
+    for sets, mode in (((), "fixed"), (("userIds=platform",), "platform")):
         docs = render(*sets)
-        (operator,) = pod_of(docs, "Deployment", "sidegate-operator")["containers"]
+        (webhook,) = pod_of(docs, "Deployment", "sidegate-webhook")["containers"]
         (broker,) = pod_of(docs, "Deployment", "sidegate-broker")["containers"]
         parser = cli.build_parser()
-        assert parser.parse_args(broker["args"]).sidecar_user == (
-            parser.parse_args(operator["args"]).sidecar_user
-        )
+        assert parser.parse_args(broker["args"]).sidecar_user == mode
+        assert parser.parse_args(webhook["args"]).sidecar_user == mode
