@@ -35,7 +35,7 @@ _TEMPLATES: dict[str, tuple[str, ...]] = {
 
 EXAMPLES = """\
 examples:
-  # The flags the chart gives the operator, and what it reads from the cluster:
+  # The flags the chart gives the webhook Deployment, and what it reads from the cluster:
   kubectl -n sidegate-system get configmap sidegate-sidecar \\
       -o jsonpath='{.data.sidecar\\.yaml}' > sidecar.yaml
   kubectl -n sidegate-system get configmap sidegate-signing-public \\
@@ -82,7 +82,7 @@ def add_parser(commands: Any) -> None:
         "sidecar would refuse every bundle",
     )
     sidecar = inject.add_argument_group(
-        "the sidecar (the operator's flags, as the chart sets them on its Deployment)"
+        "the sidecar (the webhook's flags, as the chart sets them on its Deployment)"
     )
     sidecar_options.add_arguments(sidecar, required=True)
     inject.set_defaults(func=run)
