@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sidecar-user",
         choices=["fixed", "platform"],
         default="fixed",
-        help="as the operator's: fixed, a sidecar must run as uid and gid 65532; platform, "
+        help="the webhook's mode: fixed, a sidecar must run as uid and gid 65532; platform, "
         "as any non-root ids the platform assigned",
     )
     broker.add_argument(

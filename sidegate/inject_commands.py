@@ -1,7 +1,7 @@
 """``sidegate inject -f pod.yaml``: what the injection webhook would make of a pod, offline
 (like ``istioctl kube-inject``).
 
-The same decision as the webhook (``injection.admit``), from the same flags as the operator
+The same decision as the webhook (``injection.admit``), from the webhook Deployment's flags
 (``sidecar_options``): a pod or pod template labelled ``sidegate.io/inject: "true"`` comes
 out with the sidecar, one the webhook would refuse is refused with the webhook's message,
 one without the label comes out as it went in. What the webhook reads from the cluster at

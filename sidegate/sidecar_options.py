@@ -40,7 +40,7 @@ def parse_resources(text: str) -> dict[str, dict[str, str]]:
 
 
 def add_arguments(group: Any, *, required: bool) -> None:
-    """The flags that describe the injected sidecar (the chart sets them on the operator);
+    """The flags that describe the injected sidecar (the chart sets them on the webhook);
     ``required``: the image and the config must be given (no webhook to turn off)."""
     group.add_argument("--sidecar-image", required=required, help="image of the injected sidecar")
     group.add_argument(

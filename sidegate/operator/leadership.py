@@ -28,6 +28,7 @@ import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import kopf
 
 from sidegate.operator.handlers import release
@@ -106,7 +107,9 @@ async def follow(state: OperatorState, me: Peering) -> None:
                 now_leading = found is not None and leads(
                     found.get("status") or {}, me, datetime.datetime.now(datetime.UTC)
                 )
-            except kopf.TemporaryError as exc:
+            # An API server restart is a connection error, not an HTTP one: the loop must
+            # outlive it, or the leader stops its watch and kopf never hands over.
+            except (kopf.TemporaryError, aiohttp.ClientError, TimeoutError) as exc:
                 logger.warning("peering %s unreadable: %s", me.name, exc)
                 now_leading = leading  # unknown: keep what was decided
             if now_leading and not leading:

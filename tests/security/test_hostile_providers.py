@@ -152,6 +152,9 @@ def rig(
         "max_response_bytes": providers.MAX_RESPONSE_BYTES,
         "max_sse_event_bytes": providers.MAX_EVENT_BYTES,
     }
+    # No drain at teardown, and a short grace: a case that went wrong must not turn the
+    # stop into a second failure (the defaults, 5 s + 20 s, outlast stop()'s 20 s wait).
+    config["listen"] = {**config.get("listen", {}), "drain_seconds": 0, "shutdown_grace_seconds": 3}
     sidecar = start(config, workdir)
     yield Rig(sidecar, listeners, elsewhere, keys)
     sidecar.stop()

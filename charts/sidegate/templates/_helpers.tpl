@@ -169,7 +169,7 @@ that egress on the API server's ports may go anywhere.
 {{- define "sidegate.apiServerEgress" -}}
 {{- $policy := .Values.networkPolicy }}
 {{- if and (not $policy.apiServerCIDRs) (not $policy.allowAnyAPIServerAddress) }}
-{{- fail "networkPolicy.apiServerCIDRs is empty: the NetworkPolicies would have to let the operator, broker and cleanup pods reach ports 443/6443 of any address. Set it to the API server's addresses as pods reach them (after the kubernetes Service's DNAT), e.g. the /32 of each address in: kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes -o jsonpath='{.items[*].endpoints[*].addresses[*]}' ; or set networkPolicy.allowAnyAPIServerAddress=true to accept any address (docs/install.md, NetworkPolicies)" }}
+{{- fail "networkPolicy.apiServerCIDRs is empty: the NetworkPolicies would have to let the operator, webhook, broker and cleanup pods reach ports 443/6443 of any address. Set it to the API server's addresses as pods reach them (after the kubernetes Service's DNAT), e.g. the /32 of each address in: kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes -o jsonpath='{.items[*].endpoints[*].addresses[*]}' ; or set networkPolicy.allowAnyAPIServerAddress=true to accept any address (docs/install.md, NetworkPolicies)" }}
 {{- end }}
 - ports:
     {{- range $policy.apiServerPorts }}

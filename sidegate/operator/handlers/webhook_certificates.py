@@ -19,6 +19,7 @@ import datetime
 import logging
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import kopf
 
 from sidegate.operator import webhook_tls
@@ -119,7 +120,9 @@ async def keep(state: OperatorState, wanted: WebhookCertificates) -> None:
     while True:
         try:
             await ensure(state, wanted)
-        except kopf.TemporaryError as exc:  # a 409 (someone was faster) or the API is away
+        # A 409 (someone was faster), the API away (HTTP or connection errors), or Secrets
+        # that do not decode: the upkeep must outlive each, it is the only one.
+        except (kopf.TemporaryError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             logger.warning("webhook certificates: %s; checking again soon", exc)
             await asyncio.sleep(min(5.0, wanted.check_seconds))
             continue
