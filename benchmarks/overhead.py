@@ -5,8 +5,8 @@
 The sidecar always enforces an RBACPolicy (allow and deny rules); --limits adds rate limits
 so high that nothing is refused but every request is counted (requests, tokens, concurrency).
 
-Pins the sidecar to core 0 and the upstream and wrk to core 1 (as ../shared/PERFORMANCE.md
-describes), runs wrk serially (-c1) and at 32 connections against both, measures streaming
+Pins the sidecar to core 0 and the upstream and wrk to core 1 (so neither steals the other's
+core; benchmarks/README.md says what the numbers mean), runs wrk serially (-c1) and at 32 connections against both, measures streaming
 time to first byte with a raw-socket client, the sidecar's CPU per request (from
 /proc/PID/stat across the throughput run) and its RSS. Prints a Markdown table.
 """
