@@ -106,6 +106,12 @@ class Redactor:
         with self._lock:
             return any(value in text for value in self._values)
 
+    def carries_credential(self, identifier: str) -> bool:
+        """Whether a client's identifier (a request id, a tenant) carries a credential: a key
+        shape starting a word of it, or a secret this redactor holds. One rule for both, since
+        each is echoed, logged and audited as it is."""
+        return looks_like_key(identifier) or self.holds_secret(identifier)
+
     def _compile(self) -> re.Pattern[str]:
         literals: set[str] = set()
         for value in self._values:

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from sidegate import errors, redact, tls
+from sidegate import errors, tls
 from sidegate.audit import exporting, signing, spool
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
@@ -356,7 +356,7 @@ class Pipeline:
         tenant = request.headers.get(self._tenant_header)
         if tenant is None:
             return rules.Caller(self._namespace, self._service_account, None)
-        if redact.looks_like_key(tenant) or self.redactor.holds_secret(tenant):
+        if self.redactor.carries_credential(tenant):
             # The tenant goes into audit events, limiter keys, decisions and metrics as it
             # is: a credential pasted there would be kept in all of them. Refused without
             # quoting it.
@@ -520,11 +520,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     # A client's id is kept (it ties the app's logs to ours) unless it could be a credential:
     # it is echoed, logged and audited, and nothing key-shaped (a key shape starting a word,
     # or a secret the sidecar holds) may be. "task-4242" is kept: "sk-" inside a word is not.
-    usable = (
-        _REQUEST_ID.match(incoming)
-        and not redact.looks_like_key(incoming)
-        and not pipeline.redactor.holds_secret(incoming)
-    )
+    usable = _REQUEST_ID.match(incoming) and not pipeline.redactor.carries_credential(incoming)
     request_id = incoming if usable else pipeline.new_request_id()
     route = request.match_info.route.name or "other"
     record = RequestRecord(request_id, route, started=time.perf_counter())

@@ -286,3 +286,7 @@ def test_the_redactor_knows_which_secrets_it_holds() -> None:
     redactor.remember([redact.Secret(value)])
     assert redactor.holds_secret(value) and redactor.holds_secret("team-" + value + "-x")
     assert not redactor.holds_secret(value[:-1]) and not redactor.holds_secret("team")
+    # The one rule for client identifiers: either a key shape or a held secret.
+    assert redactor.carries_credential("team-" + value)
+    assert redactor.carries_credential("req-sk-" + "a" * 20)
+    assert not redactor.carries_credential("task-4242")
