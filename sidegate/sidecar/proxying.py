@@ -14,12 +14,13 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidegate import errors
@@ -58,6 +59,8 @@ _FORWARD_FROM_CLIENT: dict[endpoints.Dialect, tuple[str, ...]] = {
     "anthropic": ("accept", "user-agent", "anthropic-version", "anthropic-beta"),
 }
 _ERROR_BODY_LIMIT = 64 * 1024
+# How often a silent provider body is checked for a parser failure (see body_chunks).
+_BODY_POLL_SECONDS = 0.25
 
 
 @dataclasses.dataclass(slots=True)
@@ -286,7 +289,7 @@ class Proxy:
             self._budget.charge(charges, min(declared, limit))
             charged = min(declared, limit)
         try:
-            async for chunk in answer.content.iter_any():
+            async for chunk in body_chunks(answer, upstream.timeout.sock_read):
                 size += len(chunk)
                 if size > limit:
                     break
@@ -346,7 +349,7 @@ class Proxy:
         failure: errors.RequestError | None = None
         held = b""  # the last event, while the audit event is not yet durable
         try:
-            async for chunk in answer.content.iter_any():
+            async for chunk in body_chunks(answer, upstream.timeout.sock_read):
                 kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
                 if outcome.on_response_id is not None and meter.response_id is not None:
                     record, outcome.on_response_id = outcome.on_response_id, None
@@ -397,6 +400,12 @@ class Proxy:
             if task is not None:
                 task.uncancel()
             failure = errors.ShuttingDown("the sidecar is shutting down; the stream was cut")
+        except Exception:
+            # The status line is gone: answering the error as a response of its own would
+            # write a second HTTP response into this body. Ended as a failed stream instead.
+            logger.exception("unexpected error mid-stream", extra={"provider": upstream.name})
+            failure = errors.RequestError("internal error", code="internal_error")
+            failure.status, failure.error_type = 500, "api_error"
         if failure is None:
             await finish_stream(request, response, held)
         else:
@@ -518,6 +527,46 @@ def unrelayable(status: int, provider: str) -> errors.UpstreamError | None:
             code="upstream_bad_status",
         )
     return None
+
+
+async def body_chunks(
+    answer: aiohttp.ClientResponse, read_timeout: float | None
+) -> AsyncIterator[bytes]:
+    """The provider's body as it arrives, each wait bounded by ``read_timeout``.
+
+    Not ``answer.content.iter_any()`` alone: when the provider breaks the body's framing (a
+    chunk-size line that is not hex), aiohttp puts the parser's error on the connection, not
+    on the body, and drops the read timeout with it; a bare reader then waits forever, or
+    meets a RuntimeError once the connection is gone. So the wait is cut into short slices,
+    and between them the connection is asked whether its parser failed: that is a
+    ClientPayloadError here, as any other broken body is."""
+    content = answer.content
+    while True:
+        waited = 0.0
+        while True:
+            _raise_framing_failure(answer)
+            try:
+                async with asyncio.timeout(_BODY_POLL_SECONDS):
+                    chunk = await content.readany()
+                break
+            except TimeoutError:
+                waited += _BODY_POLL_SECONDS
+                if read_timeout is not None and waited >= read_timeout:
+                    raise
+            except RuntimeError:  # "Connection closed.": its parser failed, checked above
+                _raise_framing_failure(answer)
+                raise
+        if not chunk:
+            return
+        yield chunk
+
+
+def _raise_framing_failure(answer: aiohttp.ClientResponse) -> None:
+    connection = answer.connection
+    protocol = connection.protocol if connection is not None else None
+    failure = protocol.exception() if protocol is not None else None
+    if isinstance(failure, HttpProcessingError):
+        raise aiohttp.ClientPayloadError("the provider's response framing broke") from failure
 
 
 def translate(exc: BaseException, provider: str) -> errors.UpstreamError | None:
