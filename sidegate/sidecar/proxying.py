@@ -538,26 +538,31 @@ async def body_chunks(
     chunk-size line that is not hex), aiohttp puts the parser's error on the connection, not
     on the body, and drops the read timeout with it; a bare reader then waits forever, or
     meets a RuntimeError once the connection is gone. So the wait is cut into short slices,
-    and between them the connection is asked whether its parser failed: that is a
-    ClientPayloadError here, as any other broken body is."""
+    and when one passes with nothing read the connection is asked whether its parser failed:
+    that is a ClientPayloadError here, as any other broken body is. Bytes that parsed before
+    the failure are relayed first."""
     content = answer.content
+    waited = 0.0
     while True:
-        waited = 0.0
-        while True:
+        bound = asyncio.timeout(_BODY_POLL_SECONDS)
+        try:
+            async with bound:
+                chunk = await content.readany()
+        except TimeoutError:
+            if not bound.expired():
+                raise  # aiohttp's own read timeout, on the body
+            # Nothing came in a slice: bytes that parsed were all read, so ask now.
             _raise_framing_failure(answer)
-            try:
-                async with asyncio.timeout(_BODY_POLL_SECONDS):
-                    chunk = await content.readany()
-                break
-            except TimeoutError:
-                waited += _BODY_POLL_SECONDS
-                if read_timeout is not None and waited >= read_timeout:
-                    raise
-            except RuntimeError:  # "Connection closed.": its parser failed, checked above
-                _raise_framing_failure(answer)
+            waited += _BODY_POLL_SECONDS
+            if read_timeout is not None and waited >= read_timeout:
                 raise
+            continue
+        except RuntimeError:  # "Connection closed.": its parser may have failed
+            _raise_framing_failure(answer)
+            raise
         if not chunk:
             return
+        waited = 0.0
         yield chunk
 
 
