@@ -75,6 +75,12 @@ def build_registry(
             # KopfPeering in each served namespace): leader election among the replicas.
             settings.peering.clusterwide = True
             settings.peering.lifetime = state.peering.lifetime
+        if not reconcile:
+            # A webhook-only process watches nothing, and the chart grants it no right on
+            # CRDs or namespaces: kopf's scanning of them (a CRD watch, to follow resources
+            # that come and go) would be refused and logged as errors, then warnings, on
+            # every start. Its resources are discovered once at start either way.
+            settings.scanning.disabled = True
         if listener is not None:
             # The chart owns the MutatingWebhookConfiguration: kopf only serves, so the
             # operator needs no rights on webhook configurations.

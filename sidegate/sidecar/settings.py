@@ -22,6 +22,29 @@ from sidegate.tls import TLSVersionName
 _PROVIDER_NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
+# Client headers `forward_headers` may never name. Credentials: the client's own (the sidecar
+# sets the provider's auth header from the key file) and a proxy's, and its cookies.
+_CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
+)
+# Hop-by-hop headers (RFC 9110 section 7.6.1, plus the older keep-alive, proxy-connection
+# and proxy-authenticate of RFC 2616 section 13.5.1) and the ones that address and frame the
+# sidecar's own request to the provider (it may rewrite the body, so the client's length is
+# not the provider's).
+_CONNECTION_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -274,7 +297,9 @@ class RequestLimits(_Strict):
     )
     forward_headers: list[str] = Field(
         default_factory=list,
-        description="Extra client headers passed upstream (auth headers can never be).",
+        description="Extra client headers passed upstream. Credential headers "
+        "(authorization, proxy-authorization, x-api-key, api-key, cookie), hop-by-hop "
+        "headers, host and content-length can never be.",
     )
 
     @model_validator(mode="after")
@@ -293,8 +318,13 @@ class RequestLimits(_Strict):
         for name in value:
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"invalid header name {name!r}")
-            if name.lower() in ("authorization", "x-api-key", "api-key", "cookie", "host"):
-                raise ValueError(f"{name} can never be forwarded")
+            if name.lower() in _CREDENTIAL_HEADERS:
+                raise ValueError(f"{name} can never be forwarded: it carries a credential")
+            if name.lower() in _CONNECTION_HEADERS:
+                raise ValueError(
+                    f"{name} can never be forwarded: it is hop-by-hop or frames the "
+                    "request, and the sidecar sets its own"
+                )
         return [name.lower() for name in value]
 
 

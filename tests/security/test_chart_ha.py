@@ -202,3 +202,34 @@ def test_the_operator_keeps_the_webhook_certificate_unless_someone_else_does(
     ):
         other, rights = operator_of(*sets)
         assert other.webhook_ca_secret is None and rights == set()
+
+
+def budgets(home: Path, *sets: str) -> dict[str, dict[str, Any]]:
+    docs = [doc for doc in yaml.safe_load_all(render(home, *sets)) if doc]
+    return {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodDisruptionBudget"}
+
+
+@pytest.mark.parametrize("component", ["webhook", "broker"])
+def test_a_single_replica_gets_no_disruption_budget(tmp_path: Path, component: str) -> None:
+    """`minAvailable: 1` of one replica allows no eviction at all: `kubectl drain` of its
+    node would retry for ever. One replica is a choice for small clusters (the pod is then
+    down while it moves); the other Deployment keeps its budget."""
+    found = budgets(tmp_path, f"{component}.replicas=1")
+    other = "broker" if component == "webhook" else "webhook"
+    assert f"sidegate-{component}" not in found
+    assert found[f"sidegate-{other}"]["minAvailable"] == 1
+    # Two or more replicas: the budget leaves at least one to evict.
+    found = budgets(
+        tmp_path, f"{component}.replicas=3", f"{component}.podDisruptionBudget.minAvailable=2"
+    )
+    assert found[f"sidegate-{component}"]["minAvailable"] == 2
+
+
+@pytest.mark.parametrize("component", ["webhook", "broker"])
+def test_a_budget_that_allows_no_eviction_fails_the_render(tmp_path: Path, component: str) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        render(tmp_path, f"{component}.podDisruptionBudget.minAvailable=2")  # of 2 replicas
+    assert (
+        f"{component}.podDisruptionBudget.minAvailable (2) must be below {component}.replicas (2)"
+        in failed.value.stderr
+    )

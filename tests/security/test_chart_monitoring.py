@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from sidegate.audit.metrics import AuditMetrics
@@ -95,7 +96,41 @@ def test_a_pod_monitor_without_a_metrics_port_fails_the_render(helm: Helm) -> No
         "sidecar.config.metrics=null",
     )
     assert result.returncode != 0
-    assert "needs sidecar.config.metrics.port" in result.stderr
+    assert "needs sidecar.config.metrics (a map" in result.stderr
+
+
+def test_a_metrics_section_of_defaults_renders_the_pod_monitor(render: Render) -> None:
+    """`metrics: {}` turns the listener on at its default port (what `--set
+    sidecar.config.metrics.port=null` leaves): the chart renders the PodMonitor, and the
+    sidecar the injector makes from that config has the port it scrapes."""
+    docs = render(*ALL_ON, "sidecar.config.metrics.port=null")
+    rendered = one(docs, "ConfigMap", "sidegate-sidecar")["data"]["sidecar.yaml"]
+    assert yaml.safe_load(rendered)["metrics"] == {}
+    (endpoint,) = one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    key = signing.encode_public_key(signing.generate_private_key().public_key())
+    sidecar_spec = injection.SidecarSpec(image="sidegate:1", config=rendered, trusted_keys=(key,))
+    config = settings.parse(injection.sidecar_config(sidecar_spec), "sidecar.yaml", Path("/"))
+    assert config.metrics is not None and config.metrics.port == 9464
+    pod = {"metadata": {"labels": {injection.LABEL: "true"}}, "spec": {"containers": [{}]}}
+    (sidecar,) = injection.apply(pod, injection.inject(pod, sidecar_spec))["spec"]["initContainers"]
+    assert {"name": endpoint["port"], "containerPort": 9464, "protocol": "TCP"} in sidecar["ports"]
+
+
+def test_a_metrics_value_that_is_not_a_map_fails_with_the_charts_message(helm: Helm) -> None:
+    for value in ("sidecar.config.metrics=true", "sidecar.config.metrics=9464"):
+        result = helm(
+            "template",
+            "sidegate",
+            str(CHART),
+            "-n",
+            "sidegate-system",
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+            "--set",
+            value,
+        )
+        assert result.returncode != 0
+        assert "needs sidecar.config.metrics (a map" in result.stderr, result.stderr
 
 
 def test_the_service_monitor_scrapes_the_brokers_probe_port_only(render: Render) -> None:

@@ -83,6 +83,43 @@ def test_credentials_in_urls_and_auth_headers_in_config_are_refused(tmp_path: Pa
     assert "key file" in error_of(tmp_path, minimal(providers={"openai": header}))
 
 
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        ("Authorization", "credential"),
+        ("Proxy-Authorization", "credential"),
+        ("proxy-authorization", "credential"),
+        ("x-api-key", "credential"),
+        ("Api-Key", "credential"),
+        ("cookie", "credential"),
+        ("connection", "hop-by-hop"),
+        ("keep-alive", "hop-by-hop"),
+        ("proxy-connection", "hop-by-hop"),
+        ("proxy-authenticate", "hop-by-hop"),
+        ("TE", "hop-by-hop"),
+        ("trailer", "hop-by-hop"),
+        ("transfer-encoding", "hop-by-hop"),
+        ("upgrade", "hop-by-hop"),
+        ("host", "hop-by-hop"),
+        ("content-length", "hop-by-hop"),
+    ],
+)
+def test_forward_headers_refuse_credentials_and_hop_by_hop_headers(
+    tmp_path: Path, header: str, why: str
+) -> None:
+    """A client's credential (its own, a proxy's, a cookie) must not reach the provider, and
+    a header of the client's connection must not frame or steer the sidecar's: the error
+    names the key and the header, even listed after an accepted one."""
+    message = error_of(tmp_path, minimal(limits={"forward_headers": ["x-trace-tag", header]}))
+    assert "limits.forward_headers" in message
+    assert f"{header} can never be forwarded" in message and why in message
+
+
+def test_forward_headers_accept_other_headers_lowercased(tmp_path: Path) -> None:
+    config = load(tmp_path, minimal(limits={"forward_headers": ["X-Trace-Tag", "OpenAI-Project"]}))
+    assert config.limits.forward_headers == ["x-trace-tag", "openai-project"]
+
+
 def test_non_loopback_listen_needs_the_flag(tmp_path: Path) -> None:
     assert "allow_non_loopback" in error_of(tmp_path, minimal(listen={"host": "0.0.0.0"}))  # noqa: S104
     config = load(tmp_path, minimal(listen={"host": "0.0.0.0", "allow_non_loopback": True}))  # noqa: S104

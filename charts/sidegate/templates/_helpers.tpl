@@ -204,3 +204,32 @@ cert-manager nor an existing Secret provides them). */}}
 true
 {{- end -}}
 {{- end -}}
+
+{{/* The PodDisruptionBudget of a Deployment of replicas (webhook, broker): none for a single
+replica, whose budget could only be `minAvailable: 1` of 1 and would refuse every eviction,
+so that no node drain holding it ever finished (kubectl drain retries for ever); and a
+render failure for a minAvailable that leaves no replica to evict. Arguments: root (.),
+name, component ("webhook" or "broker", the values key), selector (rendered labels). */}}
+{{- define "sidegate.podDisruptionBudget" -}}
+{{- $values := get .root.Values .component -}}
+{{- $replicas := int $values.replicas -}}
+{{- $minAvailable := int $values.podDisruptionBudget.minAvailable -}}
+{{- if gt $replicas 1 -}}
+{{- if ge $minAvailable $replicas -}}
+{{- fail (printf "%s.podDisruptionBudget.minAvailable (%d) must be below %s.replicas (%d), or no %s pod could ever be evicted and node drains would never finish" .component $minAvailable .component $replicas .component) -}}
+{{- end }}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ .name }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "sidegate.labels" .root | nindent 4 }}
+spec:
+  minAvailable: {{ $minAvailable }}
+  selector:
+    matchLabels:
+      {{- .selector | nindent 6 }}
+---
+{{- end -}}
+{{- end -}}
