@@ -14,7 +14,7 @@ import logging
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -59,7 +59,7 @@ _FORWARD_FROM_CLIENT: dict[endpoints.Dialect, tuple[str, ...]] = {
     "anthropic": ("accept", "user-agent", "anthropic-version", "anthropic-beta"),
 }
 _ERROR_BODY_LIMIT = 64 * 1024
-# How often a silent provider body is checked for a parser failure (see body_chunks).
+# How often a provider body being read is checked for a parser failure (FramingWatch).
 _BODY_POLL_SECONDS = 0.25
 
 
@@ -289,14 +289,15 @@ class Proxy:
             self._budget.charge(charges, min(declared, limit))
             charged = min(declared, limit)
         try:
-            async for chunk in body_chunks(answer, upstream.timeout.sock_read):
-                size += len(chunk)
-                if size > limit:
-                    break
-                if size > charged:  # chunked, or decompressed beyond its Content-Length
-                    self._budget.charge(charges, size - charged)
-                    charged = size
-                chunks.append(chunk)
+            with FramingWatch(answer):
+                async for chunk in answer.content.iter_any():
+                    size += len(chunk)
+                    if size > limit:
+                        break
+                    if size > charged:  # chunked, or decompressed beyond its Content-Length
+                        self._budget.charge(charges, size - charged)
+                        charged = size
+                    chunks.append(chunk)
         except Exception as exc:
             error = translate(exc, upstream.name)
             if error is None:
@@ -349,18 +350,19 @@ class Proxy:
         failure: errors.RequestError | None = None
         held = b""  # the last event, while the audit event is not yet durable
         try:
-            async for chunk in body_chunks(answer, upstream.timeout.sock_read):
-                kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
-                if outcome.on_response_id is not None and meter.response_id is not None:
-                    record, outcome.on_response_id = outcome.on_response_id, None
-                    await record(meter.response_id)  # before the client sees the id
-                if held and kept:
-                    kept.insert(0, held)
-                    held = b""
-                if outcome.before_end is not None and kept and _LAST_EVENT.match(kept[-1]):
-                    held = kept.pop()
-                if kept:
-                    await response.write(kept[0] if len(kept) == 1 else b"".join(kept))
+            with FramingWatch(answer):
+                async for chunk in answer.content.iter_any():
+                    kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
+                    if outcome.on_response_id is not None and meter.response_id is not None:
+                        record, outcome.on_response_id = outcome.on_response_id, None
+                        await record(meter.response_id)  # before the client sees the id
+                    if held and kept:
+                        kept.insert(0, held)
+                        held = b""
+                    if outcome.before_end is not None and kept and _LAST_EVENT.match(kept[-1]):
+                        held = kept.pop()
+                    if kept:
+                        await response.write(kept[0] if len(kept) == 1 else b"".join(kept))
             rest = splitter.rest()
             if rest and meter.keep(rest):
                 held += rest
@@ -529,49 +531,53 @@ def unrelayable(status: int, provider: str) -> errors.UpstreamError | None:
     return None
 
 
-async def body_chunks(
-    answer: aiohttp.ClientResponse, read_timeout: float | None
-) -> AsyncIterator[bytes]:
-    """The provider's body as it arrives, each wait bounded by ``read_timeout``.
+class FramingWatch:
+    """Makes a provider body's broken framing an error on the body, while the body is read.
 
-    Not ``answer.content.iter_any()`` alone: when the provider breaks the body's framing (a
-    chunk-size line that is not hex), aiohttp puts the parser's error on the connection, not
-    on the body, and drops the read timeout with it; a bare reader then waits forever, or
-    meets a RuntimeError once the connection is gone. So the wait is cut into short slices,
-    and when one passes with nothing read the connection is asked whether its parser failed:
-    that is a ClientPayloadError here, as any other broken body is. Bytes that parsed before
-    the failure are relayed first."""
-    content = answer.content
-    waited = 0.0
-    while True:
-        bound = asyncio.timeout(_BODY_POLL_SECONDS)
-        try:
-            async with bound:
-                chunk = await content.readany()
-        except TimeoutError:
-            if not bound.expired():
-                raise  # aiohttp's own read timeout, on the body
-            # Nothing came in a slice: bytes that parsed were all read, so ask now.
-            _raise_framing_failure(answer)
-            waited += _BODY_POLL_SECONDS
-            if read_timeout is not None and waited >= read_timeout:
-                raise
-            continue
-        except RuntimeError:  # "Connection closed.": its parser may have failed
-            _raise_framing_failure(answer)
-            raise
-        if not chunk:
-            return
-        waited = 0.0
-        yield chunk
+    When a provider breaks the chunked framing (a chunk-size line that is not hex), aiohttp
+    puts its parser's error on the connection, not on the body, and stops the read timeout:
+    a reader of the body then waits for ever, or meets a RuntimeError once the connection is
+    gone. While in force, this asks the connection every ``_BODY_POLL_SECONDS`` whether its
+    parser failed and, if so, puts a ClientPayloadError on the body (waking its reader), as
+    any other broken body has; a RuntimeError met meanwhile becomes that error on the way
+    out. A timer per body, not a bound on every read: reads stay as cheap as aiohttp's."""
+
+    def __init__(self, answer: aiohttp.ClientResponse) -> None:
+        self._answer = answer
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __enter__(self) -> None:
+        self._schedule()
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        failure = _framing_failure(self._answer)
+        if isinstance(exc, RuntimeError) and failure is not None:  # "Connection closed."
+            raise _broken_framing(failure) from failure
+
+    def _schedule(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(_BODY_POLL_SECONDS, self._check)
+
+    def _check(self) -> None:
+        failure = _framing_failure(self._answer)
+        if failure is None:
+            self._schedule()
+        elif self._answer.content.exception() is None:
+            self._answer.content.set_exception(_broken_framing(failure))
 
 
-def _raise_framing_failure(answer: aiohttp.ClientResponse) -> None:
+def _framing_failure(answer: aiohttp.ClientResponse) -> HttpProcessingError | None:
     connection = answer.connection
     protocol = connection.protocol if connection is not None else None
     failure = protocol.exception() if protocol is not None else None
-    if isinstance(failure, HttpProcessingError):
-        raise aiohttp.ClientPayloadError("the provider's response framing broke") from failure
+    return failure if isinstance(failure, HttpProcessingError) else None
+
+
+def _broken_framing(failure: HttpProcessingError) -> aiohttp.ClientPayloadError:
+    error = aiohttp.ClientPayloadError("the provider's response framing broke")
+    error.__cause__ = failure
+    return error
 
 
 def translate(exc: BaseException, provider: str) -> errors.UpstreamError | None:
