@@ -21,12 +21,13 @@ API as the app does (the policy applies), attach sees its log output (no secrets
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import kopf
 
-from sidegate.operator import injection, objects, signing_keys
+from sidegate.operator import injection, metrics, objects, signing_keys
 from sidegate.operator.kube import CONFIG_MAPS, ApiClient
 from sidegate.operator.state import OperatorState
 
@@ -57,6 +58,21 @@ def _read(path: Path) -> str:
         raise kopf.AdmissionError(
             f"sidegate: the broker's CA is not readable ({exc.strerror})", code=500
         ) from None
+
+
+async def counted(state: OperatorState, webhook_id: str, answer: Coroutine[Any, Any, str]) -> None:
+    """Await a webhook's answer and count it: its outcome, or refused (a 4xx AdmissionError)
+    or error (a 5xx one, or any other exception, which kopf answers as a failure)."""
+    try:
+        outcome = await answer
+    except kopf.AdmissionError as exc:
+        outcome = metrics.REFUSED if exc.code is not None and exc.code < 500 else metrics.ERROR
+        state.metrics.admission_reviews.labels(webhook_id, outcome).inc()
+        raise
+    except Exception:
+        state.metrics.admission_reviews.labels(webhook_id, metrics.ERROR).inc()
+        raise
+    state.metrics.admission_reviews.labels(webhook_id, outcome).inc()
 
 
 def register_client(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
@@ -94,18 +110,22 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         labels={injection.LABEL: kopf.PRESENT},
     )
     async def inject(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        await counted(state, HANDLER_ID, injected(body, patch, logger))
+
+    async def injected(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> str:
         pod = objects.plain(body)
         if not injection.wants_injection(pod.get("metadata", {}).get("labels")):
-            return  # "false", or any value but "true": opted out explicitly
+            return metrics.ALLOWED  # "false", or any value but "true": opted out explicitly
         try:
             changes = injection.admit(pod, await current_spec(state, spec))
         except injection.Refused as exc:
             raise kopf.AdmissionError(str(exc), code=400) from None  # not created without it
         if changes is None:
-            return
+            return metrics.ALLOWED
         for section, fields in changes.items():
             patch.setdefault(section, {}).update(fields)
         logger.debug("sidecar injected (%s)", "native" if spec.native else "container")
+        return metrics.PATCHED
 
     @kopf.on.validate(
         "v1",
@@ -116,6 +136,14 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         subresource="*",
     )
     async def guard(body: kopf.Body, subresource: str | None, **kwargs: Any) -> None:
+        await counted(state, GUARD_ID, guarded(body, subresource, **kwargs))
+
+    async def guarded(body: kopf.Body, subresource: str | None, **kwargs: Any) -> str:
+        """Allowed unless it raises (refused)."""
+        await check(body, subresource, **kwargs)
+        return metrics.ALLOWED
+
+    async def check(body: kopf.Body, subresource: str | None, **kwargs: Any) -> None:
         operation = kwargs.get("operation")  # not in kopf's WebhookFn protocol, but passed
         if subresource == "exec" and operation == "CONNECT":
             # The object is the PodExecOptions: which container, which command.
