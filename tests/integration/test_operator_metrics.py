@@ -127,13 +127,14 @@ async def test_the_webhook_counts_its_answers_and_shows_its_certificates_expiry(
 ) -> None:
     listener = admission.listener_for(tmp_path, server_cert)
     served = metrics.Metrics(reconcile=False, certificate=listener.certfile)
+    labelled = admission.pod({injection.LABEL: "true"})
     async with (
         cluster() as (k8s, url),
-        operator(url) as _reconciler,  # publishes the signing keys the webhook injects
         operator(
             url, listener, token=WEBHOOK_TOKEN, reconcile=False, sidecar=SPEC, metrics=served
         ) as state,
         scraping.serving(state.metrics, 0, host="127.0.0.1") as port,
+        contextlib.AsyncExitStack() as later,
     ):
         samples = await scrape(port)
         assert value(samples, REVIEWS, webhook="inject", outcome="patched") == 0
@@ -142,8 +143,14 @@ async def test_the_webhook_counts_its_answers_and_shows_its_certificates_expiry(
         expiry = "sidegate_operator_webhook_certificate_expiry_timestamp_seconds"
         assert value(samples, expiry) == cert.not_valid_after_utc.timestamp()
 
+        # No operator has published the signing keys yet: a 503, counted as an error.
+        response, _ops = await admission.admit(listener, ca, labelled, allowed=False)
+        assert response["status"]["code"] == 503
+        await reaches(port, REVIEWS, 1, webhook="inject", outcome="error")
+
+        await later.enter_async_context(operator(url))  # publishes the keys it injects
         await eventually(lambda: _keys_published(k8s), seconds=20)
-        await admission.admit(listener, ca, admission.pod({injection.LABEL: "true"}))
+        await admission.admit(listener, ca, labelled)
         await reaches(port, REVIEWS, 1, webhook="inject", outcome="patched")
         await admission.admit(listener, ca, admission.pod({injection.LABEL: "false"}))
         await reaches(port, REVIEWS, 1, webhook="inject", outcome="allowed")

@@ -16,6 +16,9 @@ a pod that would expose the sidecar is refused rather than created without it.
 - pods/exec CONNECT: no exec into the sidecar container (its memory holds the provider keys).
 ``kubectl port-forward`` and ``attach`` are not refused: port-forward reaches the sidecar's
 API as the app does (the policy applies), attach sees its log output (no secrets in it).
+
+Each answer is counted by outcome (``counted``; ``metrics.py``): allowed, patched, refused
+(4xx) or error (5xx).
 """
 
 from __future__ import annotations
@@ -139,11 +142,7 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         await counted(state, GUARD_ID, guarded(body, subresource, **kwargs))
 
     async def guarded(body: kopf.Body, subresource: str | None, **kwargs: Any) -> str:
-        """Allowed unless it raises (refused)."""
-        await check(body, subresource, **kwargs)
-        return metrics.ALLOWED
-
-    async def check(body: kopf.Body, subresource: str | None, **kwargs: Any) -> None:
+        """Allowed, or refused by an AdmissionError."""
         operation = kwargs.get("operation")  # not in kopf's WebhookFn protocol, but passed
         if subresource == "exec" and operation == "CONNECT":
             # The object is the PodExecOptions: which container, which command.
@@ -153,11 +152,11 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                     "provider keys in memory)",
                     code=403,
                 )
-            return
+            return metrics.ALLOWED
         if subresource not in (None, "ephemeralcontainers"):
-            return  # status, binding, attach, portforward...
+            return metrics.ALLOWED  # status, binding, attach, portforward...
         if subresource == "ephemeralcontainers" and operation != "UPDATE":
-            return
+            return metrics.ALLOWED
         pod = objects.plain(body)
         old = kwargs.get("old")
         if operation == "UPDATE" and old is not None:
@@ -165,10 +164,11 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             if reason is not None:
                 raise kopf.AdmissionError(f"sidegate: {reason}", code=403)
         if not injection.carries_sidegate(pod, spec.audience):
-            return
+            return metrics.ALLOWED
         reason = injection.exposure(pod, spec.audience)
         if reason is None and operation == "CREATE":
             # Against the spec in force now: the mutating webhook has just injected with it.
             reason = injection.hand_made(pod, await current_spec(state, spec))
         if reason is not None:
             raise kopf.AdmissionError(f"sidegate: {reason}", code=403)
+        return metrics.ALLOWED
