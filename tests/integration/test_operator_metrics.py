@@ -262,3 +262,20 @@ async def test_a_flood_of_scrapes_renders_at_most_once_a_second(
             served.bundles.labels(metrics.PUBLISHED).inc()
             await asyncio.sleep(scraping.FRESH_SECONDS)
             assert 'sidegate_operator_bundles_total{outcome="published"} 1.0' in await fetch()
+
+
+@pytest.mark.asyncio
+async def test_an_unreadable_certificate_shows_as_expired(
+    tmp_path: Path, server_cert: trustme.LeafCert
+) -> None:
+    """A serving certificate file gone or not PEM: 0, so an alert on the expiry fires (the
+    webhook cannot serve with it either), and the scrape still answers."""
+    listener = admission.listener_for(tmp_path, server_cert)
+    served = metrics.Metrics(reconcile=False, certificate=listener.certfile)
+    expiry = "sidegate_operator_webhook_certificate_expiry_timestamp_seconds"
+    async with scraping.serving(served, 0, host="127.0.0.1", fresh_seconds=0) as port:
+        assert value(await scrape(port), expiry) > time.time()
+        listener.certfile.write_text("not a certificate\n")
+        assert value(await scrape(port), expiry) == 0
+        listener.certfile.unlink()
+        assert value(await scrape(port), expiry) == 0
