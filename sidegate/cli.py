@@ -171,7 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    from sidegate.operator import leadership, running, state
+    from sidegate.operator import leadership, metrics, running, state
     from sidegate.operator.handlers import webhook_certificates
 
     redactor = redact.Redactor()
@@ -242,6 +242,10 @@ def cmd_operator(args: argparse.Namespace) -> int:
         source_label=args.credential_source_label,
         sidecar=sidecar,
         broker_ca_file=Path(args.broker_ca_file) if args.broker_ca_file else None,
+        metrics=metrics.Metrics(
+            reconcile=not args.webhook_only,
+            certificate=listener.certfile if listener is not None else None,
+        ),
     )
     return running.run(
         namespaces=args.namespace or [],
@@ -249,6 +253,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness=args.liveness,
         listener=listener,
         reconcile=not args.webhook_only,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -356,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     operator.add_argument(
         "--liveness", default=None, help="e.g. http://0.0.0.0:8080/healthz for the pod's probes"
+    )
+    operator.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics (GET /metrics, plain HTTP) on this port, on all "
+        "interfaces (default: none, no metrics listener; the chart sets 9464)",
     )
     operator.add_argument(
         "--own-namespace",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import kopf
 
 from sidegate.operator import cleanup as removing
-from sidegate.operator import leadership
+from sidegate.operator import leadership, scraping
 from sidegate.operator.handlers import policies, webhook
 from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import OperatorState
@@ -96,18 +97,28 @@ def run(
     liveness: str | None,
     listener: WebhookListener | None,
     reconcile: bool = True,
+    metrics_port: int | None = None,
 ) -> int:
     registry = build_registry(state, listener, reconcile=reconcile)
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            liveness_endpoint=liveness,
-            # The webhook alone needs no leader: every replica answers admission requests.
-            **peering_arguments(state.peering if reconcile else None),
-        )
-    )
+
+    async def operate() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            if metrics_port is not None:
+                # Before kopf starts: a port already taken fails the start, loudly.
+                port = await stack.enter_async_context(
+                    scraping.serving(state.metrics, metrics_port)
+                )
+                logger.info("metrics listening", extra={"port": port})
+            await kopf.operator(
+                registry=registry,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                liveness_endpoint=liveness,
+                # The webhook alone needs no leader: every replica answers admission requests.
+                **peering_arguments(state.peering if reconcile else None),
+            )
+
+    asyncio.run(operate())
     return 0
 
 

@@ -15,6 +15,7 @@ import kopf
 
 from sidegate.operator.injection import SidecarSpec
 from sidegate.operator.kube import ApiClient
+from sidegate.operator.metrics import Metrics
 from sidegate.operator.signing_keys import SigningKeys
 from sidegate.policy import crd
 
@@ -61,6 +62,7 @@ class OperatorState:
     # installer provides them).
     webhook_certificates: WebhookCertificates | None = None
     certificates_task: asyncio.Task[None] | None = None
+    metrics: Metrics = dataclasses.field(default_factory=Metrics)
     _locks: collections.defaultdict[str, asyncio.Lock] = dataclasses.field(
         default_factory=lambda: collections.defaultdict(asyncio.Lock)
     )

@@ -16,6 +16,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.broker.metrics import Metrics as BrokerMetrics
 from sidegate.operator import injection
+from sidegate.operator.metrics import Metrics as OperatorMetrics
 from sidegate.policy import signing
 from sidegate.sidecar import settings
 from sidegate.sidecar.metrics import Metrics as SidecarMetrics
@@ -25,6 +26,7 @@ from tests.security.test_chart import CHART, KUBERNETES, Helm, Render, one, pod_
 ALL_ON = (
     "monitoring.podMonitor.enabled=true",
     "monitoring.serviceMonitor.enabled=true",
+    "monitoring.operatorPodMonitor.enabled=true",
     "monitoring.dashboard.enabled=true",
 )
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor"}
@@ -53,7 +55,7 @@ def test_every_rendered_object_is_valid(render: Render) -> None:
 
 def test_the_pod_monitor_scrapes_the_port_the_injector_names(render: Render) -> None:
     docs = render(*ALL_ON, "monitoring.podMonitor.labels.release=prometheus")
-    monitor = one(docs, "PodMonitor")
+    monitor = one(docs, "PodMonitor", "sidegate-sidecars")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     spec = monitor["spec"]
     assert spec["namespaceSelector"] == {"any": True}
@@ -106,7 +108,7 @@ def test_a_metrics_section_of_defaults_renders_the_pod_monitor(render: Render) -
     docs = render(*ALL_ON, "sidecar.config.metrics.port=null")
     rendered = one(docs, "ConfigMap", "sidegate-sidecar")["data"]["sidecar.yaml"]
     assert yaml.safe_load(rendered)["metrics"] == {}
-    (endpoint,) = one(docs, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    (endpoint,) = one(docs, "PodMonitor", "sidegate-sidecars")["spec"]["podMetricsEndpoints"]
     key = signing.encode_public_key(signing.generate_private_key().public_key())
     sidecar_spec = injection.SidecarSpec(image="sidegate:1", config=rendered, trusted_keys=(key,))
     config = settings.parse(injection.sidecar_config(sidecar_spec), "sidecar.yaml", Path("/"))
@@ -155,6 +157,40 @@ def test_the_service_monitor_scrapes_the_brokers_probe_port_only(render: Render)
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["sidegate-system"]}
 
 
+def test_the_operator_pod_monitor_scrapes_every_operator_and_webhook_replica(
+    render: Render,
+) -> None:
+    docs = render(
+        *ALL_ON,
+        "monitoring.operatorPodMonitor.labels.release=prometheus",
+        "operator.metricsPort=9100",
+    )
+    monitor = one(docs, "PodMonitor", "sidegate-operator")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"matchNames": ["sidegate-system"]}
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["scheme"] == "http"
+    selected = [
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        and webhook_scope.selects(spec["selector"], d["spec"]["template"]["metadata"]["labels"])
+    ]
+    assert sorted(selected) == ["sidegate-operator", "sidegate-webhook"]  # not the broker
+    for name in selected:
+        (container,) = pod_of(docs, "Deployment", name)["containers"]
+        (port,) = [p for p in container["ports"] if p["name"] == endpoint["port"]]
+        assert port["containerPort"] == 9100
+        assert "--metrics-port=9100" in container["args"]
+    # Off by default, like every monitoring object.
+    assert not [
+        d
+        for d in render("monitoring.podMonitor.enabled=true")
+        if d["kind"] == "PodMonitor" and d["metadata"]["name"] == "sidegate-operator"
+    ]
+
+
 def dashboard(docs: list[dict[str, Any]]) -> dict[str, Any]:
     config_map = one(docs, "ConfigMap", "sidegate-dashboard")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -178,15 +214,16 @@ def test_the_dashboard_config_map_is_what_grafana_looks_for(render: Render) -> N
 
 
 def exported() -> dict[str, set[str]]:
-    """Every sample name the sidecar (with its audit trail) and the broker expose, with the
-    labels each carries, as Prometheus' text format names them."""
+    """Every sample name the sidecar (with its audit trail), the broker and the operator (with
+    its webhook) expose, with the labels each carries, as Prometheus' text format names
+    them."""
     suffixes = {
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_sum", "_count", "_created"),
         "gauge": ("",),
     }
     sidecar = SidecarMetrics()
-    holders = (sidecar, AuditMetrics(sidecar.registry), BrokerMetrics())
+    holders = (sidecar, AuditMetrics(sidecar.registry), BrokerMetrics(), OperatorMetrics())
     names: dict[str, set[str]] = {}
     for holder in holders:
         for metric in vars(holder).values():
@@ -219,6 +256,7 @@ GROUPING = re.compile(r"\bby \(([^)]*)\)|label_values\([^,]+, *([a-z_]+)\)")
 def test_every_metric_the_dashboard_queries_is_exported(render: Render) -> None:
     names = exported()
     assert "sidegate_requests_total" in names and "sidegate_broker_answers_total" in names
+    assert "sidegate_operator_leader" in names
     document = dashboard(render(*ALL_ON))
     expressions = queries(document)
     assert len(expressions) >= 20

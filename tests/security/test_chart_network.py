@@ -13,7 +13,7 @@ import pytest
 
 from sidegate.operator import injection
 from tests.helpers import webhook_scope
-from tests.security.test_chart import CHART, KUBERNETES, Helm, Render, one
+from tests.security.test_chart import CHART, KUBERNETES, Helm, Render, one, pod_of
 
 POLICIES = ("sidegate-operator", "sidegate-broker", "sidegate-cleanup")
 KUBE_DNS = {
@@ -116,16 +116,28 @@ def test_the_brokers_api_is_reachable_from_injected_pods_only(
     assert probe == {"ports": [{"port": "probe", "protocol": "TCP"}]}
 
 
-def test_the_operator_takes_only_its_health_port_and_the_webhook_its_own(render: Render) -> None:
-    """The webhooks have pods of their own: the operator's take the kubelet's probes only."""
+def test_the_operator_takes_only_its_health_and_metrics_ports_and_the_webhook_its_own(
+    render: Render,
+) -> None:
+    """The webhooks have pods of their own: the operator's take the kubelet's probes and a
+    scraper (from anywhere, as the broker's probe port) only."""
+    metrics = {"port": "metrics", "protocol": "TCP"}
     for values in ((), ("webhook.enabled=false",)):
         (rule,) = one(render(*values), "NetworkPolicy", "sidegate-operator")["spec"]["ingress"]
-        assert rule == {"ports": [{"port": "health", "protocol": "TCP"}]}
+        assert rule == {"ports": [{"port": "health", "protocol": "TCP"}, metrics]}
     webhook = one(render(), "NetworkPolicy", "sidegate-webhook")["spec"]
     (rule,) = webhook["ingress"]
     assert rule == {
-        "ports": [{"port": "health", "protocol": "TCP"}, {"port": "webhook", "protocol": "TCP"}]
+        "ports": [
+            {"port": "health", "protocol": "TCP"},
+            {"port": "webhook", "protocol": "TCP"},
+            metrics,
+        ]
     }
+    # Each named port is one the pods declare.
+    for deployment in ("sidegate-operator", "sidegate-webhook"):
+        (container,) = pod_of(render(), "Deployment", deployment)["containers"]
+        assert "metrics" in {port["name"] for port in container["ports"]}
     # The same least-privilege egress as every Sidegate pod: DNS pods, the API server's CIDRs.
     assert (
         webhook["egress"] == one(render(), "NetworkPolicy", "sidegate-operator")["spec"]["egress"]
@@ -135,3 +147,21 @@ def test_the_operator_takes_only_its_health_port_and_the_webhook_its_own(render:
         for d in render("webhook.enabled=false")
     )
     assert one(render(), "NetworkPolicy", "sidegate-cleanup")["spec"]["ingress"] == []
+
+
+def test_a_metrics_port_that_is_taken_fails_the_render(helm: Helm) -> None:
+    """The health port (kopf's liveness) and the webhook's port are in the same pods."""
+    for port in ("8080", "8443"):
+        result = helm(
+            "template",
+            "sidegate",
+            str(CHART),
+            "-n",
+            "sidegate-system",
+            "--set",
+            "networkPolicy.apiServerCIDRs={203.0.113.10/32}",
+            "--set",
+            f"operator.metricsPort={port}",
+        )
+        assert result.returncode != 0
+        assert f"operator.metricsPort {port} is taken" in result.stderr, result.stderr

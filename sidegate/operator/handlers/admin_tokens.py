@@ -17,7 +17,7 @@ from typing import Any
 
 import kopf
 
-from sidegate.operator import fanout
+from sidegate.operator import fanout, metrics
 from sidegate.operator import state as states
 from sidegate.operator.state import OperatorState
 
@@ -36,6 +36,16 @@ def rotated_at(secret: dict[str, Any] | None) -> float | None:
 async def ensure(state: OperatorState, namespace: str, logger: kopf.Logger) -> None:
     """Create the token if missing, rotate it when older than the interval, and drop the
     ``.previous`` whose overlap is over. Writes nothing when nothing is due."""
+    counted = state.metrics.credentials
+    try:
+        written = await _ensure(state, namespace, logger)
+    except Exception:
+        counted.labels(metrics.ADMIN_TOKEN, metrics.FAILED).inc()
+        raise
+    counted.labels(metrics.ADMIN_TOKEN, metrics.WRITTEN if written else metrics.UNCHANGED).inc()
+
+
+async def _ensure(state: OperatorState, namespace: str, logger: kopf.Logger) -> bool:
     client = state.api()
     name = states.admin_secret(namespace)
     async with state.lock(name):
@@ -56,5 +66,7 @@ async def ensure(state: OperatorState, namespace: str, logger: kopf.Logger) -> N
             annotations={ROTATED_ANNOTATION: str(now if due else last)},
             labels={states.ADMIN_FOR_LABEL: namespace},
         )
-    if written is not None:
-        logger.info("admin token %s/%s %s", state.namespace, name, "rotated" if due else "tidied")
+    if written is None:
+        return False
+    logger.info("admin token %s/%s %s", state.namespace, name, "rotated" if due else "tidied")
+    return True

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import kopf
 
-from sidegate.operator import fanout
+from sidegate.operator import fanout, metrics
 from sidegate.operator.state import CREDENTIALS_SECRET, OperatorState
 
 
@@ -31,18 +31,25 @@ async def fan_out(state: OperatorState, logger: kopf.Logger) -> None:
     wanted = merged(state.sources)
     if not state.sources_listed or not wanted:
         return
-    client = state.api()
-    async with state.lock(CREDENTIALS_SECRET):
-        secret = await client.get(state.namespace, CREDENTIALS_SECRET)
-        written = await fanout.converge(
-            client,
-            secret,
-            state.namespace,
-            CREDENTIALS_SECRET,
-            wanted,
-            now=time.time(),
-            overlap=state.overlap,
-        )
+    counted = state.metrics.credentials
+    try:
+        client = state.api()
+        async with state.lock(CREDENTIALS_SECRET):
+            secret = await client.get(state.namespace, CREDENTIALS_SECRET)
+            written = await fanout.converge(
+                client,
+                secret,
+                state.namespace,
+                CREDENTIALS_SECRET,
+                wanted,
+                now=time.time(),
+                overlap=state.overlap,
+            )
+    except Exception:
+        counted.labels(metrics.PROVIDER_KEYS, metrics.FAILED).inc()
+        raise
+    outcome = metrics.UNCHANGED if written is None else metrics.WRITTEN
+    counted.labels(metrics.PROVIDER_KEYS, outcome).inc()
     if written is not None:
         logger.info(
             "credentials %s/%s written: %d keys, %d in overlap",  # counts, never values

@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from sidegate.operator import leadership
+from sidegate.operator import leadership, metrics
 from sidegate.operator.handlers import compiling, release, upkeep
 from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import RESOURCE, OperatorState
@@ -104,10 +104,16 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             message = describe(exc)
             patch.status["conditions"] = [condition(False, "Invalid", message)]
             kopf.warn(body, reason="Invalid", message=message)  # a Kubernetes Event
+            state.metrics.reconciles.labels(metrics.INVALID).inc()
             return  # the bundle stays as it was: compiled from the valid policies only
-        bundle_hash = await compiling.write_bundle(
-            state, namespace, valid_policies.get(namespace, []), logger
-        )
+        try:
+            bundle_hash = await compiling.write_bundle(
+                state, namespace, valid_policies.get(namespace, []), logger
+            )
+        except Exception:
+            state.metrics.reconciles.labels(metrics.FAILED).inc()
+            raise  # kopf retries
+        state.metrics.reconciles.labels(metrics.COMPILED).inc()
         patch.status["ruleCount"] = len(policy.spec.rules)
         patch.status["conditions"] = [condition(True, "Compiled", f"in bundle {bundle_hash}")]
 

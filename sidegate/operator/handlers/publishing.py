@@ -17,7 +17,7 @@ import time
 
 import kopf
 
-from sidegate.operator import bundles, fanout, signing_keys
+from sidegate.operator import bundles, fanout, metrics, signing_keys
 from sidegate.operator.kube import CONFIG_MAPS
 from sidegate.operator.state import OperatorState, Published
 from sidegate.policy import bundle, signing
@@ -82,6 +82,20 @@ async def publish(
 async def _publish(
     state: OperatorState, namespace: str, raw: bytes, bundle_hash: str, log: kopf.Logger
 ) -> str:
+    """``_write``, counted by outcome (the caller, kopf or the watch, retries a failure)."""
+    try:
+        written = await _write(state, namespace, raw, bundle_hash, log)
+    except Exception:
+        state.metrics.bundles.labels(metrics.FAILED).inc()
+        raise
+    state.metrics.bundles.labels(metrics.PUBLISHED if written else metrics.UNCHANGED).inc()
+    return bundle_hash
+
+
+async def _write(
+    state: OperatorState, namespace: str, raw: bytes, bundle_hash: str, log: kopf.Logger
+) -> bool:
+    """Sign and write the bundle unless the same one is in force; True when written."""
     active = await keys(state)
     client = state.api()
     name = bundles.secret_name(namespace)
@@ -100,7 +114,7 @@ async def _publish(
             state.published[namespace] = Published(
                 raw, bundle_hash, envelope, current.serial, current.key_id
             )
-            return bundle_hash  # in force already: no write, no delivery to the sidecars
+            return False  # in force already: no write, no delivery to the sidecars
         if stored is not None and current is None:
             log.warning("bundle secret %s/%s did not verify: rewritten", state.namespace, name)
         in_force = max(current.serial if current else 0, last.serial if last else 0)
@@ -117,7 +131,7 @@ async def _publish(
         await client.write(written, stored)  # over the version judged above, or Conflict
         state.published[namespace] = Published(raw, bundle_hash, envelope, serial, active.active_id)
     log.info("bundle %s/%s signed (serial %d, %s)", state.namespace, name, serial, bundle_hash)
-    return bundle_hash
+    return True
 
 
 async def restore(state: OperatorState, namespace: str) -> bool:
@@ -125,6 +139,17 @@ async def restore(state: OperatorState, namespace: str) -> bool:
     does not verify (edited, forged, deleted) or is older than what the operator published,
     put the published envelope back. True when it did. A newer valid one (another operator
     replica during an upgrade) is taken as the one in force."""
+    try:
+        restored = await _restore(state, namespace)
+    except Exception:
+        state.metrics.bundles.labels(metrics.FAILED).inc()
+        raise
+    if restored:
+        state.metrics.bundles.labels(metrics.RESTORED).inc()
+    return restored
+
+
+async def _restore(state: OperatorState, namespace: str) -> bool:
     last = state.published.get(namespace)
     if last is None or state.keys is None:
         return False  # nothing published by this process yet: the reconcile handlers will

@@ -116,6 +116,7 @@ def start(state: OperatorState) -> None:
     webhook certificates' upkeep beside it when the operator keeps them: what the leader
     does besides kopf's handlers."""
     loop = asyncio.get_running_loop()
+    state.metrics.leader.set(1)  # what leading means here: this watch runs, kopf handles
     if state.release_watch is None or state.release_watch.done():
         task = loop.create_task(follow(state), name="sidegate-release-watch")
         task.add_done_callback(_report)
@@ -130,6 +131,7 @@ def start(state: OperatorState) -> None:
 
 
 async def stop(state: OperatorState) -> None:
+    state.metrics.leader.set(0)
     tasks = [t for t in (state.release_watch, state.certificates_task) if t is not None]
     state.release_watch = state.certificates_task = None
     for task in tasks:

@@ -16,17 +16,21 @@ a pod that would expose the sidecar is refused rather than created without it.
 - pods/exec CONNECT: no exec into the sidecar container (its memory holds the provider keys).
 ``kubectl port-forward`` and ``attach`` are not refused: port-forward reaches the sidecar's
 API as the app does (the policy applies), attach sees its log output (no secrets in it).
+
+Each answer is counted by outcome (``counted``; ``metrics.py``): allowed, patched, refused
+(4xx) or error (5xx).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import kopf
 
-from sidegate.operator import injection, objects, signing_keys
+from sidegate.operator import injection, metrics, objects, signing_keys
 from sidegate.operator.kube import CONFIG_MAPS, ApiClient
 from sidegate.operator.state import OperatorState
 
@@ -57,6 +61,21 @@ def _read(path: Path) -> str:
         raise kopf.AdmissionError(
             f"sidegate: the broker's CA is not readable ({exc.strerror})", code=500
         ) from None
+
+
+async def counted(state: OperatorState, webhook_id: str, answer: Coroutine[Any, Any, str]) -> None:
+    """Await a webhook's answer and count it: its outcome, or refused (a 4xx AdmissionError)
+    or error (a 5xx one, or any other exception, which kopf answers as a failure)."""
+    try:
+        outcome = await answer
+    except kopf.AdmissionError as exc:
+        outcome = metrics.REFUSED if exc.code is not None and exc.code < 500 else metrics.ERROR
+        state.metrics.admission_reviews.labels(webhook_id, outcome).inc()
+        raise
+    except Exception:
+        state.metrics.admission_reviews.labels(webhook_id, metrics.ERROR).inc()
+        raise
+    state.metrics.admission_reviews.labels(webhook_id, outcome).inc()
 
 
 def register_client(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
@@ -94,18 +113,22 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         labels={injection.LABEL: kopf.PRESENT},
     )
     async def inject(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+        await counted(state, HANDLER_ID, injected(body, patch, logger))
+
+    async def injected(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> str:
         pod = objects.plain(body)
         if not injection.wants_injection(pod.get("metadata", {}).get("labels")):
-            return  # "false", or any value but "true": opted out explicitly
+            return metrics.ALLOWED  # "false", or any value but "true": opted out explicitly
         try:
             changes = injection.admit(pod, await current_spec(state, spec))
         except injection.Refused as exc:
             raise kopf.AdmissionError(str(exc), code=400) from None  # not created without it
         if changes is None:
-            return
+            return metrics.ALLOWED
         for section, fields in changes.items():
             patch.setdefault(section, {}).update(fields)
         logger.debug("sidecar injected (%s)", "native" if spec.native else "container")
+        return metrics.PATCHED
 
     @kopf.on.validate(
         "v1",
@@ -116,6 +139,10 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
         subresource="*",
     )
     async def guard(body: kopf.Body, subresource: str | None, **kwargs: Any) -> None:
+        await counted(state, GUARD_ID, guarded(body, subresource, **kwargs))
+
+    async def guarded(body: kopf.Body, subresource: str | None, **kwargs: Any) -> str:
+        """Allowed, or refused by an AdmissionError."""
         operation = kwargs.get("operation")  # not in kopf's WebhookFn protocol, but passed
         if subresource == "exec" and operation == "CONNECT":
             # The object is the PodExecOptions: which container, which command.
@@ -125,11 +152,11 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
                     "provider keys in memory)",
                     code=403,
                 )
-            return
+            return metrics.ALLOWED
         if subresource not in (None, "ephemeralcontainers"):
-            return  # status, binding, attach, portforward...
+            return metrics.ALLOWED  # status, binding, attach, portforward...
         if subresource == "ephemeralcontainers" and operation != "UPDATE":
-            return
+            return metrics.ALLOWED
         pod = objects.plain(body)
         old = kwargs.get("old")
         if operation == "UPDATE" and old is not None:
@@ -137,10 +164,11 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             if reason is not None:
                 raise kopf.AdmissionError(f"sidegate: {reason}", code=403)
         if not injection.carries_sidegate(pod, spec.audience):
-            return
+            return metrics.ALLOWED
         reason = injection.exposure(pod, spec.audience)
         if reason is None and operation == "CREATE":
             # Against the spec in force now: the mutating webhook has just injected with it.
             reason = injection.hand_made(pod, await current_spec(state, spec))
         if reason is not None:
             raise kopf.AdmissionError(f"sidegate: {reason}", code=403)
+        return metrics.ALLOWED
