@@ -21,15 +21,18 @@ from tests.conftest import fake_key
 from tests.helpers import restarts
 from tests.helpers.kubernetes import (
     PEERING,
+    POLICIES,
     SOURCES,
     Emulator,
     cluster,
     eventually,
     get,
     operator,
+    policy,
     send,
     source_secret,
 )
+from tests.integration.test_operator_policies import policies_of
 from tests.integration.test_webhook_certificates import (
     WANTED,
     ca_bundles,
@@ -105,6 +108,9 @@ async def test_the_leader_still_fans_out_a_rotation_after_a_restart(
         assert await eventually(
             lambda: _equal(credentials(k8s), {"openai": second, "openai.previous": first}), 30
         )
+        # kopf resumed too: a new policy is compiled, signed and published.
+        assert await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("gpt", ["gpt-*"])) < 300
+        assert await eventually(lambda: _equal(policies_of(k8s), ["gpt"]), 30)
     # The restart did reach the leader's peering poll (or the test proves nothing).
     assert warned(caplog, leadership.__name__, f"peering {PEERING} unreadable")
 
