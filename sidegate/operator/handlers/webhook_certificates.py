@@ -111,8 +111,16 @@ async def _trust(state: OperatorState, path: str, encoded: str) -> None:
 
 
 def _decoded(secret: dict[str, Any] | None, key: str) -> str | None:
+    """A data value as text; None when missing or not text. A Secret holds any bytes (a hand
+    edit may put a DER file there): such a value differs from the wanted one and is
+    rewritten, it must not stop the upkeep of everything after it."""
     value = ((secret or {}).get("data") or {}).get(key)
-    return base64.b64decode(value).decode() if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value).decode()
+    except ValueError:  # binascii.Error, UnicodeDecodeError
+        return None
 
 
 async def keep(state: OperatorState, wanted: WebhookCertificates) -> None:
@@ -120,8 +128,9 @@ async def keep(state: OperatorState, wanted: WebhookCertificates) -> None:
     while True:
         try:
             await ensure(state, wanted)
-        # A 409 (someone was faster), the API away (HTTP or connection errors), or Secrets
-        # that do not decode: the upkeep must outlive each, it is the only one.
+        # A 409 (someone was faster), the API away (HTTP or connection errors), or what it
+        # cannot use (ValueError: a CA key it cannot sign with, an answer that is not JSON):
+        # the upkeep must outlive each, it is the only one.
         except (kopf.TemporaryError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
             logger.warning("webhook certificates: %s; checking again soon", exc)
             await asyncio.sleep(min(5.0, wanted.check_seconds))
