@@ -464,6 +464,20 @@ def _probe_command(command: Any) -> Any:
     return _probe(lambda p: p["exec"].update(command=command))
 
 
+def _app_mounts_another_broker_token(pod: dict[str, Any]) -> None:
+    """A volume of the app's own projecting a token for the broker's audience."""
+    token = {"serviceAccountToken": {"audience": "sidegate", "path": "t"}}
+    pod["spec"]["volumes"].append(
+        {"name": "mine", "projected": {"sources": [{"configMap": {"name": "x"}}, token]}}
+    )
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "mine", "mountPath": "/t"}]
+
+
+def _host_path_after_a_volume_that_is_not_an_object(pod: dict[str, Any]) -> None:
+    pod["spec"]["volumes"].insert(0, None)
+    pod["spec"]["volumes"].append({"name": "node", "hostPath": {"path": "/"}})
+
+
 _INJECTED_SCRIPT = (
     "import sys, urllib.request; "
     "sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=2).status != 200)"
@@ -519,29 +533,11 @@ _WEAKER = "the sidecar's securityContext is weaker than the injected one"
             "container 'debug' mounts the sidecar token",
         ),
         (
-            lambda p: (
-                p["spec"]["volumes"].append(
-                    {
-                        "name": "mine",
-                        "projected": {
-                            "sources": [
-                                {"configMap": {"name": "x"}},
-                                {"serviceAccountToken": {"audience": "sidegate", "path": "t"}},
-                            ]
-                        },
-                    }
-                ),
-                p["spec"]["containers"][0].update(
-                    volumeMounts=[{"name": "mine", "mountPath": "/t"}]
-                ),
-            ),
+            _app_mounts_another_broker_token,
             "container 'app' mounts the sidecar token",
         ),
         (
-            lambda p: (
-                p["spec"]["volumes"].insert(0, None)
-                or p["spec"]["volumes"].append({"name": "node", "hostPath": {"path": "/"}})
-            ),
+            _host_path_after_a_volume_that_is_not_an_object,
             "volume 'node' is a hostPath volume (it could reach the sidecar's token)",
         ),
         # The config.
