@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -97,6 +98,7 @@ _PROBE_TIMINGS = frozenset(
     }
 )
 _PROBE_COMMAND_START = ["python", "-c"]
+_PROBE_PORT = re.compile(r"http://127\.0\.0\.1:([0-9]+)/")
 _PROBE_SCRIPT = (
     "import sys, urllib.request; "
     "sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=2).status != 200)"
@@ -209,7 +211,12 @@ def _config_refusal(config: dict[str, Any] | None, expected: Expectations) -> st
     if isinstance(logging, dict) and logging.get("level") in _LOG_LEVELS:
         wanted["logging"] = {**(wanted.get("logging") or {}), "level": logging["level"]}
     if config != wanted:
-        differing = sorted(k for k in {*config, *wanted} if config.get(k) != wanted.get(k))
+        # A key set to null on one side only differs too (get() would read both as None).
+        differing = sorted(
+            k
+            for k in {*config, *wanted}
+            if k not in config or k not in wanted or config[k] != wanted[k]
+        )
         return f"the sidecar's config is not the operator's ({', '.join(differing)} differ)"
     return None
 
@@ -238,30 +245,27 @@ def _env_refusal(env: Any) -> str | None:
     return None
 
 
-def _probe_refusal(probe: Any) -> str | None:
+def _is_injected_probe(probe: Any) -> bool:
     if not isinstance(probe, Mapping) or not set(probe) <= {"exec", *_PROBE_TIMINGS}:
-        return "a sidecar probe is not the injected one"
+        return False
     action = probe.get("exec")
     command = action.get("command") if isinstance(action, Mapping) else None
-    if (
-        not isinstance(action, Mapping)
-        or set(action) != {"command"}
-        or not isinstance(command, list)
-        or len(command) != 3
-        or command[:2] != _PROBE_COMMAND_START
-        or command[2] != _PROBE_SCRIPT.format(port=_probe_port(command[2]))
+    if not (
+        isinstance(action, Mapping)
+        and set(action) == {"command"}
+        and isinstance(command, list)
+        and len(command) == 3
+        and command[:2] == _PROBE_COMMAND_START
     ):
-        return "a sidecar probe runs another command"
-    return None
+        return False
+    port = _probe_port(command[2])  # the injector always names one
+    return port is not None and command[2] == _PROBE_SCRIPT.format(port=port)
 
 
-def _probe_port(script: Any) -> str:
+def _probe_port(script: Any) -> str | None:
     """The port the probe script names (the sidecar's listen port, from the chart)."""
-    marker = "http://127.0.0.1:"
-    if not isinstance(script, str) or marker not in script:
-        return ""
-    digits = script.split(marker, 1)[1].split("/", 1)[0]
-    return digits if digits.isdigit() else ""
+    found = _PROBE_PORT.search(script) if isinstance(script, str) else None
+    return found.group(1) if found else None
 
 
 def _security_refusal(context: Any, fixed_user: bool) -> str | None:
@@ -273,7 +277,6 @@ def _security_refusal(context: Any, fixed_user: bool) -> str | None:
     capabilities = context.get("capabilities")
     if (
         context.get("runAsNonRoot") is not True
-        or context.get("runAsUser") == 0
         or context.get("allowPrivilegeEscalation") is not False
         or context.get("readOnlyRootFilesystem") is not True
         or context.get("privileged") not in (None, False)
@@ -312,7 +315,7 @@ def _sidecar_refusal(sidecar: Mapping[str, Any], expected: Expectations) -> str 
     if (sidecar.get("ports") or []) != _ports(expected.config):
         return "the sidecar's ports are not the injected ones"
     for probe in ("startupProbe", "livenessProbe"):
-        if _probe_refusal(sidecar.get(probe)) is not None:
+        if not _is_injected_probe(sidecar.get(probe)):
             return f"the sidecar's {probe} is not the injected one"
     return (
         _env_refusal(sidecar.get("env"))

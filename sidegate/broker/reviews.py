@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,9 @@ _MAX_TOKEN_BYTES = 16 * 1024
 # A refused token is refused again without asking for this long: a caller retrying a bad
 # token (or flooding the broker with them) costs the API server one review per interval.
 _REFUSED_SECONDS = 10.0
+# A JWT segment: base64url without padding (RFC 7515). b64decode alone skips characters
+# outside its alphabet and accepts "+" and "/": a malformed segment could still yield a claim.
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class Unauthenticated(Exception):
@@ -56,8 +60,11 @@ def expiry_claim(token: str) -> float | None:
     parts = token.split(".")
     if len(parts) != 3:
         return None
+    if not _SEGMENT.fullmatch(parts[1]):
+        return None
+    padded = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        payload = json.loads(base64.b64decode(padded, altchars="-_", validate=True))
     except ValueError:
         return None
     exp = payload.get("exp") if isinstance(payload, dict) else None

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from sidegate import errors
-from sidegate.policy import bundle
+from sidegate.policy import bundle, models
 from tests.policies import allow, policy
 
 ZERO = "sha256:" + "0" * 64
@@ -135,3 +135,22 @@ def test_refusal_reasons_are_exact() -> None:
     with pytest.raises(errors.BundleRejected) as refused:
         bundle.dumps(wrong)
     assert str(refused.value) == "bundle hash does not match its policies"
+
+
+def test_tenants_and_retention_go_into_the_bundle() -> None:
+    """Every field of the spec the sidecar enforces is carried: a bundle that dropped the
+    retention rule would let the provider keep the requests the policy says it may not."""
+    plain = policy("a", rules=[allow("*", actions=["responses"])])
+    spec = plain.spec.model_copy(
+        update={
+            "allowed_tenants": ["acme"],
+            "retention": models.Retention(providerStorage="Forbidden"),
+        }
+    )
+    compiled = bundle.to_bundle([plain.model_copy(update={"spec": spec})])
+    assert bundle.dumps(compiled).decode().splitlines()[1] == (
+        '{"allowedTenants":["acme"],"name":"a","namespace":"team-a",'
+        '"retention":{"providerStorage":"Forbidden"},'
+        '"rules":[{"actions":["responses"],"effect":"Allow","models":["*"]}],'
+        '"subjects":[{"kind":"ServiceAccount","name":"app"}]}'
+    )

@@ -26,10 +26,19 @@ def injected(**metadata: Any) -> dict[str, Any]:
 
 
 def refusal(pod: dict[str, Any], uid: str = "u-1") -> str | None:
+    found = refused(pod, uid=uid)
+    return found[0] if found else None
+
+
+def refused(
+    pod: dict[str, Any], expected: pods.Expectations = EXPECTED, uid: str = "u-1"
+) -> tuple[str, str] | None:
+    """The refusal's reason code and message, or None when the pod is served."""
     try:
-        pods.check(pod, uid=uid, expected=EXPECTED)
+        pods.check(pod, uid=uid, expected=expected)
     except pods.Refused as exc:
-        return exc.code
+        assert str(exc) == exc.message
+        return exc.code, exc.message
     return None
 
 
@@ -58,22 +67,36 @@ def test_an_init_container_that_is_not_a_native_sidecar_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "code"),
+    ("change", "code", "message"),
     [
-        (lambda p: p["metadata"].update(uid="u-2"), "pod_not_found"),
-        (lambda p: p["status"].update(phase="Succeeded"), "pod_terminated"),
+        (
+            lambda p: p["metadata"].update(uid="u-2"),
+            "pod_not_found",
+            "the token's pod no longer exists",
+        ),
+        (
+            lambda p: p["status"].update(phase="Succeeded"),
+            "pod_terminated",
+            "the token's pod has terminated",
+        ),
         (
             lambda p: p["metadata"].update(deletionTimestamp="2026-11-23T00:00:00Z"),
             "pod_terminated",
+            "the token's pod has terminated",
         ),
-        (lambda p: p["spec"].update(hostIPC=True), "pod_not_injected"),
-        (lambda p: p["spec"].update(hostNetwork=True), "pod_not_injected"),
+        (lambda p: p["spec"].update(hostIPC=True), "pod_not_injected", "the pod sets hostIPC"),
+        (
+            lambda p: p["spec"].update(hostNetwork=True),
+            "pod_not_injected",
+            "the pod sets hostNetwork",
+        ),
         # The config from a ConfigMap the namespace controls: not what the webhook wrote.
         (
             lambda p: p["spec"]["initContainers"][0]["env"][0].update(
                 valueFrom={"configMapKeyRef": {"name": "mine", "key": "c"}}
             ),
             "pod_not_injected",
+            "the sidecar's config is not the injected value",
         ),
         # A key the operator never published, or no key at all: bundles it never signed.
         (
@@ -83,12 +106,14 @@ def test_an_init_container_that_is_not_a_native_sidecar_is_refused() -> None:
                 )
             ),
             "pod_not_injected",
+            "the sidecar's config trusts a key the operator did not publish",
         ),
         (
             lambda p: p["spec"]["initContainers"][0]["env"][0].update(
                 value=brokers.sidecar_config([])
             ),
             "pod_not_injected",
+            "the sidecar's config trusts a key the operator did not publish",
         ),
         # Two containers named sidegate: which one holds the token is anyone's guess.
         (
@@ -96,6 +121,7 @@ def test_an_init_container_that_is_not_a_native_sidecar_is_refused() -> None:
                 copy.deepcopy(p["spec"]["initContainers"][0]) | {"restartPolicy": None}
             ),
             "pod_not_injected",
+            "the pod has no single container named 'sidegate'",
         ),
         # An init container mounting the token runs before the sidecar, with the token.
         (
@@ -108,13 +134,14 @@ def test_an_init_container_that_is_not_a_native_sidecar_is_refused() -> None:
                 },
             ),
             "pod_not_injected",
+            "container 'setup' mounts the sidecar token",
         ),
     ],
 )
-def test_refusals(change: Any, code: str) -> None:
+def test_refusals(change: Any, code: str, message: str) -> None:
     pod = injected()
     change(pod)
-    assert refusal(pod) == code
+    assert refused(pod) == (code, message)
 
 
 def _config(change: Any) -> Any:
@@ -142,71 +169,172 @@ _STEAL = ["sh", "-c", "cp /var/run/sidegate/token/token /shared/"]
 
 
 @pytest.mark.parametrize(
-    "change",
+    ("change", "message"),
     [
         # (a) the config: the keys go where the pod's author says.
-        _config(lambda c: c["broker"].update(url=_LOOPBACK)),
-        _config(
-            lambda c: c["providers"]["openai"].update(
-                base_url="http://127.0.0.1:8080/v1", allow_insecure_http=True
-            )
+        (
+            _config(lambda c: c["broker"].update(url=_LOOPBACK)),
+            "the sidecar's config is not the operator's (broker differ)",
         ),
-        _config(lambda c: c["providers"]["openai"].update(base_url="https://evil.example/v1")),
-        _config(lambda c: c.update(identity={"service_account": "someone-else"})),
-        _config(lambda c: c.update(audit=None)),
-        _config(lambda c: c["broker"].update(ca_pem="-----BEGIN CERTIFICATE-----\nx\n")),
-        _config(lambda c: c["broker"].update(ca_file="/tmp/ca.pem")),
-        _config(lambda c: c["broker"].update(token_file="/tmp/token")),
+        (
+            _config(
+                lambda c: c["providers"]["openai"].update(
+                    base_url="http://127.0.0.1:8080/v1", allow_insecure_http=True
+                )
+            ),
+            "the sidecar's config is not the operator's (providers differ)",
+        ),
+        (
+            _config(lambda c: c["providers"]["openai"].update(base_url="https://evil.example/v1")),
+            "the sidecar's config is not the operator's (providers differ)",
+        ),
+        (
+            _config(lambda c: c.update(identity={"service_account": "someone-else"})),
+            "the sidecar's config is not the operator's (identity differ)",
+        ),
+        (
+            _config(lambda c: c.update(audit=None)),
+            "the sidecar's config is not the operator's (audit differ)",
+        ),
+        (
+            _config(lambda c: c["broker"].update(ca_pem="-----BEGIN CERTIFICATE-----\nx\n")),
+            "the sidecar's config is not the operator's (broker differ)",
+        ),
+        (
+            _config(lambda c: c["broker"].update(ca_file="/tmp/ca.pem")),
+            "the sidecar's config is not the operator's (broker differ)",
+        ),
+        (
+            _config(lambda c: c["broker"].update(token_file="/tmp/token")),
+            "the sidecar's config is not the operator's (broker differ)",
+        ),
         # (b) the sidecar's own hooks and probes copying the token out.
-        _sidecar(lambda s: s.update(lifecycle={"postStart": {"exec": {"command": _STEAL}}})),
-        _sidecar(lambda s: s["startupProbe"].update(exec={"command": _STEAL})),
-        _sidecar(lambda s: s["livenessProbe"].update(exec={"command": _STEAL})),
-        _sidecar(lambda s: s["livenessProbe"].update(httpGet={"port": 4000})),
+        (
+            _sidecar(lambda s: s.update(lifecycle={"postStart": {"exec": {"command": _STEAL}}})),
+            "the sidecar container sets lifecycle, which the injector does not",
+        ),
+        (
+            _sidecar(lambda s: s["startupProbe"].update(exec={"command": _STEAL})),
+            "the sidecar's startupProbe is not the injected one",
+        ),
+        (
+            _sidecar(lambda s: s["livenessProbe"].update(exec={"command": _STEAL})),
+            "the sidecar's livenessProbe is not the injected one",
+        ),
+        (
+            _sidecar(lambda s: s["livenessProbe"].update(httpGet={"port": 4000})),
+            "the sidecar's livenessProbe is not the injected one",
+        ),
         # (c) environment, mounts, working directory, command.
-        _sidecar(lambda s: s["env"].append({"name": "PYTHONPATH", "value": "/shared"})),
-        _sidecar(lambda s: s["env"].append({"name": "HTTPS_PROXY", "value": _LOOPBACK})),
-        _sidecar(lambda s: s.update(envFrom=[{"configMapRef": {"name": "mine"}}])),
-        _sidecar(
-            lambda s: s["env"][2].update(
-                valueFrom={"fieldRef": {"fieldPath": "metadata.labels['sa']"}}
-            )
+        (
+            _sidecar(lambda s: s["env"].append({"name": "PYTHONPATH", "value": "/shared"})),
+            "the sidecar's environment is not the injected one",
         ),
-        _sidecar(lambda s: s["env"][2].update(value="someone-else")),
-        _sidecar(lambda s: s.update(workingDir="/shared")),
-        _sidecar(lambda s: s.update(command=["python"])),
-        _sidecar(lambda s: s.update(args=[*s["args"], "--debug"])),
-        _sidecar(
-            lambda s: s["volumeMounts"].append(
-                {"name": "shared", "mountPath": "/usr/local/lib/python3.12/site-packages"}
-            )
+        (
+            _sidecar(lambda s: s["env"].append({"name": "HTTPS_PROXY", "value": _LOOPBACK})),
+            "the sidecar's environment is not the injected one",
         ),
-        _sidecar(lambda s: s["volumeMounts"][0].update(readOnly=False)),
-        _sidecar(lambda s: s["securityContext"].update(allowPrivilegeEscalation=True)),
-        _sidecar(lambda s: s["securityContext"].update(readOnlyRootFilesystem=False)),
-        _sidecar(lambda s: s["securityContext"].update(runAsNonRoot=False, runAsUser=0)),
-        _sidecar(lambda s: s["securityContext"].update(capabilities={"drop": []})),
-        _sidecar(lambda s: s.update(terminationMessagePath="/var/run/sidegate/token/token")),
+        (
+            _sidecar(lambda s: s.update(envFrom=[{"configMapRef": {"name": "mine"}}])),
+            "the sidecar container sets envFrom, which the injector does not",
+        ),
+        (
+            _sidecar(
+                lambda s: s["env"][2].update(
+                    valueFrom={"fieldRef": {"fieldPath": "metadata.labels['sa']"}}
+                )
+            ),
+            "the sidecar's SIDEGATE_SERVICE_ACCOUNT is not the downward API's spec.serviceAccountName",
+        ),
+        (
+            _sidecar(lambda s: s["env"][2].update(value="someone-else")),
+            "the sidecar's SIDEGATE_SERVICE_ACCOUNT is not the downward API's spec.serviceAccountName",
+        ),
+        (
+            _sidecar(lambda s: s.update(workingDir="/shared")),
+            "the sidecar container sets workingDir, which the injector does not",
+        ),
+        (
+            _sidecar(lambda s: s.update(command=["python"])),
+            "the sidecar container sets command, which the injector does not",
+        ),
+        (
+            _sidecar(lambda s: s.update(args=[*s["args"], "--debug"])),
+            "the sidecar container runs another command",
+        ),
+        (
+            _sidecar(
+                lambda s: s["volumeMounts"].append(
+                    {"name": "shared", "mountPath": "/usr/local/lib/python3.12/site-packages"}
+                )
+            ),
+            "the sidecar's volume mounts are not the injected ones",
+        ),
+        (
+            _sidecar(lambda s: s["volumeMounts"][0].update(readOnly=False)),
+            "the sidecar's volume mounts are not the injected ones",
+        ),
+        (
+            _sidecar(lambda s: s["securityContext"].update(allowPrivilegeEscalation=True)),
+            "the sidecar's securityContext is weaker than the injected one",
+        ),
+        (
+            _sidecar(lambda s: s["securityContext"].update(readOnlyRootFilesystem=False)),
+            "the sidecar's securityContext is weaker than the injected one",
+        ),
+        (
+            _sidecar(lambda s: s["securityContext"].update(runAsNonRoot=False, runAsUser=0)),
+            "the sidecar does not run as the injected user and group",
+        ),
+        (
+            _sidecar(lambda s: s["securityContext"].update(capabilities={"drop": []})),
+            "the sidecar's securityContext is weaker than the injected one",
+        ),
+        (
+            _sidecar(lambda s: s.update(terminationMessagePath="/var/run/sidegate/token/token")),
+            "the sidecar container sets terminationMessagePath",
+        ),
         # The volumes behind the sidecar's mounts.
-        lambda p: p["spec"]["volumes"].__setitem__(0, {"name": "sidegate-token", "emptyDir": {}}),
-        lambda p: p["spec"]["volumes"].__setitem__(
-            1, {"name": "sidegate-spool", "persistentVolumeClaim": {"claimName": "shared"}}
+        (
+            lambda p: p["spec"]["volumes"].__setitem__(
+                0, {"name": "sidegate-token", "emptyDir": {}}
+            ),
+            "volume 'sidegate-token' is not the injected token volume",
+        ),
+        (
+            lambda p: p["spec"]["volumes"].__setitem__(
+                1, {"name": "sidegate-spool", "persistentVolumeClaim": {"claimName": "shared"}}
+            ),
+            "volume 'sidegate-spool' is not the injected emptyDir",
         ),
         # (C) any container reaching the kubelet's pod directory, where the token file is.
-        lambda p: p["spec"]["volumes"].append({"name": "node", "hostPath": {"path": "/"}}),
-        lambda p: p["spec"]["volumes"].append(
-            {"name": "inline", "csi": {"driver": "example.csi.io"}}
+        (
+            lambda p: p["spec"]["volumes"].append({"name": "node", "hostPath": {"path": "/"}}),
+            "volume 'node' is a hostPath volume (it could reach the sidecar's token)",
         ),
-        _app(lambda a: a.update(securityContext={"privileged": True})),
-        _app(lambda a: a.update(securityContext={"capabilities": {"add": ["SYS_ADMIN"]}})),
+        (
+            lambda p: p["spec"]["volumes"].append(
+                {"name": "inline", "csi": {"driver": "example.csi.io"}}
+            ),
+            "volume 'inline' is a csi volume (it could reach the sidecar's token)",
+        ),
+        (
+            _app(lambda a: a.update(securityContext={"privileged": True})),
+            "container 'app' is privileged",
+        ),
+        (
+            _app(lambda a: a.update(securityContext={"capabilities": {"add": ["SYS_ADMIN"]}})),
+            "container 'app' adds capabilities",
+        ),
     ],
 )
-def test_a_hand_made_sidecar_or_a_reaching_pod_is_refused(change: Any) -> None:
+def test_a_hand_made_sidecar_or_a_reaching_pod_is_refused(change: Any, message: str) -> None:
     """What a namespace admin who can create pods changes in the injected sidecar to get the
     real keys, the token or another identity: nothing but the injector's container passes."""
     pod = injected()
     assert refusal(pod) is None
     change(pod)
-    assert refusal(pod) == "pod_not_injected"
+    assert refused(pod) == ("pod_not_injected", message)
 
 
 def test_the_pod_as_the_api_server_returns_it_passes() -> None:
@@ -310,3 +438,247 @@ def test_the_chart_default_config_injects_a_pod_the_broker_serves() -> None:
     }
     pod = injection.apply(pod, injection.inject(pod, spec))
     pods.check(pod, uid="u-1", expected=dataclasses.replace(EXPECTED, config=config))
+
+
+def _env(name: str, change: Any) -> Any:
+    """Change the sidecar's environment variable ``name``."""
+
+    def apply(pod: dict[str, Any]) -> None:
+        env = pod["spec"]["initContainers"][0]["env"]
+        change(next(item for item in env if item["name"] == name))
+
+    return apply
+
+
+def _probe(change: Any) -> Any:
+    """Change the sidecar's livenessProbe (a copy: the injector's probes share their parts)."""
+
+    def apply(sidecar: dict[str, Any]) -> None:
+        sidecar["livenessProbe"] = copy.deepcopy(sidecar["livenessProbe"])
+        change(sidecar["livenessProbe"])
+
+    return _sidecar(apply)
+
+
+def _probe_command(command: Any) -> Any:
+    return _probe(lambda p: p["exec"].update(command=command))
+
+
+def _app_mounts_another_broker_token(pod: dict[str, Any]) -> None:
+    """A volume of the app's own projecting a token for the broker's audience."""
+    token = {"serviceAccountToken": {"audience": "sidegate", "path": "t"}}
+    pod["spec"]["volumes"].append(
+        {"name": "mine", "projected": {"sources": [{"configMap": {"name": "x"}}, token]}}
+    )
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "mine", "mountPath": "/t"}]
+
+
+def _host_path_after_a_volume_that_is_not_an_object(pod: dict[str, Any]) -> None:
+    pod["spec"]["volumes"].insert(0, None)
+    pod["spec"]["volumes"].append({"name": "node", "hostPath": {"path": "/"}})
+
+
+_INJECTED_SCRIPT = (
+    "import sys, urllib.request; "
+    "sys.exit(urllib.request.urlopen('http://127.0.0.1:{port}/healthz', timeout=2).status != 200)"
+)
+_ENV_NOT_INJECTED = "the sidecar's environment is not the injected one"
+_POD_NAME_NOT_DOWNWARD = "the sidecar's SIDEGATE_POD_NAME is not the downward API's metadata.name"
+_PROBE = "the sidecar's livenessProbe is not the injected one"
+_MOUNTS = "the sidecar's volume mounts are not the injected ones"
+_WEAKER = "the sidecar's securityContext is weaker than the injected one"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # The pod: shared process or host namespaces reach into the sidecar's processes.
+        (
+            lambda p: p["spec"].update(shareProcessNamespace=True),
+            "the pod sets shareProcessNamespace",
+        ),
+        (lambda p: p["spec"].update(hostPID=True), "the pod sets hostPID"),
+        # Which container is the sidecar.
+        (
+            lambda p: p["spec"].update(ephemeralContainers=p["spec"].pop("initContainers")),
+            "the pod has no single container named 'sidegate'",
+        ),
+        (
+            _sidecar(lambda s: s.pop("restartPolicy")),
+            "the sidecar init container is not a native sidecar",
+        ),
+        (
+            lambda p: p["spec"]["containers"].append(p["spec"].pop("initContainers")[0]),
+            "the sidecar container sets a restartPolicy",
+        ),
+        # Other containers reaching the token.
+        (
+            lambda p: p["spec"].update(
+                ephemeralContainers=[
+                    {"name": "debug", "image": "busybox", "targetContainerName": "sidegate"}
+                ]
+            ),
+            "an ephemeral container targets the sidecar",
+        ),
+        (
+            lambda p: p["spec"].update(
+                ephemeralContainers=[
+                    {
+                        "name": "debug",
+                        "image": "busybox",
+                        "volumeMounts": [{"name": "sidegate-token", "mountPath": "/t"}],
+                    }
+                ]
+            ),
+            "container 'debug' mounts the sidecar token",
+        ),
+        (
+            _app_mounts_another_broker_token,
+            "container 'app' mounts the sidecar token",
+        ),
+        (
+            _host_path_after_a_volume_that_is_not_an_object,
+            "volume 'node' is a hostPath volume (it could reach the sidecar's token)",
+        ),
+        # The config.
+        (
+            _env("SIDEGATE_CONFIG", lambda e: e.update(value="[1, 2]")),
+            "the sidecar's config is not the injected value",
+        ),
+        (
+            _config(lambda c: c.update(policy="trusted_keys")),
+            "the sidecar's config trusts a key the operator did not publish",
+        ),
+        (
+            _config(lambda c: c.update(identity={"service_account": "x"}, audit=None)),
+            "the sidecar's config is not the operator's (audit, identity differ)",
+        ),
+        (
+            _config(lambda c: c.update(logging={"level": "TRACE"})),
+            "the sidecar's config is not the operator's (logging differ)",
+        ),
+        # The environment.
+        (_sidecar(lambda s: s.pop("env")), "the sidecar has no injected environment"),
+        (_sidecar(lambda s: s["env"].append("PYTHONPATH=/shared")), _ENV_NOT_INJECTED),
+        (
+            _env("SIDEGATE_POD_NAME", lambda e: (e.pop("valueFrom"), e.update(value="p"))),
+            _POD_NAME_NOT_DOWNWARD,
+        ),
+        (
+            _env(
+                "SIDEGATE_POD_NAME",
+                lambda e: e["valueFrom"].update(configMapKeyRef={"name": "m", "key": "k"}),
+            ),
+            _POD_NAME_NOT_DOWNWARD,
+        ),
+        (
+            _env("SIDEGATE_POD_NAME", lambda e: e["valueFrom"]["fieldRef"].update(apiVersion="v2")),
+            _POD_NAME_NOT_DOWNWARD,
+        ),
+        (
+            _env("SIDEGATE_POD_NAME", lambda e: e["valueFrom"]["fieldRef"].update(extra="x")),
+            _POD_NAME_NOT_DOWNWARD,
+        ),
+        # The image, command and ports.
+        (
+            _sidecar(lambda s: s.update(image="sidegate:other")),
+            "the sidecar container runs another image",
+        ),
+        (
+            _sidecar(lambda s: s.update(command=["python"], workingDir="/shared")),
+            "the sidecar container sets command, workingDir, which the injector does not",
+        ),
+        (
+            _sidecar(lambda s: s.update(ports=[{"containerPort": 4000}])),
+            "the sidecar's ports are not the injected ones",
+        ),
+        # The probes: exactly the injected command, with a port.
+        (_probe(lambda p: p.pop("exec")), _PROBE),
+        (_probe(lambda p: p.update(exec={"command": p["exec"]["command"], "x": 1})), _PROBE),
+        (_probe_command(["python", "-c"]), _PROBE),
+        (_probe_command({"python": 1, "-c": 2, "x": 3}), _PROBE),
+        (_probe_command(["python", "-c", _INJECTED_SCRIPT.format(port=4000), "x"]), _PROBE),
+        (_probe_command(["sh", "-c", _INJECTED_SCRIPT.format(port=4000)]), _PROBE),
+        (_probe_command(["python", "-c", 4000]), _PROBE),
+        (_probe_command(["python", "-c", _INJECTED_SCRIPT.format(port="x")]), _PROBE),
+        (_probe_command(["python", "-c", _INJECTED_SCRIPT.format(port=None)]), _PROBE),
+        (_probe_command(["python", "-c", _INJECTED_SCRIPT.format(port="")]), _PROBE),
+        # The mounts.
+        (_sidecar(lambda s: s.pop("volumeMounts")), _MOUNTS),
+        (_sidecar(lambda s: s["volumeMounts"][0].update(subPath="token")), _MOUNTS),
+        # The security context.
+        (
+            _sidecar(lambda s: s.pop("securityContext")),
+            "the sidecar's securityContext is not the injected one",
+        ),
+        (
+            _sidecar(lambda s: s["securityContext"].update(procMount="Unmasked")),
+            "the sidecar's securityContext is not the injected one",
+        ),
+        (_sidecar(lambda s: s["securityContext"].update(runAsNonRoot=False)), _WEAKER),
+        (_sidecar(lambda s: s["securityContext"].update(privileged=True)), _WEAKER),
+        (
+            _sidecar(lambda s: s["securityContext"]["capabilities"].update(add=["NET_ADMIN"])),
+            _WEAKER,
+        ),
+    ],
+)
+def test_each_refusal_says_what_is_not_injected(change: Any, message: str) -> None:
+    pod = injected()
+    change(pod)
+    assert refused(pod) == ("pod_not_injected", message)
+
+
+def test_what_the_injector_may_have_written_passes() -> None:
+    """A log level the pod asked for, a fieldRef without its default apiVersion, every probe
+    timing, another projected token volume for another audience (and volumes that are not
+    even objects: skipped, not a crash), and in platform mode any user id but root's."""
+    pod = injected()
+    _config(lambda c: c.update(logging={"level": "DEBUG"}))(pod)
+    _env("SIDEGATE_POD_NAME", lambda e: e["valueFrom"]["fieldRef"].pop("apiVersion"))(pod)
+    _probe(
+        lambda p: p.update(
+            timeoutSeconds=3,
+            periodSeconds=30,
+            failureThreshold=3,
+            successThreshold=1,
+            initialDelaySeconds=5,
+        )
+    )(pod)
+    pod["spec"]["volumes"] += [None, {"name": "odd", "projected": {"sources": [None]}}]
+    pod["spec"]["volumes"].append(
+        {
+            "name": "vault",
+            "projected": {"sources": [{"serviceAccountToken": {"audience": "vault", "path": "t"}}]},
+        }
+    )
+    pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "vault", "mountPath": "/v"}]
+    assert refused(pod) is None
+    platform = dataclasses.replace(EXPECTED, fixed_user=False)
+    for uid in (1, 1000650000):
+        _sidecar(lambda s, uid=uid: s["securityContext"].update(runAsUser=uid, runAsGroup=uid))(pod)
+        assert refused(pod, platform) is None, uid
+        assert refused(pod) == (
+            "pod_not_injected",
+            "the sidecar does not run as the injected user and group",
+        )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"authentication.kubernetes.io/pod-name": ["p"]},
+        {"authentication.kubernetes.io/pod-uid": ["u-1"]},
+        {
+            "authentication.kubernetes.io/pod-name": [],
+            "authentication.kubernetes.io/pod-uid": ["u"],
+        },
+    ],
+)
+def test_a_token_needs_both_its_pod_name_and_uid(extra: dict[str, list[str]]) -> None:
+    with pytest.raises(pods.Refused) as caught:
+        pods.pod_identity(extra)
+    assert (caught.value.code, str(caught.value)) == (
+        "token_not_pod_bound",
+        "the token is not bound to a pod",
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sidegate.policy import rules
+from sidegate.policy import models, rules
 from tests.policies import APP, allow, deny, index, policy
 
 
@@ -181,3 +181,80 @@ def test_same_name_twice_is_refused() -> None:
 
     with pytest.raises(errors.BundleRejected, match="defined twice"):
         bundle.to_bundle([policy("p"), policy("p")])
+
+
+def test_every_decision_carries_the_limits_the_tenant_budget_and_retention() -> None:
+    """Whatever decides, and however it is found (the fast path or explain), the decision
+    holds the caller's limits, the claimed tenant's sub-budget and the policy forbidding
+    provider storage: the sidecar reads them off every decision it gets."""
+    limited = policy(
+        "a-limits",
+        rules=[allow("gpt-*"), deny("o1")],
+        limits={
+            "requestsPerMinute": 100,
+            "tenantOverrides": [
+                {"tenant": "acme", "requestsPerMinute": 5},
+                {"tenant": "initech", "requestsPerMinute": 7},  # but not an allowed tenant
+            ],
+        },
+    )
+    limited = limited.model_copy(
+        update={"spec": limited.spec.model_copy(update={"allowed_tenants": ["acme", "globex"]})}
+    )
+    hipaa = policy("b-hipaa", rules=[allow("claude-*")])
+    hipaa = hipaa.model_copy(
+        update={
+            "spec": hipaa.spec.model_copy(
+                update={"retention": models.Retention(providerStorage="Forbidden")}
+            )
+        }
+    )
+    policies = index(limited, hipaa)
+    limits = rules.EffectiveLimits(
+        requests_per_minute=100, sources=(("requests_per_minute", "team-a/a-limits"),)
+    )
+    acme_budget = rules.EffectiveLimits(
+        requests_per_minute=5, sources=(("requests_per_minute", "team-a/a-limits"),)
+    )
+    acme = rules.Caller("team-a", "app", "acme")
+    kept = {"storage_forbidden_by": "team-a/b-hipaa"}
+    deny_o1 = rules.RuleMatch("team-a/a-limits", 1, "Deny", "o1")
+    for explain in (False, True):
+        found = {
+            model: policies.decide(caller, model, "chat", explain=explain)
+            for caller, model in [(acme, "o1"), (acme, "gpt-4o"), (acme, "mistral")]
+        }
+        assert found["o1"] == rules.Decision(
+            False,
+            rules.DENIED_BY_RULE,
+            "team-a/a-limits",
+            limits,
+            (deny_o1,) if explain else (),
+            acme_budget,
+            **kept,
+        )
+        assert found["gpt-4o"] == rules.Decision(
+            True,
+            rules.ALLOWED,
+            "team-a/a-limits",
+            limits,
+            (rules.RuleMatch("team-a/a-limits", 0, "Allow", "gpt-*"),) if explain else (),
+            acme_budget,
+            **kept,
+        )
+        assert found["mistral"] == rules.Decision(
+            False, rules.NO_MATCHING_ALLOW, None, limits, (), acme_budget, **kept
+        )
+        initech = rules.Caller("team-a", "app", "initech")
+        initech_budget = rules.EffectiveLimits(
+            requests_per_minute=7, sources=(("requests_per_minute", "team-a/a-limits"),)
+        )
+        assert policies.decide(initech, "gpt-4o", "chat", explain=explain) == rules.Decision(
+            False, rules.TENANT_NOT_ALLOWED, "team-a/a-limits", limits, (), initech_budget, **kept
+        )
+        globex = policies.decide(rules.Caller("team-a", "app", "globex"), "o1", "chat")
+        assert globex.tenant_limits == rules.NO_LIMITS and globex.limits == limits
+        stranger = policies.decide(
+            rules.Caller("team-b", "app", "acme"), "gpt-4o", "chat", explain=explain
+        )
+        assert stranger == rules.Decision(False, rules.NO_POLICY, None, rules.NO_LIMITS)

@@ -6,7 +6,7 @@ on their own). Policies are applied in namespace/name order, so "first" below me
 
 from __future__ import annotations
 
-from sidegate.policy import explaining, rules
+from sidegate.policy import explaining, models, rules
 from tests.policies import APP, allow, deny, index, policy
 
 NAMESPACE = [{"kind": "Namespace", "name": "team-a"}]
@@ -121,3 +121,50 @@ def test_the_text_form_names_the_callers_tenant() -> None:
     assert explaining.as_text(answer).splitlines()[0] == (
         "DENIED: m for team-b/app (tenant acme), action chat"
     )
+
+
+def test_a_tenants_sub_budget_and_forbidden_storage_are_shown_with_their_policies() -> None:
+    limits = {
+        "requestsPerMinute": 100,
+        "tenantOverrides": [
+            {"tenant": "acme", "requestsPerMinute": 5, "tokensPerMinute": 1000},
+            {"tenant": "other", "maxConcurrent": 1},
+        ],
+    }
+    limited = policy("a-limits", rules=[allow("gpt-*")], limits=limits)
+    forbidding = policy("b-hipaa", rules=[allow("*")])
+    forbidding = forbidding.model_copy(
+        update={
+            "spec": forbidding.spec.model_copy(
+                update={"retention": models.Retention(providerStorage="Forbidden")}
+            )
+        }
+    )
+    answer = explaining.explain(
+        index(limited, forbidding), rules.Caller("team-a", "app", "acme"), "gpt-4o", "responses"
+    )
+    assert answer["limits"] == {"requestsPerMinute": {"value": 100, "policy": "team-a/a-limits"}}
+    assert answer["tenantLimits"] == {
+        "requestsPerMinute": {"value": 5, "policy": "team-a/a-limits"},
+        "tokensPerMinute": {"value": 1000, "policy": "team-a/a-limits"},
+    }
+    assert answer["retention"] == {"providerStorage": "Forbidden", "policy": "team-a/b-hipaa"}
+    assert explaining.as_text(answer).splitlines()[-6:] == [
+        "  limits in force (the service account's, over all its tenants):",
+        "    requestsPerMinute: 100 (from team-a/a-limits)",
+        "  tenant acme sub-budget (inside the limits above):",
+        "    requestsPerMinute: 5 (from team-a/a-limits)",
+        "    tokensPerMinute: 1000 (from team-a/a-limits)",
+        "  provider storage: Forbidden (from team-a/b-hipaa): Responses requests go with "
+        "store: false; store: true and background: true are refused",
+    ]
+    # Without a tenant claim, or with one that has no override: no sub-budget line.
+    for caller in (APP, rules.Caller("team-a", "app", "nobody")):
+        plain = explaining.explain(index(limited), caller, "gpt-4o", "chat")
+        assert plain["tenantLimits"] == {}
+        assert plain["retention"] == {"providerStorage": "Allowed", "policy": None}
+        assert explaining.as_text(plain).splitlines()[-3:] == [
+            "  limits in force (the service account's, over all its tenants):",
+            "    requestsPerMinute: 100 (from team-a/a-limits)",
+            "  provider storage: Allowed",
+        ]
