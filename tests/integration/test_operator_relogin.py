@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import pytest
 
 from sidegate.operator import leadership
 from sidegate.operator.kube import SECRETS, ApiClient
+from sidegate.operator.state import OperatorState
 from tests.conftest import fake_key
 from tests.helpers import authorizing
 from tests.helpers.kubernetes import (
@@ -41,7 +41,9 @@ from tests.helpers.kubernetes import (
     send,
     source_secret,
 )
+from tests.integration.test_operator_api_restart import one_ca_bundle
 from tests.integration.test_operator_policies import policies_of
+from tests.integration.test_webhook_certificates import WANTED, install_configurations
 
 CREDENTIALS = f"{SOURCES}/sidegate-credentials"
 # What kube-apiserver's 401 leaves in the emulator's record of refused requests.
@@ -73,11 +75,28 @@ async def credentials(k8s: Emulator) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in data.items() if v is not None}
 
 
+async def log_in_again(
+    k8s: Emulator, state: OperatorState, config: Path, url: str, old: str
+) -> None:
+    """The kubeconfig kopf's login reads gets a new token, then ``old`` is revoked: the
+    operator's next request with it gets a 401, and kopf logs in again."""
+    client = state.client
+    kubeconfig(config, url, operator_token(k8s))  # the rotated token, to be read
+    del k8s.accounts[old]  # revoked: 401 for it from now on
+    # kopf meets the 401 (its watches reconnect every 5 s here) and logs in again.
+    assert await eventually(lambda: _replaced(state, client), 30)
+    assert UNAUTHENTICATED in k8s.forbidden
+
+
+def forget_refusals(k8s: Emulator) -> None:
+    """The revoked token's refusals were the test's doing; anything else still fails it."""
+    k8s.forbidden[:] = [refused for refused in k8s.forbidden if refused != UNAUTHENTICATED]
+
+
 @pytest.mark.asyncio
 async def test_the_leader_still_fans_out_a_rotation_after_logging_in_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    caplog.set_level(logging.INFO, "sidegate")
     first, second = fake_key(), fake_key()
     config = tmp_path / "kubeconfig"
     async with cluster() as (k8s, url):
@@ -87,14 +106,10 @@ async def test_the_leader_still_fans_out_a_rotation_after_logging_in_again(
             assert await send(k8s, "POST", SOURCES, source_secret(openai=first)) < 300
             # Fanned out: this replica leads and its release namespace watch runs.
             assert await eventually(lambda: _equal(credentials(k8s), {"openai": first}), 30)
-            watch, client = state.release_watch, state.client
-            assert watch is not None and client is not None
+            watch = state.release_watch
+            assert watch is not None
 
-            kubeconfig(config, url, operator_token(k8s))  # the rotated token, to be read
-            del k8s.accounts[old]  # revoked: 401 for it from now on
-            # kopf meets the 401 (its watches reconnect every 5 s here) and logs in again.
-            assert await eventually(lambda: _replaced(state, client), 30)
-            assert UNAUTHENTICATED in k8s.forbidden
+            await log_in_again(k8s, state, config, url, old)
 
             rotated = {"data": source_secret(openai=second)["data"]}
             assert await send(k8s, "PATCH", SOURCES + "/llm-keys", rotated) < 300
@@ -110,8 +125,35 @@ async def test_the_leader_still_fans_out_a_rotation_after_logging_in_again(
                 < 300
             )
             assert await eventually(lambda: _equal(policies_of(k8s), ["gpt"]), 30)
-        # The revoked token's refusals were this test's doing; anything else still fails it.
-        k8s.forbidden[:] = [refused for refused in k8s.forbidden if refused != UNAUTHENTICATED]
+        forget_refusals(k8s)
+
+
+@pytest.mark.asyncio
+async def test_the_leader_still_keeps_the_webhook_certificates_after_logging_in_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upkeep takes the newest client on each check, so it met the old one closed only
+    when a login fell inside a check (then RuntimeError ended it; now a connection error,
+    checked again): a guard that it keeps working on the new client, not a reproduction."""
+    config = tmp_path / "kubeconfig"
+    async with cluster() as (k8s, url):
+        await install_configurations(k8s)
+        old = operator_token(k8s)
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig(config, url, old)))
+        async with operator(
+            url, login=kopf.login_with_kubeconfig, peering=peering(), webhook_certificates=WANTED
+        ) as state:
+            encoded = await eventually(lambda: one_ca_bundle(k8s), seconds=30)
+            upkeep = state.certificates_task
+            assert upkeep is not None
+
+            await log_in_again(k8s, state, config, url, old)
+
+            # A `helm upgrade` removes the caBundles: they are put back, from the same CA.
+            await remove_ca_bundles(k8s)
+            assert await eventually(lambda: one_ca_bundle(k8s), seconds=20) == encoded
+            assert state.certificates_task is upkeep and not upkeep.done()
+        forget_refusals(k8s)
 
 
 @pytest.mark.asyncio
@@ -158,7 +200,16 @@ async def test_a_request_on_a_closed_client_is_a_connection_error() -> None:
                 pass
 
 
-async def _replaced(state: Any, client: ApiClient) -> bool:
+async def remove_ca_bundles(k8s: Emulator) -> None:
+    for path in WANTED.configurations:
+        found = await get(k8s, path)
+        assert found is not None
+        for hook in found["webhooks"]:
+            hook["clientConfig"].pop("caBundle")
+        assert await send(k8s, "PATCH", path, {"webhooks": found["webhooks"]}) < 300
+
+
+async def _replaced(state: OperatorState, client: ApiClient | None) -> bool:
     return state.client is not None and state.client is not client
 
 
