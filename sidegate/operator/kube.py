@@ -1,7 +1,12 @@
 """The few Kubernetes API calls the operator makes itself (kopf covers RBACPolicy watching and
 status): read, write, list, watch and delete Secrets and ConfigMaps of its own namespace, and
 the RBACPolicy finalizer patch of ``sidegate operator cleanup``. Plain aiohttp against the API
-server kopf logged in to."""
+server kopf logged in to.
+
+A client lives until kopf logs in again (a 401: the token expired or was rotated); the login
+handler then makes a new one and closes this one. Closed, it ends its open watches and refuses
+new requests with ``aiohttp.ClientConnectionError``, which every watching loop already takes
+as "list again", on the client ``OperatorState.api()`` now hands out."""
 
 from __future__ import annotations
 
@@ -50,13 +55,24 @@ class ApiClient:
         self._session = aiohttp.ClientSession(
             headers=headers, connector=aiohttp.TCPConnector(ssl=context)
         )
+        # Closing the session does not wake a reader of a streamed answer (it would wait for
+        # its read timeout, minutes): close() closes these itself.
+        self._watches: set[aiohttp.ClientResponse] = set()
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        """The session, open. aiohttp raises RuntimeError("Session is closed") for a request
+        on a closed one, which reads as a bug: here it is the connection error it is."""
+        if self._session.closed:
+            raise aiohttp.ClientConnectionError("API client closed: logged in again")
+        return self._session
 
     def _url(self, namespace: str, plural: str, name: str | None = None) -> str:
         base = f"{self._server}/api/v1/namespaces/{namespace}/{plural}"
         return f"{base}/{name}" if name else base
 
     async def get(self, namespace: str, name: str, plural: str = SECRETS) -> dict[str, Any] | None:
-        async with self._session.get(self._url(namespace, plural, name)) as answer:
+        async with self._http.get(self._url(namespace, plural, name)) as answer:
             if answer.status == 404:
                 return None
             if answer.status >= 400:
@@ -69,7 +85,7 @@ class ApiClient:
     async def create(self, obj: dict[str, Any], plural: str = SECRETS) -> bool:
         """Create only; False when it exists already (someone else made it first)."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        async with self._session.post(self._url(namespace, plural), json=obj) as answer:
+        async with self._http.post(self._url(namespace, plural), json=obj) as answer:
             if answer.status == 409:
                 return False
             if answer.status >= 400:
@@ -83,14 +99,14 @@ class ApiClient:
         Only for objects derived from elsewhere, never read here first (every writer writes
         the same content): a read-modify-write uses ``write``."""
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-        async with self._session.post(self._url(namespace, plural), json=obj) as answer:
+        async with self._http.post(self._url(namespace, plural), json=obj) as answer:
             if answer.status < 400:
                 return
             if answer.status != 409:
                 raise kopf.TemporaryError(
                     f"creating {plural} {namespace}/{name}: HTTP {answer.status}", delay=5
                 )
-        async with self._session.patch(
+        async with self._http.patch(
             self._url(namespace, plural, name),
             json=obj,
             headers={"Content-Type": "application/merge-patch+json"},
@@ -119,7 +135,7 @@ class ApiClient:
         if not version:
             raise kopf.TemporaryError(f"{plural} {namespace}/{name} has no resourceVersion")
         body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
-        async with self._session.patch(
+        async with self._http.patch(
             self._url(namespace, plural, name),
             json=body,
             headers={"Content-Type": "application/merge-patch+json"},
@@ -133,7 +149,7 @@ class ApiClient:
 
     async def delete(self, namespace: str, name: str, plural: str = SECRETS) -> bool:
         """Delete one object; False when it was not there."""
-        async with self._session.delete(self._url(namespace, plural, name)) as answer:
+        async with self._http.delete(self._url(namespace, plural, name)) as answer:
             if answer.status == 404:
                 return False
             if answer.status >= 400:
@@ -144,7 +160,7 @@ class ApiClient:
 
     async def read(self, path: str) -> dict[str, Any] | None:
         """Any object by its API path; None when it is not there."""
-        async with self._session.get(f"{self._server}{path}") as answer:
+        async with self._http.get(f"{self._server}{path}") as answer:
             if answer.status == 404:
                 return None
             if answer.status >= 400:
@@ -154,7 +170,7 @@ class ApiClient:
 
     async def patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """A merge patch of any object by its API path; None when it is not there."""
-        async with self._session.patch(
+        async with self._http.patch(
             f"{self._server}{path}",
             json=body,
             headers={"Content-Type": "application/merge-patch+json"},
@@ -173,7 +189,7 @@ class ApiClient:
         labels (filtered here too: a selector the server ignores must not widen the answer),
         and the list's resourceVersion."""
         params = {"labelSelector": selector(labels)} if labels else {}
-        async with self._session.get(f"{self._server}{path}", params=params) as answer:
+        async with self._http.get(f"{self._server}{path}", params=params) as answer:
             if answer.status >= 400:
                 raise kopf.TemporaryError(f"listing {path}: HTTP {answer.status}", delay=5)
             found = await answer.json()
@@ -193,7 +209,7 @@ class ApiClient:
         if resource_version:
             params["resourceVersion"] = resource_version
         timeout = aiohttp.ClientTimeout(total=None, sock_read=WATCH_SECONDS + 30)
-        async with self._session.get(
+        async with self._http.get(
             self._url(namespace, plural), params=params, timeout=timeout
         ) as answer:
             if answer.status == 410:
@@ -202,15 +218,20 @@ class ApiClient:
                 raise kopf.TemporaryError(
                     f"watching {plural} in {namespace}: HTTP {answer.status}", delay=5
                 )
-            buffer = b""
-            async for chunk in answer.content.iter_any():
-                buffer += chunk
-                if len(buffer) > _MAX_EVENT_BYTES:
-                    raise kopf.TemporaryError("watch event larger than 16 MiB", delay=5)
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        yield _event(line)
+            self._watches.add(answer)
+            try:
+                buffer = b""
+                # Closed under it: aiohttp.ClientConnectionError("Connection closed").
+                async for chunk in answer.content.iter_any():
+                    buffer += chunk
+                    if len(buffer) > _MAX_EVENT_BYTES:
+                        raise kopf.TemporaryError("watch event larger than 16 MiB", delay=5)
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield _event(line)
+            finally:
+                self._watches.discard(answer)
 
     async def remove_finalizer(self, path: str, obj: Mapping[str, Any], finalizer: str) -> bool:
         """Drop ``finalizer`` from an object at ``path``, guarded by its resourceVersion (a
@@ -228,6 +249,8 @@ class ApiClient:
         return await self.patch(path, patch) is not None
 
     async def close(self) -> None:
+        for answer in list(self._watches):
+            answer.close()
         await self._session.close()
 
 

@@ -396,6 +396,7 @@ async def operator(
     namespaces: list[str] | None = None,
     token: str = OPERATOR_TOKEN,
     reconcile: bool = True,
+    login: Any = None,
     **settings: Any,
 ) -> AsyncIterator[OperatorState]:
     """The registry `sidegate operator` runs, logged in to the emulator instead; ``settings``
@@ -403,9 +404,11 @@ async def operator(
     as `--namespace` gives them (RBACPolicies served only there); ``token`` one the emulator
     holds to the operator's RBAC (a replica's own, to tell its writes from another's);
     ``reconcile=False`` as `--webhook-only` (with the webhook's token). With a listener and
-    reconciling, it is ready once the signing keys it injects are published."""
+    reconciling, it is ready once the signing keys it injects are published. ``login``, when
+    given, replaces the fixed ``token`` (e.g. `sidegate operator`'s own login, reading a
+    kubeconfig the test rewrites as a rotated token)."""
     state = OperatorState(
-        login=lambda **_: kopf.ConnectionInfo(server=url, token=token),
+        login=login or (lambda **_: kopf.ConnectionInfo(server=url, token=token)),
         namespace=RELEASE,
         **settings,
     )

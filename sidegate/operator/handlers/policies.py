@@ -51,9 +51,12 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     ) -> kopf.ConnectionInfo | None:  # async: the client needs the loop
         info = state.login(**kwargs)
         if info is not None:
-            if state.client is not None:
-                await state.client.close()
-            state.client = ApiClient(info)
+            # Again on a 401 (the token expired or was rotated): the new client is in place
+            # before the old one closes, so state.api() never hands out a closing client, and
+            # the loops still on the old one list again on the new one (kube.py).
+            previous, state.client = state.client, ApiClient(info)
+            if previous is not None:
+                await previous.close()
             # The Secrets of the release namespace (sources, keys, bundles): watched by the
             # leader only, or always when standalone.
             if state.peering is None:

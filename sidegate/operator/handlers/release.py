@@ -35,11 +35,16 @@ _RETRY_SECONDS = (1.0, 30.0)  # first and longest wait before listing again afte
 
 async def follow(state: OperatorState) -> None:
     """List, then watch, for as long as the operator runs; list again after a gap (the
-    events missed in it are in the new list)."""
-    client = state.api()
+    events missed in it are in the new list).
+
+    Each list and each watch resume takes the client the latest login made: kopf logs in
+    again on a 401 (an expired or rotated token) and the login closes the previous client,
+    which ends this watch with a connection error; it then lists again at once, on the new
+    client, with no back-off (nothing is wrong with the API server)."""
     path = f"/api/v1/namespaces/{state.namespace}/{SECRETS}"
     delay = _RETRY_SECONDS[0]
     while True:
+        client = state.api()
         try:
             items, version = await client.list(path)
             # The signing keys exist (made on the first start) and their public halves are
@@ -48,6 +53,7 @@ async def follow(state: OperatorState) -> None:
             await synchronise(state, items)
             delay = _RETRY_SECONDS[0]
             while True:  # the server ends each watch after a while: resume where it stopped
+                client = state.api()
                 async for kind, obj in client.watch(state.namespace, SECRETS, version):
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                     if kind != "BOOKMARK":
@@ -55,6 +61,9 @@ async def follow(state: OperatorState) -> None:
         except WatchExpired:
             continue
         except (aiohttp.ClientError, TimeoutError, kopf.TemporaryError) as exc:
+            if state.client is not client:
+                logger.info("release namespace watch: logged in again; listing again")
+                continue
             logger.warning("release namespace watch: %s; listing again in %.0fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_SECONDS[1])
