@@ -88,9 +88,11 @@ def register_client(registry: kopf.OperatorRegistry, state: OperatorState) -> No
     ) -> kopf.ConnectionInfo | None:  # async: the client needs the loop
         info = state.login(**kwargs)
         if info is not None:
-            if state.client is not None:
-                await state.client.close()
-            state.client = ApiClient(info)
+            # Again on a 401: the new client is in place before the old one closes, so an
+            # admission review never reads the keys through a closing client.
+            previous, state.client = state.client, ApiClient(info)
+            if previous is not None:
+                await previous.close()
         return info
 
     @kopf.on.cleanup(registry=registry, id="close")
