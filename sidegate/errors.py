@@ -138,6 +138,18 @@ class RateLimited(RequestError):
     code = "rate_limited"
 
 
+class InternalError(RequestError):
+    """Something the sidecar did not expect: the details are in its log, never in the
+    answer."""
+
+    status = 500
+    error_type = "api_error"
+    code = "internal_error"
+
+    def __init__(self) -> None:
+        super().__init__("internal error")
+
+
 class NotReady(RequestError):
     status = 503
     error_type = "api_error"

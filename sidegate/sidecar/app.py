@@ -587,8 +587,7 @@ async def _answer(
         error.status = exc.status
     except Exception:
         logger.exception("unexpected error", extra={"request_id": record.request_id})
-        error = errors.RequestError("internal error", code="internal_error")
-        error.status, error.error_type = 500, "api_error"
+        error = errors.InternalError()
     return _error(request, error, record, pipeline)
 
 

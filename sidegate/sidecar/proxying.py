@@ -289,8 +289,8 @@ class Proxy:
             self._budget.charge(charges, min(declared, limit))
             charged = min(declared, limit)
         try:
-            with FramingWatch(answer):
-                async for chunk in answer.content.iter_any():
+            with FramingWatch(answer) as body:
+                async for chunk in body:
                     size += len(chunk)
                     if size > limit:
                         break
@@ -350,8 +350,8 @@ class Proxy:
         failure: errors.RequestError | None = None
         held = b""  # the last event, while the audit event is not yet durable
         try:
-            with FramingWatch(answer):
-                async for chunk in answer.content.iter_any():
+            with FramingWatch(answer) as body:
+                async for chunk in body:
                     kept = [event for event in splitter.feed(chunk) if meter.keep(event)]
                     if outcome.on_response_id is not None and meter.response_id is not None:
                         record, outcome.on_response_id = outcome.on_response_id, None
@@ -405,9 +405,14 @@ class Proxy:
         except Exception:
             # The status line is gone: answering the error as a response of its own would
             # write a second HTTP response into this body. Ended as a failed stream instead.
-            logger.exception("unexpected error mid-stream", extra={"provider": upstream.name})
-            failure = errors.RequestError("internal error", code="internal_error")
-            failure.status, failure.error_type = 500, "api_error"
+            logger.exception(
+                "unexpected error mid-stream",
+                extra={
+                    "request_id": response.headers.get("x-request-id", "-"),
+                    "provider": upstream.name,
+                },
+            )
+            failure = errors.InternalError()
         if failure is None:
             await finish_stream(request, response, held)
         else:
@@ -532,22 +537,27 @@ def unrelayable(status: int, provider: str) -> errors.UpstreamError | None:
 
 
 class FramingWatch:
-    """Makes a provider body's broken framing an error on the body, while the body is read.
+    """A provider's body, read chunk by chunk (``async for chunk in watch``), whose broken
+    framing is an error on the body.
 
     When a provider breaks the chunked framing (a chunk-size line that is not hex), aiohttp
     puts its parser's error on the connection, not on the body, and stops the read timeout:
     a reader of the body then waits for ever, or meets a RuntimeError once the connection is
-    gone. While in force, this asks the connection every ``_BODY_POLL_SECONDS`` whether its
-    parser failed and, if so, puts a ClientPayloadError on the body (waking its reader), as
-    any other broken body has; a RuntimeError met meanwhile becomes that error on the way
-    out. A timer per body, not a bound on every read: reads stay as cheap as aiohttp's."""
+    gone. While in force (``with``), this asks the connection every ``_BODY_POLL_SECONDS``
+    whether its parser failed and, once the bytes that parsed before the failure have all been
+    read (they are relayed first), puts a ClientPayloadError on the body, waking its reader,
+    as any other broken body has; a RuntimeError met meanwhile becomes that error on the way
+    out. A timer per body, not a bound on every read: reads cost what aiohttp's cost."""
 
     def __init__(self, answer: aiohttp.ClientResponse) -> None:
         self._answer = answer
+        self._content = answer.content
+        self._read = 0  # bytes handed out; the body's total_bytes counts those it was fed
         self._timer: asyncio.TimerHandle | None = None
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> FramingWatch:
         self._schedule()
+        return self
 
     def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
         if self._timer is not None:
@@ -556,15 +566,25 @@ class FramingWatch:
         if isinstance(exc, RuntimeError) and failure is not None:  # "Connection closed."
             raise _broken_framing(failure) from failure
 
+    def __aiter__(self) -> FramingWatch:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._content.readany()
+        if not chunk:
+            raise StopAsyncIteration
+        self._read += len(chunk)
+        return chunk
+
     def _schedule(self) -> None:
         self._timer = asyncio.get_running_loop().call_later(_BODY_POLL_SECONDS, self._check)
 
     def _check(self) -> None:
         failure = _framing_failure(self._answer)
-        if failure is None:
-            self._schedule()
-        elif self._answer.content.exception() is None:
-            self._answer.content.set_exception(_broken_framing(failure))
+        if failure is None or self._content.total_bytes > self._read:
+            self._schedule()  # no failure, or parsed bytes still to be read: they go first
+        elif self._content.exception() is None:
+            self._content.set_exception(_broken_framing(failure))
 
 
 def _framing_failure(answer: aiohttp.ClientResponse) -> HttpProcessingError | None:

@@ -322,8 +322,8 @@ class RequestLimits(_Strict):
                 raise ValueError(f"{name} can never be forwarded: it carries a credential")
             if name.lower() in _CONNECTION_HEADERS:
                 raise ValueError(
-                    f"{name} can never be forwarded: it is hop-by-hop or frames the "
-                    "request, and the sidecar sets its own"
+                    f"{name} can never be forwarded: it is hop-by-hop, or addresses or "
+                    "frames the request, and the sidecar sets its own"
                 )
         return [name.lower() for name in value]
 

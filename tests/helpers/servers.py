@@ -41,15 +41,21 @@ class LoopThread:
             return
 
         async def stop() -> None:
-            for runner in reversed(self._runners):
-                await runner.cleanup()
             # A TLS connection whose peer has not answered the close_notify yet is still
             # open after cleanup (asyncio waits up to 30 s for it); the loop is closed next,
             # so its socket would be left for the garbage collector, whose ResourceWarning
-            # then fails whichever test happens to be running. Cut what is left.
-            transports = getattr(asyncio.get_running_loop(), "_transports", {})
-            for transport in list(transports.values()):
-                transport.abort()
+            # then fails whichever test happens to be running. What is left is cut.
+            transports = [
+                handler.transport
+                for runner in self._runners
+                if runner.server is not None
+                for handler in runner.server.connections
+            ]
+            for runner in reversed(self._runners):
+                await runner.cleanup()
+            for transport in transports:
+                if transport is not None:  # closing already, for TLS: waiting on the peer
+                    transport.abort()
             for _ in range(3):  # abort() closes the socket on a later loop iteration
                 await asyncio.sleep(0)
 
