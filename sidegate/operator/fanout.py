@@ -23,8 +23,26 @@ EXPIRY_ANNOTATION = "sidegate.io/previous-expires"
 
 
 def decode(secret: Mapping[str, Any] | None) -> dict[str, str]:
+    """The Secret's values as text. A value that is not base64 of UTF-8 text (a Secret holds
+    any bytes) is left out: ``undecodable`` names it."""
     data = (secret or {}).get("data") or {}
-    return {k: base64.b64decode(v).decode() for k, v in data.items() if isinstance(v, str)}
+    decoded = {key: _text(value) for key, value in data.items()}
+    return {key: text for key, text in decoded.items() if text is not None}
+
+
+def undecodable(secret: Mapping[str, Any] | None) -> list[str]:
+    """The keys whose values ``decode`` leaves out."""
+    data = (secret or {}).get("data") or {}
+    return sorted(str(key) for key, value in data.items() if _text(value) is None)
+
+
+def _text(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except ValueError:  # binascii.Error, UnicodeDecodeError
+        return None
 
 
 def expiries(secret: Mapping[str, Any] | None) -> dict[str, float]:

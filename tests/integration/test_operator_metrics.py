@@ -120,6 +120,15 @@ async def test_publishing_bundles_and_credentials_moves_the_counters() -> None:
         text = " ".join(str(labels) for _, labels in done)
         assert "team-a" not in text and "llm-keys" not in text
 
+        # Leading is the release watch running: a watch that ended (as an unforeseen error
+        # once ended it) shows as not leading, so the no-leader alert fires.
+        watch = state.release_watch
+        assert watch is not None
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        await asyncio.sleep(scraping.FRESH_SECONDS)  # past the rendering scraped above
+        assert value(await scrape(port), LEADER) == 0
+
 
 @pytest.mark.asyncio
 async def test_the_webhook_counts_its_answers_and_shows_its_certificates_expiry(

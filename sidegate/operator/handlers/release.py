@@ -44,8 +44,9 @@ async def follow(state: OperatorState) -> None:
     path = f"/api/v1/namespaces/{state.namespace}/{SECRETS}"
     delay = _RETRY_SECONDS[0]
     while True:
-        client = state.api()
+        client = state.client
         try:
+            client = state.api()
             items, version = await client.list(path)
             # The signing keys exist (made on the first start) and their public halves are
             # published before anything else: the webhook injects them.
@@ -61,17 +62,30 @@ async def follow(state: OperatorState) -> None:
         except WatchExpired:
             continue
         except (aiohttp.ClientError, TimeoutError, kopf.TemporaryError) as exc:
-            if state.client is not client:
+            if client is not None and state.client is not client:
                 logger.info("release namespace watch: logged in again; listing again")
                 continue
             logger.warning("release namespace watch: %s; listing again in %.0fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_SECONDS[1])
+        except Exception:
+            # Anything else is a bug, or an object no one foresaw; ending here would stop the
+            # fan-out, the restores and the key reloads for good while this replica still
+            # leads. Said loudly, then listed again.
+            logger.exception("release namespace watch failed; listing again in %.0fs", delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_SECONDS[1])
 
 
 async def synchronise(state: OperatorState, items: list[dict[str, Any]]) -> None:
     """A full list: the sources are exactly the labelled Secrets in it."""
-    state.sources = {_name(item): fanout.decode(item) for item in items if _is_source(state, item)}
+    sources: dict[str, dict[str, str]] = {}
+    for item in items:
+        if _is_source(state, item):
+            kept = _source_values(state, item)
+            if kept is not None:
+                sources[_name(item)] = kept
+    state.sources = sources
     state.sources_listed = True
     await credentials.fan_out(state, logger)
     for item in items:
@@ -86,7 +100,11 @@ async def on_event(state: OperatorState, kind: str, obj: dict[str, Any]) -> None
         if kind == "DELETED" or not _is_source(state, obj):
             state.sources.pop(name, None)  # deleted, or no longer labelled as a source
         else:
-            state.sources[name] = fanout.decode(obj)
+            kept = _source_values(state, obj)
+            if kept is None:
+                state.sources.pop(name, None)
+            else:
+                state.sources[name] = kept
         await credentials.fan_out(state, logger)
     elif name == signing_keys.SECRET:
         if kind == "DELETED":
@@ -111,6 +129,21 @@ async def _restore_signing_secret(state: OperatorState) -> None:
     )
 
 
+def _source_values(state: OperatorState, obj: dict[str, Any]) -> dict[str, str] | None:
+    """A source Secret's keys; when one of its values is not text, what was in force for it
+    (a malformed new value keeps the old one), None if nothing was."""
+    name = _name(obj)
+    broken = fanout.undecodable(obj)
+    if not broken:
+        return fanout.decode(obj)
+    logger.error(
+        "source Secret %s: %s not base64 of UTF-8 text; its keys in force are kept",
+        name,
+        ", ".join(broken),
+    )
+    return state.sources.get(name)
+
+
 def _name(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name") or "")
 
@@ -125,7 +158,9 @@ def start(state: OperatorState) -> None:
     webhook certificates' upkeep beside it when the operator keeps them: what the leader
     does besides kopf's handlers."""
     loop = asyncio.get_running_loop()
-    state.metrics.leader.set(1)  # what leading means here: this watch runs, kopf handles
+    # What leading means here: this watch runs (and kopf handles). Read at each scrape, so a
+    # watch that ended shows as not leading.
+    state.metrics.leader.set_function(lambda: float(_watching(state)))
     if state.release_watch is None or state.release_watch.done():
         task = loop.create_task(follow(state), name="sidegate-release-watch")
         task.add_done_callback(_report)
@@ -139,8 +174,11 @@ def start(state: OperatorState) -> None:
         state.certificates_task = kept
 
 
+def _watching(state: OperatorState) -> bool:
+    return state.release_watch is not None and not state.release_watch.done()
+
+
 async def stop(state: OperatorState) -> None:
-    state.metrics.leader.set(0)
     tasks = [t for t in (state.release_watch, state.certificates_task) if t is not None]
     state.release_watch = state.certificates_task = None
     for task in tasks:

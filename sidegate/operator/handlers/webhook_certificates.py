@@ -135,4 +135,8 @@ async def keep(state: OperatorState, wanted: WebhookCertificates) -> None:
             logger.warning("webhook certificates: %s; checking again soon", exc)
             await asyncio.sleep(min(5.0, wanted.check_seconds))
             continue
+        except Exception:  # a bug, or an object no one foresaw: said loudly, not the end
+            logger.exception("webhook certificates: check failed; checking again soon")
+            await asyncio.sleep(min(5.0, wanted.check_seconds))
+            continue
         await asyncio.sleep(wanted.check_seconds)
