@@ -130,7 +130,9 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                         scraping.create_app(registry),
                         config.metrics.host,
                         config.metrics.port,
-                        max_connections=config.metrics.max_connections,
+                        limits=serving.ConnectionLimits(
+                            max_connections=config.metrics.max_connections
+                        ),
                     )
                 )
                 logger.info(

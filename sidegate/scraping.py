@@ -14,7 +14,7 @@ sidecar's requests or the operator's handlers and webhook. So:
   ``FRESH_SECONDS`` and every scrape in between gets that rendering, so a client asking as
   fast as it can costs only the HTTP exchange, and a scraper (every 10 seconds or more)
   sees values at most that old;
-* connections are served by ``serving.start``: at most ``MAX_CONNECTIONS`` open (past it a
+* connections are served by ``serving.start`` with ``LIMITS``: at most 64 open (past it a
   new one gets a 503 and is closed), a header timeout, and an idle connection, one that
   never sent a request included, closed after the keep-alive timeout. Sockets held open
   would otherwise take file descriptors the process needs for its own work (the operator's
@@ -34,8 +34,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sidegate import serving
 
 FRESH_SECONDS = 1.0
-# A scraper needs one or two connections; the sidecar's `metrics.max_connections` default.
-MAX_CONNECTIONS = 64
+# A scraper needs one or two connections: at most 64 open at once (the sidecar's
+# `metrics.max_connections` default); the guarded server's header timeout (10 s) and
+# keep-alive timeout (75 s, aiohttp's own is an hour), which also closes a connection that
+# never sends a request.
+LIMITS = serving.ConnectionLimits(max_connections=64)
 # On all interfaces: the scraper reaches the pod over the pod network (the NetworkPolicy
 # admits it on this port only), and the listener serves metrics alone.
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104  # nosec B104
@@ -97,13 +100,11 @@ def create_app(
 
 
 async def start(
-    app: web.Application, host: str, port: int, *, max_connections: int = MAX_CONNECTIONS
+    app: web.Application, host: str, port: int, *, limits: serving.ConnectionLimits = LIMITS
 ) -> web.AppRunner:
-    """Serve ``app`` (from ``create_app``) with the connection limits above; the caller
-    owns the runner and calls ``runner.cleanup()``."""
-    return await serving.start(
-        app, host, port, limits=serving.ConnectionLimits(max_connections=max_connections)
-    )
+    """Serve ``app`` (from ``create_app``) with connection limits; the caller owns the
+    runner and calls ``runner.cleanup()``."""
+    return await serving.start(app, host, port, limits=limits)
 
 
 @contextlib.asynccontextmanager
@@ -112,11 +113,11 @@ async def listening(
     port: int,
     *,
     host: str = ALL_INTERFACES,
-    max_connections: int = MAX_CONNECTIONS,
+    limits: serving.ConnectionLimits = LIMITS,
 ) -> AsyncIterator[int]:
     """The listener, for as long as the context lasts; the port it listens on (``port`` 0:
     one the system picks)."""
-    runner = await start(app, host, port, max_connections=max_connections)
+    runner = await start(app, host, port, limits=limits)
     try:
         yield serving.bound_port(runner)
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from sidegate import scraping
+from sidegate import scraping, serving
 from sidegate.operator import cleanup as removing
 from sidegate.operator import leadership, metrics
 from sidegate.operator.handlers import policies, webhook
@@ -129,12 +129,13 @@ def metrics_listener(
     *,
     host: str = scraping.ALL_INTERFACES,
     fresh_seconds: float = scraping.FRESH_SECONDS,
+    limits: serving.ConnectionLimits = scraping.LIMITS,
 ) -> contextlib.AbstractAsyncContextManager[int]:
     """The metrics listener (``--metrics-port``) beside kopf: the shared one, with its
     connection cap and timeouts, serving this process's registry; the certificate's
     expiry is read before each rendering."""
     app = scraping.create_app(served.registry, refresh=served.refresh, fresh_seconds=fresh_seconds)
-    return scraping.listening(app, port, host=host)
+    return scraping.listening(app, port, host=host, limits=limits)
 
 
 def peering_arguments(peering: leadership.Peering | None) -> dict[str, Any]:
