@@ -44,7 +44,8 @@ def _run(coroutine: Coroutine[Any, Any, int]) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    from sidegate.sidecar import admin, app, scraping, serving, settings
+    from sidegate import scraping, serving
+    from sidegate.sidecar import admin, app, draining, settings
 
     try:
         if args.config_env:
@@ -125,7 +126,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                 # Metrics only, on an address a scraper outside the pod can reach.
                 registry = application[app.PIPELINE].metrics.registry
                 runners.append(
-                    await serving.start(
+                    await scraping.start(
                         scraping.create_app(registry),
                         config.metrics.host,
                         config.metrics.port,
@@ -139,7 +140,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
                     extra={"host": config.metrics.host, "port": serving.bound_port(runners[-1])},
                 )
             await serving.wait_for_signal()
-            await serving.drain(
+            await draining.drain(
                 runners[0],
                 application[app.PIPELINE].in_flight,
                 drain_seconds=config.listen.drain_seconds,

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sidegate import redact, standin
-from sidegate.sidecar import app, serving, settings
+from sidegate import redact, serving, standin
+from sidegate.sidecar import app, settings
 
 # What the app passes as api_key: the SDK insists on one, the sidecar ignores it.
 APP_PLACEHOLDER = "unused"

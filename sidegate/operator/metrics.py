@@ -12,7 +12,9 @@ first event.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -106,6 +108,17 @@ class Metrics:
         serving certificate, which cert-manager or the leading operator renews in place."""
         if self.certificate is not None:
             self.certificate_expiry.set(expiry(self.certificate))
+
+
+@contextlib.contextmanager
+def failures(counter: Counter, *labels: str) -> Iterator[None]:
+    """Count the block's failure under ``labels`` and outcome ``FAILED``, then let it
+    propagate: kopf or the watch retries what failed. A cancellation is not a failure."""
+    try:
+        yield
+    except Exception:
+        counter.labels(*labels, FAILED).inc()
+        raise
 
 
 def expiry(path: Path) -> float:

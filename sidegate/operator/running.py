@@ -11,8 +11,9 @@ from typing import Any
 
 import kopf
 
+from sidegate import scraping, serving
 from sidegate.operator import cleanup as removing
-from sidegate.operator import leadership, scraping
+from sidegate.operator import leadership, metrics
 from sidegate.operator.handlers import policies, webhook
 from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import OperatorState
@@ -106,7 +107,7 @@ def run(
             if metrics_port is not None:
                 # Before kopf starts: a port already taken fails the start, loudly.
                 port = await stack.enter_async_context(
-                    scraping.serving(state.metrics, metrics_port)
+                    metrics_listener(state.metrics, metrics_port)
                 )
                 logger.info("metrics listening", extra={"port": port})
             await kopf.operator(
@@ -120,6 +121,21 @@ def run(
 
     asyncio.run(operate())
     return 0
+
+
+def metrics_listener(
+    served: metrics.Metrics,
+    port: int,
+    *,
+    host: str = scraping.ALL_INTERFACES,
+    fresh_seconds: float = scraping.FRESH_SECONDS,
+    limits: serving.ConnectionLimits = scraping.LIMITS,
+) -> contextlib.AbstractAsyncContextManager[int]:
+    """The metrics listener (``--metrics-port``) beside kopf: the shared one, with its
+    connection cap and timeouts, serving this process's registry; the certificate's
+    expiry is read before each rendering."""
+    app = scraping.create_app(served.registry, refresh=served.refresh, fresh_seconds=fresh_seconds)
+    return scraping.listening(app, port, host=host, limits=limits)
 
 
 def peering_arguments(peering: leadership.Peering | None) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from sidegate import errors, tls
+from sidegate import errors, scraping, tls
 from sidegate.audit import exporting, signing, spool
 from sidegate.audit.metrics import AuditMetrics
 from sidegate.policy import models, rules
@@ -45,7 +45,6 @@ from sidegate.sidecar import (
     proxying,
     retention,
     routing,
-    scraping,
     settings,
     watching,
 )

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from sidegate.sidecar import serving
+from sidegate import serving
 
 T = TypeVar("T")
 

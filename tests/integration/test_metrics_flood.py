@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sidegate.sidecar import scraping, serving
+from sidegate import scraping, serving
 
 SCRAPES = 400
 CONNECTIONS = 32  # under the listener's default cap of 64

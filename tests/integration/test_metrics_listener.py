@@ -16,8 +16,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidegate import standin
-from sidegate.sidecar import endpoints, scraping
+from sidegate import scraping, standin
+from sidegate.sidecar import endpoints
 from tests.conftest import assert_no_secrets, fake_key
 from tests.helpers.http import call, chat_body
 from tests.helpers.processes import Process, free_port

@@ -20,7 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from sidegate.operator import injection, metrics, scraping
+from sidegate import scraping
+from sidegate.operator import injection, metrics, running
 from sidegate.operator.handlers import webhook
 from tests.conftest import fake_key
 from tests.helpers import admission
@@ -90,7 +91,7 @@ async def test_publishing_bundles_and_credentials_moves_the_counters() -> None:
     async with (
         cluster() as (k8s, url),
         operator(url) as state,
-        scraping.serving(state.metrics, 0, host="127.0.0.1") as port,
+        running.metrics_listener(state.metrics, 0, host="127.0.0.1") as port,
     ):
         # Alone (no peering), the one replica leads; nothing published yet, every outcome
         # is there from the start at 0.
@@ -142,7 +143,7 @@ async def test_the_webhook_counts_its_answers_and_shows_its_certificates_expiry(
         operator(
             url, listener, token=WEBHOOK_TOKEN, reconcile=False, sidecar=SPEC, metrics=served
         ) as state,
-        scraping.serving(state.metrics, 0, host="127.0.0.1") as port,
+        running.metrics_listener(state.metrics, 0, host="127.0.0.1") as port,
         contextlib.AsyncExitStack() as later,
     ):
         samples = await scrape(port)
@@ -251,7 +252,7 @@ async def test_a_flood_of_scrapes_renders_at_most_once_a_second(
     served = metrics.Metrics(certificate=listener.certfile)
     renders = Renders()
     served.registry.register(renders)
-    async with scraping.serving(served, 0, host="127.0.0.1") as port:
+    async with running.metrics_listener(served, 0, host="127.0.0.1") as port:
         connector = aiohttp.TCPConnector(limit=32)
         async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -282,7 +283,7 @@ async def test_an_unreadable_certificate_shows_as_expired(
     listener = admission.listener_for(tmp_path, server_cert)
     served = metrics.Metrics(reconcile=False, certificate=listener.certfile)
     expiry = "sidegate_operator_webhook_certificate_expiry_timestamp_seconds"
-    async with scraping.serving(served, 0, host="127.0.0.1", fresh_seconds=0) as port:
+    async with running.metrics_listener(served, 0, host="127.0.0.1", fresh_seconds=0) as port:
         assert value(await scrape(port), expiry) > time.time()
         listener.certfile.write_text("not a certificate\n")
         assert value(await scrape(port), expiry) == 0

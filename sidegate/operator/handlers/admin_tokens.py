@@ -37,11 +37,8 @@ async def ensure(state: OperatorState, namespace: str, logger: kopf.Logger) -> N
     """Create the token if missing, rotate it when older than the interval, and drop the
     ``.previous`` whose overlap is over. Writes nothing when nothing is due."""
     counted = state.metrics.credentials
-    try:
+    with metrics.failures(counted, metrics.ADMIN_TOKEN):
         written = await _ensure(state, namespace, logger)
-    except Exception:
-        counted.labels(metrics.ADMIN_TOKEN, metrics.FAILED).inc()
-        raise
     counted.labels(metrics.ADMIN_TOKEN, metrics.WRITTEN if written else metrics.UNCHANGED).inc()
 
 

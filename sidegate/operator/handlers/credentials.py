@@ -32,7 +32,7 @@ async def fan_out(state: OperatorState, logger: kopf.Logger) -> None:
     if not state.sources_listed or not wanted:
         return
     counted = state.metrics.credentials
-    try:
+    with metrics.failures(counted, metrics.PROVIDER_KEYS):
         client = state.api()
         async with state.lock(CREDENTIALS_SECRET):
             secret = await client.get(state.namespace, CREDENTIALS_SECRET)
@@ -45,9 +45,6 @@ async def fan_out(state: OperatorState, logger: kopf.Logger) -> None:
                 now=time.time(),
                 overlap=state.overlap,
             )
-    except Exception:
-        counted.labels(metrics.PROVIDER_KEYS, metrics.FAILED).inc()
-        raise
     outcome = metrics.UNCHANGED if written is None else metrics.WRITTEN
     counted.labels(metrics.PROVIDER_KEYS, outcome).inc()
     if written is not None:

@@ -109,13 +109,10 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
             kopf.warn(body, reason="Invalid", message=message)  # a Kubernetes Event
             state.metrics.reconciles.labels(metrics.INVALID).inc()
             return  # the bundle stays as it was: compiled from the valid policies only
-        try:
+        with metrics.failures(state.metrics.reconciles):  # kopf retries
             bundle_hash = await compiling.write_bundle(
                 state, namespace, valid_policies.get(namespace, []), logger
             )
-        except Exception:
-            state.metrics.reconciles.labels(metrics.FAILED).inc()
-            raise  # kopf retries
         state.metrics.reconciles.labels(metrics.COMPILED).inc()
         patch.status["ruleCount"] = len(policy.spec.rules)
         patch.status["conditions"] = [condition(True, "Compiled", f"in bundle {bundle_hash}")]

@@ -83,11 +83,8 @@ async def _publish(
     state: OperatorState, namespace: str, raw: bytes, bundle_hash: str, log: kopf.Logger
 ) -> str:
     """``_write``, counted by outcome (the caller, kopf or the watch, retries a failure)."""
-    try:
+    with metrics.failures(state.metrics.bundles):
         written = await _write(state, namespace, raw, bundle_hash, log)
-    except Exception:
-        state.metrics.bundles.labels(metrics.FAILED).inc()
-        raise
     state.metrics.bundles.labels(metrics.PUBLISHED if written else metrics.UNCHANGED).inc()
     return bundle_hash
 
@@ -139,11 +136,8 @@ async def restore(state: OperatorState, namespace: str) -> bool:
     does not verify (edited, forged, deleted) or is older than what the operator published,
     put the published envelope back. True when it did. A newer valid one (another operator
     replica during an upgrade) is taken as the one in force."""
-    try:
+    with metrics.failures(state.metrics.bundles):
         restored = await _restore(state, namespace)
-    except Exception:
-        state.metrics.bundles.labels(metrics.FAILED).inc()
-        raise
     if restored:
         state.metrics.bundles.labels(metrics.RESTORED).inc()
     return restored

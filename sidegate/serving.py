@@ -16,8 +16,9 @@ at the connection level (below the application and its middlewares):
 * an access log of method, path (never the query string: ``?api-key=`` is a thing),
   status, size and time.
 
-``drain`` is the shutdown after SIGTERM: keep serving for a drain period, stop accepting,
-give requests in flight one grace period, then cut what remains.
+The sidecar's API and metrics listeners and the operator's metrics listener are served
+this way. The sidecar's shutdown after SIGTERM (``sidecar/draining.py``, ``drain``) stops
+a runner started here.
 
 The subclasses reach into aiohttp's ``RequestHandler`` (3.14: ``_messages``, ``_waiter``,
 ``_request_in_progress``); the integration tests drive each behaviour over raw sockets, so an
@@ -27,7 +28,6 @@ aiohttp upgrade that moves them fails loudly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -38,8 +38,6 @@ from typing import Any
 from aiohttp import http_exceptions, http_parser, web, web_protocol
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_protocol import RequestHandler
-
-from sidegate.sidecar import draining
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("sidegate.access")
@@ -300,55 +298,6 @@ async def wait_for_signal(
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-
-async def drain(
-    runner: web.AppRunner,
-    in_flight: draining.InFlight,
-    *,
-    drain_seconds: float,
-    grace_seconds: float,
-    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
-) -> None:
-    """Envoy's drain, nginx's graceful quit: the shutdown after SIGTERM.
-
-    1. For ``drain_seconds`` everything goes on as before, new connections included: the
-       application in the same pod may still be finishing its own requests.
-    2. Then the listener closes and idle keep-alive connections are closed.
-    3. Requests in flight get ``grace_seconds`` (the one shutdown timeout) to finish.
-    4. What remains is cut: streams end with an error event and no terminating chunk,
-       waiting requests get a 503, and the audit records status 503 ``sidecar_shutdown``.
-    A second signal skips what is left of the drain and the grace: what is in flight is cut
-    at once (a second Ctrl-C at a terminal). The caller then runs ``runner.cleanup()``: the
-    application's cleanup (the audit trail is written last).
-    """
-    in_flight.draining = True
-    logger.info(
-        "draining",
-        extra={"drain_seconds": drain_seconds, "grace_seconds": grace_seconds},
-    )
-    loop = asyncio.get_running_loop()
-    hurry = asyncio.Event()
-    for sig in signals:
-        loop.add_signal_handler(sig, hurry.set)
-    try:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(drain_seconds):
-                await hurry.wait()
-        for site in list(runner.sites):
-            await site.stop()
-        if runner.server is not None:
-            runner.server.pre_shutdown()  # idle keep-alive connections close now
-        idle = asyncio.create_task(in_flight.wait_idle(grace_seconds))
-        hurried = asyncio.create_task(hurry.wait())
-        await asyncio.wait((idle, hurried), return_when=asyncio.FIRST_COMPLETED)
-        hurried.cancel()
-        if not (idle.done() and idle.result()):
-            idle.cancel()
-            await in_flight.cut()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
