@@ -74,6 +74,15 @@ class OperatorState:
         this), without polling the API server hard."""
         return max(1.0, min(60.0, self.admin_rotation / 4, self.overlap / 4))
 
+    async def use_client(self, info: kopf.ConnectionInfo) -> None:
+        """The API client of a new login. kopf logs in again on a 401 (an expired or rotated
+        token): the new client is in place before the old one closes, so ``api()`` never
+        hands out a closing client, and the loops still on the old one (its watches end when
+        it closes, kube.py) list again on the new one."""
+        previous, self.client = self.client, ApiClient(info)
+        if previous is not None:
+            await previous.close()
+
     def api(self) -> ApiClient:
         if self.client is None:
             raise kopf.TemporaryError("not logged in to the API server yet", delay=1)

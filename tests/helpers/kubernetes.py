@@ -485,6 +485,18 @@ async def operator_process(
         )
 
 
+async def stop_process(process: asyncio.subprocess.Process) -> None:
+    """An ``operator_process`` stopped as the kubelet stops a pod: SIGTERM, SIGKILL after 30 s."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            async with asyncio.timeout(30):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 def writers(k8s: Emulator) -> list[str]:
     """The tokens that wrote anything but the peering object (the keep-alives every replica
     writes), in order of their first write."""

@@ -42,6 +42,7 @@ from tests.helpers.kubernetes import (
     policy,
     send,
     source_secret,
+    stop_process,
 )
 from tests.integration.test_operator_webhook import exec_options
 
@@ -203,31 +204,20 @@ async def test_the_leader_gauge_is_one_on_the_leader_only(tmp_path: Path) -> Non
         first = await operator_process(
             url, tmp_path, OPERATOR_TOKEN, "first", f"--metrics-port={ports[0]}", *flags
         )
-        replicas.push_async_callback(_stop, first)
+        replicas.push_async_callback(stop_process, first)
         await reaches(ports[0], LEADER, 1)
         second = await operator_process(
             url, tmp_path, REPLICA_TOKENS[0], "second", f"--metrics-port={ports[1]}", *flags
         )
-        replicas.push_async_callback(_stop, second)
+        replicas.push_async_callback(stop_process, second)
         await eventually(lambda: scrape(ports[1]), seconds=30)  # up
         await asyncio.sleep(5)  # it has announced itself, seen the leader, and stood by
         assert value(await scrape(ports[1]), LEADER) == 0
         assert value(await scrape(ports[0]), LEADER) == 1
 
         # The leader stops cleanly: the other takes over, its gauge follows.
-        await _stop(first)
+        await stop_process(first)
         await reaches(ports[1], LEADER, 1)
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        try:
-            async with asyncio.timeout(30):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 class Renders(Collector):

@@ -31,6 +31,7 @@ from tests.helpers.kubernetes import (
     operator_process,
     policy,
     send,
+    stop_process,
     writers,
 )
 from tests.integration.test_operator_policies import policies_of
@@ -89,10 +90,10 @@ async def test_two_operators_lose_no_admin_token_generation_under_churn(tmp_path
     flags = ("--overlap=30", "--admin-token-rotation=1", "--peering-lifetime=10")
     async with cluster() as (k8s, url), contextlib.AsyncExitStack() as replicas:
         first = await operator_process(url, tmp_path, OPERATOR_TOKEN, "first", *flags)
-        replicas.push_async_callback(_stop, first)
+        replicas.push_async_callback(stop_process, first)
         await eventually(lambda: get(k8s, f"{SOURCES}/sidegate-signing"), seconds=30)
         second = await operator_process(url, tmp_path, REPLICA_TOKENS[0], "second", *flags)
-        replicas.push_async_callback(_stop, second)
+        replicas.push_async_callback(stop_process, second)
         await send(k8s, "POST", POLICIES.format(ns="team-a"), policy("seed", ["gpt-*"]))
         remaining = await churn(k8s, CHURN_SECONDS)
         # The last policies are what team-a's bundle holds.
@@ -119,11 +120,11 @@ async def test_the_standby_takes_over_when_the_leader_is_killed(tmp_path: Path) 
     path = POLICIES.format(ns="team-a")
     async with cluster() as (k8s, url), contextlib.AsyncExitStack() as replicas:
         leader = await operator_process(url, tmp_path, OPERATOR_TOKEN, "leader", flag)
-        replicas.push_async_callback(_stop, leader)
+        replicas.push_async_callback(stop_process, leader)
         assert await send(k8s, "POST", path, policy("before", ["gpt-*"])) < 300
         await eventually(lambda: _names_are(k8s, ["before"]), seconds=30)
         standby = await operator_process(url, tmp_path, REPLICA_TOKENS[0], "standby", flag)
-        replicas.push_async_callback(_stop, standby)
+        replicas.push_async_callback(stop_process, standby)
 
         assert await send(k8s, "POST", path, policy("led", ["gpt-*"])) < 300
         await eventually(lambda: _names_are(k8s, ["before", "led"]), seconds=30)
@@ -144,17 +145,6 @@ async def test_the_standby_takes_over_when_the_leader_is_killed(tmp_path: Path) 
         assert after - {TEST} == {REPLICA_TOKENS[0]}  # the standby, alone
         # Its release namespace watch follows kopf's resume within a poll of the peering.
         await eventually(_found(tmp_path / "standby.log", "leading"), seconds=10)
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.terminate()
-        try:
-            async with asyncio.timeout(30):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
 
 
 def _found(log: Path, message: str) -> Callable[[], Awaitable[bool]]:

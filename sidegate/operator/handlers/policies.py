@@ -17,7 +17,6 @@ from pydantic import ValidationError
 
 from sidegate.operator import leadership, metrics
 from sidegate.operator.handlers import compiling, release, upkeep
-from sidegate.operator.kube import ApiClient
 from sidegate.operator.state import RESOURCE, OperatorState
 from sidegate.policy import models
 
@@ -51,12 +50,7 @@ def register(registry: kopf.OperatorRegistry, state: OperatorState) -> None:
     ) -> kopf.ConnectionInfo | None:  # async: the client needs the loop
         info = state.login(**kwargs)
         if info is not None:
-            # Again on a 401 (the token expired or was rotated): the new client is in place
-            # before the old one closes, so state.api() never hands out a closing client, and
-            # the loops still on the old one list again on the new one (kube.py).
-            previous, state.client = state.client, ApiClient(info)
-            if previous is not None:
-                await previous.close()
+            await state.use_client(info)
             # The Secrets of the release namespace (sources, keys, bundles): watched by the
             # leader only, or always when standalone.
             if state.peering is None:

@@ -31,7 +31,7 @@ from typing import Any
 import kopf
 
 from sidegate.operator import injection, metrics, objects, signing_keys
-from sidegate.operator.kube import CONFIG_MAPS, ApiClient
+from sidegate.operator.kube import CONFIG_MAPS
 from sidegate.operator.state import OperatorState
 
 HANDLER_ID = "inject"  # the URL path: https://<service>/inject
@@ -88,11 +88,7 @@ def register_client(registry: kopf.OperatorRegistry, state: OperatorState) -> No
     ) -> kopf.ConnectionInfo | None:  # async: the client needs the loop
         info = state.login(**kwargs)
         if info is not None:
-            # Again on a 401: the new client is in place before the old one closes, so an
-            # admission review never reads the keys through a closing client.
-            previous, state.client = state.client, ApiClient(info)
-            if previous is not None:
-                await previous.close()
+            await state.use_client(info)  # an admission review never reads through a closing one
         return info
 
     @kopf.on.cleanup(registry=registry, id="close")
