@@ -37,6 +37,7 @@ from tests.integration.test_webhook_certificates import (
     WANTED,
     ca_bundles,
     install_configurations,
+    remove_ca_bundles,
 )
 
 CREDENTIALS = f"{SOURCES}/sidegate-credentials"
@@ -131,7 +132,7 @@ async def test_the_leader_still_keeps_the_webhook_certificates_after_a_restart(
 
             # A `helm upgrade` removes the caBundles and the serving Secret is deleted: both
             # are put back, from the same CA.
-            await _remove_ca_bundles(k8s)
+            await remove_ca_bundles(k8s)
             assert await send(k8s, "DELETE", f"{SOURCES}/{WANTED.tls_secret}") < 300
             assert await eventually(lambda: one_ca_bundle(k8s), seconds=20) == encoded
             reissued = await eventually(lambda: get(k8s, f"{SOURCES}/{WANTED.tls_secret}"), 20)
@@ -150,15 +151,6 @@ async def read_to_the_end(answer: aiohttp.ClientResponse) -> None:
     async with asyncio.timeout(5):  # a watch that is not reset would run on
         async for _ in answer.content.iter_any():
             pass
-
-
-async def _remove_ca_bundles(k8s: Emulator) -> None:
-    for path in WANTED.configurations:
-        found = await get(k8s, path)
-        assert found is not None
-        for hook in found["webhooks"]:
-            hook["clientConfig"].pop("caBundle")
-        assert await send(k8s, "PATCH", path, {"webhooks": found["webhooks"]}) < 300
 
 
 async def _equal(read: Any, expected: Any) -> bool:

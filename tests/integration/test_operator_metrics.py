@@ -9,16 +9,13 @@ import contextlib
 import datetime
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 import trustme
 from cryptography import x509
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from sidegate import scraping
 from sidegate.operator import injection, metrics, running
@@ -44,6 +41,7 @@ from tests.helpers.kubernetes import (
     source_secret,
     stop_process,
 )
+from tests.integration.test_metrics_flood import Renders
 from tests.integration.test_operator_webhook import exec_options
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -218,17 +216,6 @@ async def test_the_leader_gauge_is_one_on_the_leader_only(tmp_path: Path) -> Non
         # The leader stops cleanly: the other takes over, its gauge follows.
         await stop_process(first)
         await reaches(ports[1], LEADER, 1)
-
-
-class Renders(Collector):
-    """Counts how often the registry is rendered (each rendering collects every collector)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        self.count += 1
-        yield GaugeMetricFamily("renders", "renderings so far", value=self.count)
 
 
 @pytest.mark.asyncio

@@ -43,7 +43,11 @@ from tests.helpers.kubernetes import (
 )
 from tests.integration.test_operator_api_restart import one_ca_bundle
 from tests.integration.test_operator_policies import policies_of
-from tests.integration.test_webhook_certificates import WANTED, install_configurations
+from tests.integration.test_webhook_certificates import (
+    WANTED,
+    install_configurations,
+    remove_ca_bundles,
+)
 
 CREDENTIALS = f"{SOURCES}/sidegate-credentials"
 # What kube-apiserver's 401 leaves in the emulator's record of refused requests.
@@ -198,15 +202,6 @@ async def test_a_request_on_a_closed_client_is_a_connection_error() -> None:
         with pytest.raises(aiohttp.ClientConnectionError):
             async for _ in client.watch(RELEASE, SECRETS, ""):
                 pass
-
-
-async def remove_ca_bundles(k8s: Emulator) -> None:
-    for path in WANTED.configurations:
-        found = await get(k8s, path)
-        assert found is not None
-        for hook in found["webhooks"]:
-            hook["clientConfig"].pop("caBundle")
-        assert await send(k8s, "PATCH", path, {"webhooks": found["webhooks"]}) < 300
 
 
 async def _replaced(state: OperatorState, client: ApiClient | None) -> bool:

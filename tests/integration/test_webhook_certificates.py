@@ -55,6 +55,17 @@ async def install_configurations(k8s: Emulator) -> None:
             assert await send(k8s, "POST", CONFIGURATIONS[doc["kind"]].rstrip("/"), doc) < 300
 
 
+async def remove_ca_bundles(k8s: Emulator) -> None:
+    """Both webhook configurations without their caBundle, as a `helm upgrade` from a chart
+    that rendered one leaves them."""
+    for path in WANTED.configurations:
+        found = await get(k8s, path)
+        assert found is not None
+        for hook in found["webhooks"]:
+            hook["clientConfig"].pop("caBundle")
+        assert await send(k8s, "PATCH", path, {"webhooks": found["webhooks"]}) < 300
+
+
 async def ca_bundles(k8s: Emulator) -> list[str | None]:
     found = []
     for path in WANTED.configurations:
@@ -107,12 +118,7 @@ async def test_the_leader_issues_the_certificate_and_sets_the_ca_bundle(tmp_path
             assert (await handshake(serving, bundle, tmp_path)).startswith("TLSv1.")
 
             # A `helm upgrade` from a chart that rendered a caBundle removes it: put back.
-            for path in WANTED.configurations:
-                found = await get(k8s, path)
-                assert found is not None
-                for hook in found["webhooks"]:
-                    hook["clientConfig"].pop("caBundle")
-                assert await send(k8s, "PATCH", path, {"webhooks": found["webhooks"]}) < 300
+            await remove_ca_bundles(k8s)
             assert await eventually(lambda: _all_set(k8s), seconds=20) == encoded
 
         # Another process (a restarted or new leader) keeps the same CA and certificate.
