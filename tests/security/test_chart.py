@@ -67,6 +67,22 @@ def render(helm: Helm) -> Render:
     return run
 
 
+Refused = Callable[..., str]
+
+
+@pytest.fixture(scope="module")
+def refused(helm: Helm) -> Refused:
+    """A render that must fail: its error output, for the message a user would read."""
+
+    def run(*sets: str) -> str:
+        flags = [flag for value in sets for flag in ("--set", value)]
+        result = helm("template", "sidegate", str(CHART), "-n", "sidegate-system", *flags)
+        assert result.returncode != 0, "the chart rendered"
+        return result.stderr
+
+    return run
+
+
 def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     (found,) = [
         d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
